@@ -1,0 +1,178 @@
+//! A byte-bounded LRU cache of decoded chunks. Concurrent readers of one chunk decode it once:
+//! the first takes the slot's lock and decodes, the others wait on that lock and share the result.
+
+use crate::error::ReadError;
+use lru::LruCache;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// (cache user id, chunk number within it).
+pub type Key = (u64, u64);
+
+#[derive(Default)]
+struct Slot {
+    data: Mutex<Option<Arc<[u8]>>>,
+}
+
+struct Inner {
+    lru: LruCache<Key, Arc<Slot>>,
+    /// Bytes of decoded chunks currently held by `lru`.
+    bytes: u64,
+}
+
+pub struct ChunkCache {
+    capacity: u64,
+    inner: Mutex<Inner>,
+    next_id: AtomicU64,
+    decodes: AtomicU64,
+}
+
+impl ChunkCache {
+    pub fn new(capacity: u64) -> Self {
+        ChunkCache {
+            capacity,
+            inner: Mutex::new(Inner { lru: LruCache::unbounded(), bytes: 0 }),
+            next_id: AtomicU64::new(1),
+            decodes: AtomicU64::new(0),
+        }
+    }
+
+    /// A fresh id for one user of the cache (a chunked tensor).
+    pub fn new_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// How many chunks were decoded since the cache was made.
+    pub fn decodes(&self) -> u64 {
+        self.decodes.load(Ordering::Relaxed)
+    }
+
+    pub fn held_bytes(&self) -> u64 {
+        self.inner.lock().unwrap().bytes
+    }
+
+    /// Returns the chunk for `key`, decoding it with `load` if it is not cached.
+    pub fn get_or_load(
+        &self,
+        key: Key,
+        load: impl FnOnce() -> Result<Vec<u8>, ReadError>,
+    ) -> Result<Arc<[u8]>, ReadError> {
+        let slot = {
+            let mut inner = self.inner.lock().unwrap();
+            inner.lru.get_or_insert(key, || Arc::new(Slot::default())).clone()
+        };
+        let mut data = slot.data.lock().unwrap();
+        if let Some(chunk) = data.as_ref() {
+            return Ok(chunk.clone());
+        }
+        let result = load();
+        self.decodes.fetch_add(1, Ordering::Relaxed);
+        let mut inner = self.inner.lock().unwrap();
+        let still_cached = inner.lru.peek(&key).is_some_and(|s| Arc::ptr_eq(s, &slot));
+        match result {
+            Ok(bytes) => {
+                let chunk: Arc<[u8]> = bytes.into();
+                if still_cached {
+                    *data = Some(chunk.clone());
+                    inner.bytes += chunk.len() as u64;
+                    drop(data);
+                    self.evict(&mut inner, &key);
+                }
+                Ok(chunk)
+            }
+            Err(e) => {
+                if still_cached {
+                    inner.lru.pop(&key);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops least recently used chunks until the budget holds, sparing `keep` (just loaded).
+    fn evict(&self, inner: &mut Inner, keep: &Key) {
+        while inner.bytes > self.capacity {
+            let Some((key, slot)) = inner.lru.pop_lru() else { break };
+            if &key == keep {
+                // The newest chunk alone exceeds the budget: do not hold it.
+                let len = slot.data.lock().unwrap().as_ref().map_or(0, |c| c.len() as u64);
+                inner.bytes -= len;
+                continue;
+            }
+            // A slot still being decoded holds no accounted bytes; its loader sees it gone.
+            if let Ok(data) = slot.data.try_lock() {
+                inner.bytes -= data.as_ref().map_or(0, |c| c.len() as u64);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn budget_is_held_and_lru_order_respected() {
+        let cache = ChunkCache::new(250);
+        for i in 0..10u64 {
+            cache.get_or_load((1, i), || Ok(vec![i as u8; 100])).unwrap();
+            assert!(cache.held_bytes() <= 250);
+        }
+        // chunk 9 and 8 are cached; 0 is not
+        let loads = AtomicUsize::new(0);
+        let c = cache
+            .get_or_load((1, 9), || {
+                loads.fetch_add(1, Ordering::SeqCst);
+                Ok(vec![])
+            })
+            .unwrap();
+        assert_eq!(c[0], 9);
+        cache
+            .get_or_load((1, 0), || {
+                loads.fetch_add(1, Ordering::SeqCst);
+                Ok(vec![0; 100])
+            })
+            .unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn oversized_chunk_is_served_not_held() {
+        let cache = ChunkCache::new(10);
+        let c = cache.get_or_load((1, 0), || Ok(vec![1; 100])).unwrap();
+        assert_eq!(c.len(), 100);
+        assert_eq!(cache.held_bytes(), 0);
+    }
+
+    #[test]
+    fn concurrent_readers_decode_once() {
+        let cache = Arc::new(ChunkCache::new(1 << 20));
+        let loads = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (cache, loads) = (cache.clone(), loads.clone());
+                std::thread::spawn(move || {
+                    cache
+                        .get_or_load((7, 7), || {
+                            loads.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                            Ok(vec![3; 1000])
+                        })
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap().len(), 1000);
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn errors_are_not_cached() {
+        let cache = ChunkCache::new(1000);
+        assert!(cache.get_or_load((1, 1), || Err(ReadError::OutOfBounds)).is_err());
+        assert_eq!(cache.get_or_load((1, 1), || Ok(vec![5])).unwrap()[0], 5);
+    }
+}

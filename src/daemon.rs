@@ -1,0 +1,299 @@
+//! The mount's lifecycle: mountpoint checks, daemonizing once the mount is live, clean unmount
+//! on SIGTERM/SIGINT, and `wfs umount`.
+
+use crate::fs::Fs;
+use crate::fuse::{Ownership, WfsFuse};
+use crate::names::fnv1a;
+use fuser::{Config, MountOption, Session, SessionACL};
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// A mount or unmount failure; the CLI maps each to an exit code.
+#[derive(Debug, Error)]
+pub enum MountError {
+    #[error("{0}")]
+    Mountpoint(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// How the filesystem is mounted.
+pub struct MountSettings {
+    pub mountpoint: PathBuf,
+    pub source_name: String,
+    pub foreground: bool,
+    pub threads: usize,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    pub default_permissions: bool,
+    pub owner: Ownership,
+}
+
+/// Makes sure `path` can be mounted on: creates it if missing, clears a stale wfs mount left by
+/// a killed daemon, and refuses a live mount or a non-directory.
+pub fn prepare_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(MountError::Mountpoint(format!("{shown}: not a directory"))),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            let abs = absolute(path);
+            if mount_type(&abs).is_some_and(|t| t == "fuse.wfs") {
+                log::warn!("{shown}: clearing a stale wfs mount (its daemon is gone)");
+                detach(&abs);
+            } else {
+                return Err(MountError::Mountpoint(format!(
+                    "{shown}: stale FUSE mount (its daemon is gone); clear it with `wfs umount {shown}` or `fusermount3 -u {shown}`"
+                )));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(path)
+                .map_err(|e| MountError::Mountpoint(format!("{shown}: cannot create: {}", crate::formats::io_reason(&e))))?;
+        }
+        Err(e) => return Err(MountError::Mountpoint(format!("{shown}: {}", crate::formats::io_reason(&e)))),
+    }
+    let abs = std::fs::canonicalize(path).map_err(|e| MountError::Mountpoint(format!("{shown}: {}", crate::formats::io_reason(&e))))?;
+    if mount_type(&abs).is_some_and(|t| t.starts_with("fuse")) {
+        return Err(MountError::Mountpoint(format!("{shown}: already a FUSE mount; unmount it first (`wfs umount {shown}`)")));
+    }
+    Ok(abs)
+}
+
+/// The filesystem type mounted exactly at `path`, from /proc/self/mountinfo.
+pub fn mount_type(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_str()?;
+    info.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let mount_point = unescape_mountinfo(fields.get(4)?);
+        let dash = fields.iter().position(|f| *f == "-")?;
+        (mount_point == want).then(|| fields.get(dash + 1).map(|s| s.to_string()))?
+    })
+}
+
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() + 0 && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An absolute path without resolving the last component (which may be a dead mount).
+fn absolute(path: &Path) -> PathBuf {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
+    match path.file_name() {
+        Some(name) => parent.join(name),
+        None => parent,
+    }
+}
+
+fn detach(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { return false };
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) == 0 }
+}
+
+/// Where the daemon of `mountpoint` records its pid, so `wfs umount` can wait for it.
+fn pid_file(mountpoint: &Path) -> PathBuf {
+    let dir = if unsafe { libc::geteuid() } == 0 {
+        PathBuf::from("/run/wfs")
+    } else {
+        std::env::var_os("XDG_RUNTIME_DIR")
+            .map(|d| PathBuf::from(d).join("wfs"))
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("wfs-{}", unsafe { libc::geteuid() })))
+    };
+    dir.join(format!("{:016x}.pid", fnv1a(mountpoint.as_os_str().as_bytes())))
+}
+
+/// Mounts `fs` and serves it until unmounted. Without `foreground`, forks first: the parent
+/// returns once the mount is live (or with the child's error); the child serves.
+pub fn mount(fs: Fs, settings: MountSettings, on_daemonized: impl FnOnce()) -> Result<(), MountError> {
+    if settings.foreground {
+        return serve(fs, &settings, None::<(&mut std::fs::File, fn())>);
+    }
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(MountError::Other("cannot create a pipe".into()));
+    }
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // The process is single-threaded here (threads start after the fork), so forking is safe.
+    match unsafe { libc::fork() } {
+        -1 => Err(MountError::Other("cannot fork the daemon".into())),
+        0 => {
+            drop(read_end);
+            unsafe { libc::setsid() };
+            let mut status = std::fs::File::from(write_end);
+            let result = serve(fs, &settings, Some((&mut status, on_daemonized)));
+            if let Err(e) = &result {
+                // Reaches the parent if the mount never became live; logged either way.
+                let code = if matches!(e, MountError::Mountpoint(_)) { b'M' } else { b'E' };
+                let _ = status.write_all(&[code]);
+                let _ = status.write_all(e.to_string().as_bytes());
+                log::error!("{e}");
+            }
+            std::process::exit(if result.is_ok() { 0 } else { 1 });
+        }
+        _child => {
+            drop(write_end);
+            // The child keeps its end open while serving: read the status byte, then (on
+            // failure, when the child has exited) the message.
+            let mut pipe = std::fs::File::from(read_end);
+            let mut reply = vec![0u8; 1];
+            if pipe.read_exact(&mut reply).is_err() {
+                reply.clear();
+            } else if reply[0] != b'R' {
+                let _ = pipe.read_to_end(&mut reply);
+            }
+            match reply.split_first() {
+                Some((b'R', _)) => Ok(()),
+                Some((b'M', msg)) => Err(MountError::Mountpoint(String::from_utf8_lossy(msg).into())),
+                Some((_, msg)) => Err(MountError::Other(String::from_utf8_lossy(msg).into())),
+                None => Err(MountError::Other("the mount daemon exited before the mount was ready".into())),
+            }
+        }
+    }
+}
+
+type Status<'a, F> = Option<(&'a mut std::fs::File, F)>;
+
+fn serve(fs: Fs, settings: &MountSettings, status: Status<'_, impl FnOnce()>) -> Result<(), MountError> {
+    // SIGTERM/SIGINT/SIGHUP are taken by a thread of our own (fuser installs no handlers):
+    // block them here so every thread started below inherits the mask.
+    let signals = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let mut options = vec![
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::FSName(settings.source_name.clone()),
+        // Passed to the kernel (not only to fusermount) so that the type reads `fuse.wfs`.
+        MountOption::CUSTOM("subtype=wfs".into()),
+    ];
+    if settings.default_permissions {
+        options.push(MountOption::DefaultPermissions);
+    }
+    let mut config = Config::default();
+    config.mount_options = options;
+    config.acl = if settings.allow_other {
+        SessionACL::All
+    } else if settings.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(settings.threads.max(1));
+    config.clone_fd = true;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handler = WfsFuse::new(Arc::new(fs), settings.owner, Some(ready_tx));
+    let mut session = Session::new(handler, &settings.mountpoint, &config).map_err(|e| {
+        MountError::Mountpoint(format!("{}: cannot mount: {}", settings.mountpoint.display(), crate::formats::io_reason(&e)))
+    })?;
+    if ready_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+        return Err(MountError::Other("the kernel did not complete the FUSE handshake".into()));
+    }
+    let pid_path = pid_file(&settings.mountpoint);
+    if let Some(dir) = pid_path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::write(&pid_path, format!("{}\n", std::process::id()));
+    log::info!("mounted {} on {}", settings.source_name, settings.mountpoint.display());
+    if let Some((status, on_daemonized)) = status {
+        let _ = status.write_all(b"R");
+        on_daemonized();
+    }
+    let mut unmounter = session.unmount_callable();
+    let mountpoint = settings.mountpoint.clone();
+    std::thread::spawn(move || {
+        let mut sig = 0;
+        unsafe { libc::sigwait(&signals, &mut sig) };
+        log::info!("signal {sig}: unmounting {}", mountpoint.display());
+        if unmounter.unmount().is_err() {
+            // Busy: detach so that the session ends now and the kernel finishes later.
+            detach(&mountpoint);
+        }
+    });
+    let result = session.run();
+    let _ = std::fs::remove_file(&pid_path);
+    log::info!("unmounted {}", settings.mountpoint.display());
+    result.map_err(|e| MountError::Other(format!("FUSE session failed: {e}")))
+}
+
+/// Unmounts `path` and waits for its daemon to exit. A busy mount is detached lazily (it goes
+/// away when its last user lets go), with a message saying so.
+pub fn umount(path: &Path) -> Result<(), MountError> {
+    let shown = path.display();
+    let abs = match std::fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => absolute(path),
+        Err(e) => return Err(MountError::Mountpoint(format!("{shown}: {}", crate::formats::io_reason(&e)))),
+    };
+    match mount_type(&abs) {
+        Some(t) if t.starts_with("fuse") => {}
+        _ => return Err(MountError::Mountpoint(format!("{shown}: not a wfs mount"))),
+    }
+    let pid_path = pid_file(&abs);
+    let pid: Option<i32> = std::fs::read_to_string(&pid_path).ok().and_then(|s| s.trim().parse().ok());
+    let c = CString::new(abs.as_os_str().as_bytes()).map_err(|_| MountError::Mountpoint(format!("{shown}: bad path")))?;
+    let mut lazy = false;
+    if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EBUSY) => {
+                if !detach(&abs) {
+                    return Err(MountError::Mountpoint(format!("{shown}: busy and cannot be detached")));
+                }
+                eprintln!("wfs: {shown}: busy; detached it lazily: it disappears when the last open file is closed");
+                lazy = true;
+            }
+            Some(libc::EPERM) => {
+                let status = std::process::Command::new("fusermount3").arg("-u").arg(&abs).status();
+                if !status.is_ok_and(|s| s.success()) {
+                    return Err(MountError::Mountpoint(format!("{shown}: not permitted to unmount")));
+                }
+            }
+            _ => return Err(MountError::Mountpoint(format!("{shown}: cannot unmount: {}", crate::formats::io_reason(&err)))),
+        }
+    }
+    if let (Some(pid), false) = (pid, lazy) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while unsafe { libc::kill(pid, 0) } == 0 && !is_zombie(pid) {
+            if Instant::now() > deadline {
+                return Err(MountError::Other(format!("{shown}: unmounted, but daemon {pid} has not exited after 10 s")));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_file(&pid_path);
+    }
+    Ok(())
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}

@@ -1,0 +1,716 @@
+//! HDF5 through libhdf5: metadata (types, layouts, offsets, chunk addresses) under the library's
+//! global lock; tensor bytes read with `pread` and inflated outside it.
+
+use crate::cache::ChunkCache;
+use crate::dtype::DType;
+use crate::error::{OpenError, ReadError};
+use crate::model::{ByteSwapped, Extent, InMemory, Tensor, TensorBytes};
+use crate::source::Blob;
+use hdf5::{Dataset, Group, Location};
+use hdf5_sys::h5::{haddr_t, hsize_t, herr_t};
+use hdf5_sys::h5d::{H5D_layout_t, H5Dchunk_iter, H5Dget_offset, H5Dget_storage_size, H5Dget_type, H5Dread};
+use hdf5_sys::h5i::hid_t;
+use hdf5_sys::h5p::{H5P_DEFAULT, H5Pclose, H5Pget_chunk, H5Pget_external_count, H5Pget_fill_value, H5Pget_filter2, H5Pget_layout, H5Pget_nfilters};
+use hdf5_sys::h5s::{H5S_seloper_t, H5Sclose, H5Screate_simple, H5Sget_simple_extent_npoints, H5Sselect_hyperslab};
+use hdf5_sys::h5t::{H5T_class_t, H5T_order_t, H5T_sign_t, H5Tclose, H5Tget_class, H5Tget_member_name, H5Tget_member_type, H5Tget_nmembers, H5Tget_order, H5Tget_sign, H5Tget_size, H5Tget_super, H5Tis_variable_str, H5Treclaim};
+use std::collections::HashMap;
+use std::ffi::{CStr, c_void};
+use std::os::raw::{c_char, c_uint};
+use std::sync::{Arc, OnceLock};
+
+/// HDF5's format signature; it may sit at 0, 512, 1024, 2048, ... (after a user block).
+pub const SIGNATURE: &[u8; 8] = b"\x89HDF\r\n\x1a\n";
+
+/// Largest in-memory copy made at mount for one dataset (compact storage is under 64 KiB).
+const MAX_INLINE_BYTES: u64 = 1 << 20;
+
+/// Where a tensor's bytes come from, shared by all datasets of one file.
+pub struct H5Context {
+    pub blob: Blob,
+    pub cache: Arc<ChunkCache>,
+}
+
+/// Runs `f` with libhdf5's global lock held (libhdf5 is not thread-safe).
+pub fn locked<T>(f: impl FnOnce() -> T) -> T {
+    hdf5::sync::sync(f)
+}
+
+/// Opens an HDF5 file read-only; errors become one readable line.
+pub fn open(path: &std::path::Path) -> Result<hdf5::File, OpenError> {
+    hdf5::File::open(path).map_err(|e| OpenError::corrupt(format!("cannot read HDF5 file: {}", first_line(&e.to_string()))))
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").trim().to_string()
+}
+
+/// Closes an HDF5 id when dropped.
+struct Id(hid_t, unsafe extern "C" fn(hid_t) -> herr_t);
+impl Drop for Id {
+    fn drop(&mut self) {
+        if self.0 >= 0 {
+            unsafe { (self.1)(self.0) };
+        }
+    }
+}
+
+/// Reads a string or string-list attribute; `None` if absent. Accepts vlen and fixed-length,
+/// ASCII and UTF-8, scalar and 1-D, and Keras's chunked `name0`, `name1`, ... form. A
+/// non-string attribute (Keras writes an empty float64 array for an empty list) is empty.
+pub fn string_list_attr(loc: &Location, name: &str) -> Option<Vec<String>> {
+    if let Some(list) = read_string_attr(loc, name) {
+        return Some(list);
+    }
+    let mut parts = Vec::new();
+    for i in 0.. {
+        match read_string_attr(loc, &format!("{name}{i}")) {
+            Some(mut chunk) => parts.append(&mut chunk),
+            None if i == 0 => return None,
+            None => break,
+        }
+    }
+    Some(parts)
+}
+
+/// The first string of a string attribute.
+pub fn string_attr(loc: &Location, name: &str) -> Option<String> {
+    read_string_attr(loc, name)?.into_iter().next()
+}
+
+fn read_string_attr(loc: &Location, name: &str) -> Option<Vec<String>> {
+    locked(|| {
+        if !loc.attr_names().ok()?.iter().any(|n| n == name) {
+            return None;
+        }
+        let attr = loc.attr(name).ok()?;
+        unsafe {
+            let ty = Id(hdf5_sys::h5a::H5Aget_type(attr.id()), H5Tclose);
+            let space = Id(hdf5_sys::h5a::H5Aget_space(attr.id()), H5Sclose);
+            let n = H5Sget_simple_extent_npoints(space.0);
+            if n < 0 || n > 100_000_000 {
+                return None;
+            }
+            let n = n as usize;
+            if H5Tget_class(ty.0) != H5T_class_t::H5T_STRING {
+                return Some(Vec::new());
+            }
+            if H5Tis_variable_str(ty.0) > 0 {
+                let mut ptrs: Vec<*mut c_char> = vec![std::ptr::null_mut(); n];
+                if hdf5_sys::h5a::H5Aread(attr.id(), ty.0, ptrs.as_mut_ptr().cast()) < 0 {
+                    return None;
+                }
+                let out = ptrs
+                    .iter()
+                    .map(|&p| if p.is_null() { String::new() } else { CStr::from_ptr(p).to_string_lossy().into_owned() })
+                    .collect();
+                H5Treclaim(ty.0, space.0, H5P_DEFAULT, ptrs.as_mut_ptr().cast());
+                Some(out)
+            } else {
+                let size = H5Tget_size(ty.0);
+                let mut buf = vec![0u8; n.checked_mul(size)?];
+                if hdf5_sys::h5a::H5Aread(attr.id(), ty.0, buf.as_mut_ptr().cast()) < 0 {
+                    return None;
+                }
+                Some(
+                    buf.chunks(size.max(1))
+                        .take(n)
+                        .map(|c| {
+                            let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+                            String::from_utf8_lossy(&c[..end]).trim_end().to_string()
+                        })
+                        .collect(),
+                )
+            }
+        }
+    })
+}
+
+/// The element type of an HDF5 datatype, and whether it is stored big-endian.
+fn classify(ty: hid_t, dataset: &Dataset) -> Result<(DType, bool), String> {
+    unsafe {
+        let size = H5Tget_size(ty);
+        let big = H5Tget_order(ty) == H5T_order_t::H5T_ORDER_BE;
+        match H5Tget_class(ty) {
+            H5T_class_t::H5T_INTEGER => {
+                let signed = H5Tget_sign(ty) == H5T_sign_t::H5T_SGN_2;
+                let d = match (size, signed) {
+                    (1, true) => DType::I8,
+                    (1, false) => DType::U8,
+                    (2, true) => DType::I16,
+                    (2, false) => DType::U16,
+                    (4, true) => DType::I32,
+                    (4, false) => DType::U32,
+                    (8, true) => DType::I64,
+                    (8, false) => DType::U64,
+                    _ => return Err(format!("{size}-byte integers")),
+                };
+                Ok((d, big))
+            }
+            H5T_class_t::H5T_FLOAT => match size {
+                2 => Ok((DType::F16, big)),
+                4 => Ok((DType::F32, big)),
+                8 => Ok((DType::F64, big)),
+                _ => Err(format!("{size}-byte floats")),
+            },
+            H5T_class_t::H5T_ENUM => {
+                // h5py stores numpy bool as an int8 enum {FALSE, TRUE}
+                let base = Id(H5Tget_super(ty), H5Tclose);
+                let (base_type, big) = classify(base.0, dataset)?;
+                let names: Vec<String> = (0..H5Tget_nmembers(ty).max(0) as c_uint).map(|i| member_name(ty, i)).collect();
+                if size == 1 && names == ["FALSE", "TRUE"] { Ok((DType::Bool, big)) } else { Ok((base_type, big)) }
+            }
+            H5T_class_t::H5T_COMPOUND => {
+                // h5py stores complex numbers as {r, i} of two equal floats
+                let names: Vec<String> = (0..H5Tget_nmembers(ty).max(0) as c_uint).map(|i| member_name(ty, i)).collect();
+                if names != ["r", "i"] {
+                    return Err("compound type".into());
+                }
+                let member = Id(H5Tget_member_type(ty, 0), H5Tclose);
+                match (classify(member.0, dataset)?, size) {
+                    ((DType::F32, big), 8) => Ok((DType::C64, big)),
+                    ((DType::F64, big), 16) => Ok((DType::C128, big)),
+                    _ => Err("compound type".into()),
+                }
+            }
+            H5T_class_t::H5T_OPAQUE if size == 2 && string_attr(dataset, "dtype").as_deref() == Some("bfloat16") => {
+                Ok((DType::BF16, false))
+            }
+            H5T_class_t::H5T_STRING if H5Tis_variable_str(ty) <= 0 => Ok((DType::Str(size), false)),
+            H5T_class_t::H5T_STRING => Err("variable-length strings".into()),
+            other => Err(format!("{other:?} type")),
+        }
+    }
+}
+
+unsafe fn member_name(ty: hid_t, i: c_uint) -> String {
+    unsafe {
+        let p = H5Tget_member_name(ty, i);
+        if p.is_null() {
+            return String::new();
+        }
+        let s = CStr::from_ptr(p).to_string_lossy().into_owned();
+        hdf5_sys::h5::H5free_memory(p.cast());
+        s
+    }
+}
+
+/// A dataset that wfs cannot expose, with the reason (listed in `info.json`).
+pub struct Skipped(pub String);
+
+/// Describes a dataset as a tensor at `path`, reading no tensor data (except tiny compact ones).
+pub fn dataset_tensor(ds: &Dataset, path: Vec<String>, ctx: &H5Context) -> Result<Tensor, Skipped> {
+    locked(|| unsafe { describe(ds, path, ctx) })
+}
+
+unsafe fn describe(ds: &Dataset, path: Vec<String>, ctx: &H5Context) -> Result<Tensor, Skipped> {
+    unsafe {
+        let ty = Id(H5Dget_type(ds.id()), H5Tclose);
+        let (dtype, big_endian) = classify(ty.0, ds).map_err(|why| Skipped(format!("unsupported element type: {why}")))?;
+        let shape: Vec<u64> = ds.shape().iter().map(|&d| d as u64).collect();
+        let len = Tensor::raw_size(dtype, &shape).ok_or_else(|| Skipped("shape too large".into()))?;
+        let dcpl = Id(hdf5_sys::h5d::H5Dget_create_plist(ds.id()), H5Pclose);
+        if H5Pget_external_count(dcpl.0) > 0 {
+            return Err(Skipped("data in external files".into()));
+        }
+        let fill = fill_value(dcpl.0, ty.0, dtype.size());
+        let stored: Arc<dyn TensorBytes> = match H5Pget_layout(dcpl.0) {
+            H5D_layout_t::H5D_CONTIGUOUS => {
+                let addr = H5Dget_offset(ds.id());
+                if addr == haddr_t::MAX || len == 0 {
+                    Arc::new(Filled { fill, len })
+                } else {
+                    let fits = addr.checked_add(len).is_some_and(|end| end <= ctx.blob.len());
+                    if !fits || H5Dget_storage_size(ds.id()) < len {
+                        return Err(Skipped(format!("data at offset {addr} (+{len} bytes) lies outside the file")));
+                    }
+                    Arc::new(Extent { blob: ctx.blob.clone(), offset: addr, len })
+                }
+            }
+            H5D_layout_t::H5D_COMPACT => {
+                if len > MAX_INLINE_BYTES {
+                    return Err(Skipped("compact dataset larger than the format allows".into()));
+                }
+                Arc::new(InMemory(read_selection(ds.id(), ty.0, None, len as usize).map_err(Skipped)?.into()))
+            }
+            H5D_layout_t::H5D_CHUNKED => {
+                let rank = shape.len();
+                let mut chunk = vec![0 as hsize_t; rank.max(1)];
+                if H5Pget_chunk(dcpl.0, rank as i32, chunk.as_mut_ptr()) != rank as i32 || chunk.iter().take(rank).any(|&c| c == 0) {
+                    return Err(Skipped("invalid chunk shape".into()));
+                }
+                chunk.truncate(rank);
+                let chunk_bytes = Tensor::raw_size(dtype, &chunk).filter(|&b| b <= 1 << 32).ok_or_else(|| Skipped("chunk too large".into()))?;
+                Arc::new(Chunked {
+                    dataset: ds.clone(),
+                    file_type: Arc::new(Id(hdf5_sys::h5t::H5Tcopy(ty.0), H5Tclose)),
+                    blob: ctx.blob.clone(),
+                    cache: ctx.cache.clone(),
+                    cache_id: ctx.cache.new_id(),
+                    shape: shape.clone(),
+                    chunk,
+                    elem: dtype.size(),
+                    chunk_bytes,
+                    len,
+                    filters: filters(dcpl.0),
+                    fill,
+                    index: OnceLock::new(),
+                })
+            }
+            other => return Err(Skipped(format!("{other:?} storage"))),
+        };
+        let bytes: Arc<dyn TensorBytes> = if big_endian && dtype.swap_unit() > 1 {
+            Arc::new(ByteSwapped { inner: stored, unit: dtype.swap_unit() })
+        } else {
+            stored
+        };
+        Ok(Tensor { path, dtype, shape, bytes })
+    }
+}
+
+/// The fill value's bytes in file byte order (zeros when none is defined).
+unsafe fn fill_value(dcpl: hid_t, ty: hid_t, size: usize) -> Vec<u8> {
+    let mut fill = vec![0u8; size.max(1)];
+    if unsafe { H5Pget_fill_value(dcpl, ty, fill.as_mut_ptr().cast()) } < 0 {
+        fill.iter_mut().for_each(|b| *b = 0);
+    }
+    fill.truncate(size);
+    fill
+}
+
+/// Reads raw file-order bytes of a selection (the whole dataset, or a hyperslab).
+unsafe fn read_selection(ds: hid_t, ty: hid_t, slab: Option<(&[u64], &[u64])>, len: usize) -> Result<Vec<u8>, String> {
+    unsafe {
+        let mut buf = vec![0u8; len];
+        let status = match slab {
+            None => H5Dread(ds, ty, 0, 0, H5P_DEFAULT, buf.as_mut_ptr().cast()),
+            Some((start, count)) => {
+                let file_space = Id(hdf5_sys::h5d::H5Dget_space(ds), H5Sclose);
+                H5Sselect_hyperslab(file_space.0, H5S_seloper_t::H5S_SELECT_SET, start.as_ptr(), std::ptr::null(), count.as_ptr(), std::ptr::null());
+                let mem_space = Id(H5Screate_simple(count.len() as i32, count.as_ptr(), std::ptr::null()), H5Sclose);
+                H5Dread(ds, ty, mem_space.0, file_space.0, H5P_DEFAULT, buf.as_mut_ptr().cast())
+            }
+        };
+        if status < 0 { Err("libhdf5 could not read the data".into()) } else { Ok(buf) }
+    }
+}
+
+/// A dataset never written: every element is the fill value.
+struct Filled {
+    fill: Vec<u8>,
+    len: u64,
+}
+
+impl TensorBytes for Filled {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        fill_from(&self.fill, offset, buf);
+        Ok(())
+    }
+}
+
+fn fill_from(fill: &[u8], offset: u64, buf: &mut [u8]) {
+    let n = fill.len().max(1) as u64;
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = fill.get(((offset + i as u64) % n) as usize).copied().unwrap_or(0);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Filter {
+    Deflate,
+    Shuffle,
+    Fletcher32,
+    Lzf,
+    /// Anything else: the chunk is decoded by libhdf5 itself.
+    Other(i32),
+}
+
+unsafe fn filters(dcpl: hid_t) -> Vec<Filter> {
+    unsafe {
+        (0..H5Pget_nfilters(dcpl).max(0) as c_uint)
+            .map(|i| {
+                let mut flags: c_uint = 0;
+                let mut nelmts: usize = 0;
+                let mut name = [0 as c_char; 8];
+                let mut config: c_uint = 0;
+                let id = H5Pget_filter2(dcpl, i, &mut flags, &mut nelmts, std::ptr::null_mut(), name.len(), name.as_mut_ptr(), &mut config);
+                match id {
+                    1 => Filter::Deflate,
+                    2 => Filter::Shuffle,
+                    3 => Filter::Fletcher32,
+                    32000 => Filter::Lzf,
+                    other => Filter::Other(other),
+                }
+            })
+            .collect()
+    }
+}
+
+struct ChunkLocation {
+    addr: u64,
+    size: u64,
+    filter_mask: u32,
+}
+
+/// A chunked dataset: only the chunks a read touches are decoded, and they are kept in the
+/// shared cache.
+struct Chunked {
+    dataset: Dataset,
+    file_type: Arc<Id>,
+    blob: Blob,
+    cache: Arc<ChunkCache>,
+    cache_id: u64,
+    shape: Vec<u64>,
+    chunk: Vec<u64>,
+    elem: usize,
+    chunk_bytes: u64,
+    len: u64,
+    filters: Vec<Filter>,
+    fill: Vec<u8>,
+    /// Chunk number (row-major over the chunk grid) -> where it is stored; built on first read.
+    index: OnceLock<Result<HashMap<u64, ChunkLocation>, String>>,
+}
+
+// SAFETY: the HDF5 ids are only used under libhdf5's global lock.
+unsafe impl Send for Chunked {}
+unsafe impl Sync for Chunked {}
+
+impl Chunked {
+    fn grid(&self) -> Vec<u64> {
+        self.shape.iter().zip(&self.chunk).map(|(s, c)| s.div_ceil(*c)).collect()
+    }
+
+    fn chunk_index(&self) -> Result<&HashMap<u64, ChunkLocation>, ReadError> {
+        self.index
+            .get_or_init(|| locked(|| self.build_index()))
+            .as_ref()
+            .map_err(|e| ReadError::Corrupt(e.clone()))
+    }
+
+    fn build_index(&self) -> Result<HashMap<u64, ChunkLocation>, String> {
+        struct Visit<'a> {
+            chunked: &'a Chunked,
+            grid: Vec<u64>,
+            out: HashMap<u64, ChunkLocation>,
+            bad: Option<String>,
+        }
+        unsafe extern "C" fn visit(offset: *const hsize_t, mask: c_uint, addr: haddr_t, size: hsize_t, data: *mut c_void) -> i32 {
+            let v = unsafe { &mut *(data as *mut Visit) };
+            let rank = v.chunked.shape.len();
+            let offset = unsafe { std::slice::from_raw_parts(offset, rank) };
+            let mut number = 0u64;
+            for d in 0..rank {
+                let coord = offset[d] / v.chunked.chunk[d];
+                if coord >= v.grid[d] {
+                    v.bad = Some("chunk outside the dataset".into());
+                    return -1;
+                }
+                number = number * v.grid[d] + coord;
+            }
+            if addr.checked_add(size).is_none_or(|end| end > v.chunked.blob.len()) {
+                v.bad = Some(format!("chunk at {addr} (+{size} bytes) lies outside the file"));
+                return -1;
+            }
+            v.out.insert(number, ChunkLocation { addr, size, filter_mask: mask });
+            0
+        }
+        let mut v = Visit { chunked: self, grid: self.grid(), out: HashMap::new(), bad: None };
+        let status = unsafe { H5Dchunk_iter(self.dataset.id(), H5P_DEFAULT, Some(visit), (&mut v as *mut Visit).cast()) };
+        if let Some(bad) = v.bad {
+            return Err(bad);
+        }
+        if status < 0 {
+            return Err("cannot read the chunk index".into());
+        }
+        Ok(v.out)
+    }
+
+    /// The decoded bytes of chunk `number`, always of the full chunk shape.
+    fn load(&self, number: u64) -> Result<Vec<u8>, ReadError> {
+        let Some(loc) = self.chunk_index()?.get(&number) else {
+            let mut out = vec![0u8; self.chunk_bytes as usize];
+            fill_from(&self.fill, 0, &mut out);
+            return Ok(out);
+        };
+        let active: Vec<Filter> = self
+            .filters
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| loc.filter_mask & (1 << i) == 0)
+            .map(|(_, f)| *f)
+            .collect();
+        if active.iter().any(|f| matches!(f, Filter::Other(_))) {
+            return self.load_with_libhdf5(number);
+        }
+        let mut data = self.blob.read_vec(loc.addr, loc.size)?;
+        for filter in active.iter().rev() {
+            data = match filter {
+                Filter::Deflate => inflate(&data, self.chunk_bytes)?,
+                Filter::Shuffle => unshuffle(&data, self.elem),
+                Filter::Fletcher32 => strip_fletcher32(data)?,
+                Filter::Lzf => lzf_decompress(&data, self.chunk_bytes as usize)?,
+                Filter::Other(_) => unreachable!(),
+            };
+        }
+        if data.len() as u64 != self.chunk_bytes {
+            return Err(ReadError::Corrupt(format!("chunk decodes to {} bytes, expected {}", data.len(), self.chunk_bytes)));
+        }
+        Ok(data)
+    }
+
+    /// Decodes one chunk through libhdf5 (filters wfs does not implement), under its lock.
+    fn load_with_libhdf5(&self, number: u64) -> Result<Vec<u8>, ReadError> {
+        let grid = self.grid();
+        let mut coords = vec![0u64; grid.len()];
+        let mut rest = number;
+        for d in (0..grid.len()).rev() {
+            coords[d] = rest % grid[d];
+            rest /= grid[d];
+        }
+        let start: Vec<u64> = coords.iter().zip(&self.chunk).map(|(c, n)| c * n).collect();
+        let count: Vec<u64> = start.iter().zip(&self.chunk).zip(&self.shape).map(|((s, c), n)| (*c).min(n - s)).collect();
+        let clipped = count.iter().product::<u64>() as usize * self.elem;
+        let data = locked(|| unsafe { read_selection(self.dataset.id(), self.file_type.0, Some((&start, &count)), clipped) })
+            .map_err(ReadError::Corrupt)?;
+        // Place the clipped box into a full-shape chunk, one innermost row at a time.
+        let mut out = vec![0u8; self.chunk_bytes as usize];
+        let rank = count.len();
+        let row = count[rank - 1] as usize * self.elem;
+        let rows = if row == 0 { 0 } else { clipped / row };
+        for r in 0..rows {
+            let mut rem = r as u64;
+            let mut dst = 0u64;
+            let mut stride = 1u64;
+            for d in (0..rank - 1).rev() {
+                let i = rem % count[d];
+                rem /= count[d];
+                dst += i * stride;
+                stride *= self.chunk[d];
+            }
+            let dst = (dst * self.chunk[rank - 1]) as usize * self.elem;
+            out[dst..dst + row].copy_from_slice(&data[r * row..(r + 1) * row]);
+        }
+        Ok(out)
+    }
+}
+
+impl TensorBytes for Chunked {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        let rank = self.shape.len();
+        let grid = self.grid();
+        let elem = self.elem as u64;
+        let mut pos = offset;
+        let mut done = 0usize;
+        let mut current: Option<(u64, Arc<[u8]>)> = None;
+        while done < buf.len() {
+            // Element coordinates of `pos`, its chunk, and its place inside the chunk.
+            let mut rem = pos / elem;
+            let within = pos % elem;
+            let mut chunk_number = 0u64;
+            let mut inner = 0u64;
+            let mut coords = vec![0u64; rank];
+            for d in (0..rank).rev() {
+                coords[d] = rem % self.shape[d];
+                rem /= self.shape[d];
+            }
+            for d in 0..rank {
+                chunk_number = chunk_number * grid[d] + coords[d] / self.chunk[d];
+                inner = inner * self.chunk[d] + coords[d] % self.chunk[d];
+            }
+            // Elements left in this chunk's row and in the dataset's row.
+            let last = rank - 1;
+            let run = (self.chunk[last] - coords[last] % self.chunk[last]).min(self.shape[last] - coords[last]);
+            let available = (run * elem - within) as usize;
+            let n = available.min(buf.len() - done);
+            let data = match &current {
+                Some((number, data)) if *number == chunk_number => data.clone(),
+                _ => {
+                    let data = self.cache.get_or_load((self.cache_id, chunk_number), || self.load(chunk_number))?;
+                    current = Some((chunk_number, data.clone()));
+                    data
+                }
+            };
+            let start = (inner * elem + within) as usize;
+            buf[done..done + n].copy_from_slice(&data[start..start + n]);
+            done += n;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+}
+
+fn inflate(data: &[u8], expected: u64) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(expected as usize);
+    // Reading one byte past the expected size detects (and bounds) a chunk that inflates too far.
+    flate2::read::ZlibDecoder::new(data)
+        .take(expected + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| ReadError::Corrupt(format!("gzip chunk: {e}")))?;
+    Ok(out)
+}
+
+/// Undoes HDF5's shuffle filter: byte k of every element was stored in plane k.
+fn unshuffle(data: &[u8], elem: usize) -> Vec<u8> {
+    if elem <= 1 {
+        return data.to_vec();
+    }
+    let count = data.len() / elem;
+    let mut out = vec![0u8; data.len()];
+    for k in 0..elem {
+        let plane = &data[k * count..(k + 1) * count];
+        for (i, &b) in plane.iter().enumerate() {
+            out[i * elem + k] = b;
+        }
+    }
+    // Bytes past the last whole element are stored unshuffled.
+    out[count * elem..].copy_from_slice(&data[count * elem..]);
+    out
+}
+
+/// Drops the Fletcher-32 checksum HDF5 appends to a chunk, verifying it.
+fn strip_fletcher32(mut data: Vec<u8>) -> Result<Vec<u8>, ReadError> {
+    if data.len() < 4 {
+        return Err(ReadError::Corrupt("chunk shorter than its checksum".into()));
+    }
+    let body_len = data.len() - 4;
+    let stored = u32::from_be_bytes(data[body_len..].try_into().unwrap());
+    let stored_swapped = u32::from_le_bytes(data[body_len..].try_into().unwrap());
+    let sum = fletcher32(&data[..body_len]);
+    if sum != stored && sum != stored_swapped {
+        return Err(ReadError::Corrupt("Fletcher-32 checksum mismatch".into()));
+    }
+    data.truncate(body_len);
+    Ok(data)
+}
+
+/// HDF5's Fletcher-32 (H5_checksum_fletcher32): 16-bit big-endian words, odd byte padded.
+fn fletcher32(data: &[u8]) -> u32 {
+    let (mut sum1, mut sum2) = (0u32, 0u32);
+    for block in data.chunks(360 * 2) {
+        for word in block.chunks(2) {
+            let w = if word.len() == 2 { u32::from(word[0]) << 8 | u32::from(word[1]) } else { u32::from(word[0]) << 8 };
+            sum1 += w;
+            sum2 += sum1;
+        }
+        sum1 = (sum1 & 0xffff) + (sum1 >> 16);
+        sum2 = (sum2 & 0xffff) + (sum2 >> 16);
+    }
+    sum1 = (sum1 & 0xffff) + (sum1 >> 16);
+    sum2 = (sum2 & 0xffff) + (sum2 >> 16);
+    (sum2 << 16) | sum1
+}
+
+/// LZF decompression (h5py's lzf filter, id 32000).
+fn lzf_decompress(input: &[u8], expected: usize) -> Result<Vec<u8>, ReadError> {
+    let bad = || ReadError::Corrupt("invalid LZF chunk".into());
+    let mut out: Vec<u8> = Vec::with_capacity(expected);
+    let mut i = 0;
+    while i < input.len() {
+        let ctrl = input[i] as usize;
+        i += 1;
+        if ctrl < 32 {
+            let n = ctrl + 1;
+            let lit = input.get(i..i + n).ok_or_else(bad)?;
+            out.extend_from_slice(lit);
+            i += n;
+        } else {
+            let mut len = ctrl >> 5;
+            if len == 7 {
+                len += *input.get(i).ok_or_else(bad)? as usize;
+                i += 1;
+            }
+            let low = *input.get(i).ok_or_else(bad)? as usize;
+            i += 1;
+            let back = ((ctrl & 0x1f) << 8) + low + 1;
+            if back > out.len() {
+                return Err(bad());
+            }
+            let start = out.len() - back;
+            for k in 0..len + 2 {
+                let b = out[start + k];
+                out.push(b);
+            }
+        }
+        if out.len() > expected {
+            return Err(bad());
+        }
+    }
+    Ok(out)
+}
+
+/// Every dataset below `group` (hard links only, each object once), with its path.
+pub fn walk_datasets(group: &Group, max_depth: usize) -> Vec<(Vec<String>, Dataset)> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    walk(group, &mut Vec::new(), max_depth, &mut seen, &mut out);
+    out
+}
+
+fn walk(group: &Group, prefix: &mut Vec<String>, depth: usize, seen: &mut std::collections::HashSet<String>, out: &mut Vec<(Vec<String>, Dataset)>) {
+    let mut names = Vec::new();
+    let _ = locked(|| {
+        group.iter_visit_default(|name, info| {
+            if matches!(info.link_type, hdf5::LinkType::Hard) {
+                names.push(name.to_string());
+            }
+            Ok(())
+        })
+    });
+    for name in names {
+        let Ok(info) = locked(|| group.loc_info_by_name(&name)) else { continue };
+        if !seen.insert(format!("{:?}", info.token)) {
+            continue;
+        }
+        prefix.push(name.clone());
+        match info.loc_type {
+            hdf5::LocationType::Group if depth > 0 => {
+                if let Ok(child) = locked(|| group.group(&name)) {
+                    walk(&child, prefix, depth - 1, seen, out);
+                }
+            }
+            hdf5::LocationType::Dataset => {
+                if let Ok(ds) = locked(|| group.dataset(&name)) {
+                    out.push((prefix.clone(), ds));
+                }
+            }
+            _ => {}
+        }
+        prefix.pop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unshuffle_restores_elements() {
+        // elements 0x0102, 0x0304 (LE) shuffled: low bytes plane then high bytes plane
+        assert_eq!(unshuffle(&[0x02, 0x04, 0x01, 0x03], 2), vec![0x02, 0x01, 0x04, 0x03]);
+    }
+
+    #[test]
+    fn lzf_literal_and_backref() {
+        // literal "ab", then a back-reference of length 4 at distance 2 -> "ababab"
+        let data = [0x01, b'a', b'b', 0x40, 0x01];
+        assert_eq!(lzf_decompress(&data, 6).unwrap(), b"ababab");
+        assert!(lzf_decompress(&[0x40, 0x05], 6).is_err());
+    }
+
+    #[test]
+    fn inflate_is_bounded() {
+        use std::io::Write;
+        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(&vec![0u8; 10_000]).unwrap();
+        let z = enc.finish().unwrap();
+        assert_eq!(inflate(&z, 10_000).unwrap().len(), 10_000);
+        assert_eq!(inflate(&z, 100).unwrap().len(), 101);
+    }
+}

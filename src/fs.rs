@@ -1,0 +1,195 @@
+//! Filesystem operations over a `Tree`, independent of FUSE so they can be tested directly.
+
+use crate::dtype::DType;
+use crate::error::ReadError;
+use crate::model::TensorBytes;
+use crate::tree::{Content, Ino, Node, Tree};
+use std::ffi::OsStr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: Kind,
+    pub size: u64,
+    pub perm: u16,
+    pub nlink: u32,
+}
+
+pub struct Fs {
+    pub tree: Tree,
+}
+
+impl Fs {
+    pub fn new(tree: Tree) -> Self {
+        Fs { tree }
+    }
+
+    pub fn attr(&self, ino: Ino) -> Option<Attr> {
+        let (kind, size, perm, nlink) = match self.tree.node(ino)? {
+            Node::Dir { entries, .. } => {
+                let subdirs = entries
+                    .iter()
+                    .filter(|(_, i)| matches!(self.tree.node(*i), Some(Node::Dir { .. })))
+                    .count();
+                (Kind::Dir, 0, 0o555, 2 + subdirs as u32)
+            }
+            Node::File { size, .. } => (Kind::File, *size, 0o444, 1),
+            Node::Symlink(target) => (Kind::Symlink, target.len() as u64, 0o777, 1),
+        };
+        Some(Attr { ino, kind, size, perm, nlink })
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Attr, i32> {
+        match self.tree.node(parent) {
+            Some(Node::Dir { .. }) => {}
+            Some(_) => return Err(libc::ENOTDIR),
+            None => return Err(libc::ENOENT),
+        }
+        let name = name.to_str().ok_or(libc::ENOENT)?;
+        let ino = self.tree.lookup(parent, name).ok_or(libc::ENOENT)?;
+        self.attr(ino).ok_or(libc::ENOENT)
+    }
+
+    /// Directory entries after `offset` entries, `.` and `..` first.
+    pub fn readdir(&self, ino: Ino, offset: u64) -> Result<Vec<(Ino, Kind, String)>, i32> {
+        let Some(Node::Dir { entries, .. }) = self.tree.node(ino) else {
+            return Err(libc::ENOTDIR);
+        };
+        let parent = self.tree.parent(ino).unwrap_or(ino);
+        let dots = [(ino, Kind::Dir, ".".to_string()), (parent, Kind::Dir, "..".to_string())];
+        let rest = entries.iter().map(|(name, child)| {
+            let kind = self.attr(*child).map_or(Kind::File, |a| a.kind);
+            (*child, kind, name.clone())
+        });
+        Ok(dots.into_iter().chain(rest).skip(offset as usize).collect())
+    }
+
+    pub fn readlink(&self, ino: Ino) -> Result<&str, i32> {
+        match self.tree.node(ino) {
+            Some(Node::Symlink(target)) => Ok(target),
+            Some(_) => Err(libc::EINVAL),
+            None => Err(libc::ENOENT),
+        }
+    }
+
+    /// Reads up to `size` bytes at `offset`; short only at end of file.
+    pub fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>, i32> {
+        let (content, file_size) = match self.tree.node(ino) {
+            Some(Node::File { content, size }) => (content, *size),
+            Some(Node::Dir { .. }) => return Err(libc::EISDIR),
+            _ => return Err(libc::ENOENT),
+        };
+        if offset >= file_size {
+            return Ok(Vec::new());
+        }
+        let len = (file_size - offset).min(u64::from(size)) as usize;
+        let mut buf = vec![0u8; len];
+        let result = match content {
+            Content::Bytes(bytes) => bytes.read_at(offset, &mut buf),
+            Content::Npy { header, tensor } => {
+                let tensor = &self.tree.tensors[*tensor];
+                read_npy(header, tensor.dtype, tensor.bytes.as_ref(), offset, &mut buf)
+            }
+        };
+        result.map_err(|e| {
+            log::warn!("read of inode {ino} at {offset}: {e}");
+            e.errno()
+        })?;
+        Ok(buf)
+    }
+}
+
+/// Fills `buf` with `.npy` bytes at `offset`: header, then data (bfloat16 widened to float32).
+fn read_npy(
+    header: &[u8],
+    dtype: DType,
+    raw: &dyn TensorBytes,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<(), ReadError> {
+    let hlen = header.len() as u64;
+    let mut filled = 0usize;
+    if offset < hlen {
+        let n = ((hlen - offset) as usize).min(buf.len());
+        buf[..n].copy_from_slice(&header[offset as usize..offset as usize + n]);
+        filled = n;
+    }
+    if filled == buf.len() {
+        return Ok(());
+    }
+    let data_offset = offset + filled as u64 - hlen;
+    let out = &mut buf[filled..];
+    if dtype != DType::BF16 {
+        return raw.read_at(data_offset, out);
+    }
+    // Each float32 output element is the 2-byte bfloat16 shifted into the high half.
+    let first = data_offset / 4;
+    let last = (data_offset + out.len() as u64).div_ceil(4);
+    let mut halves = vec![0u8; ((last - first) * 2) as usize];
+    raw.read_at(first * 2, &mut halves)?;
+    let widened: Vec<u8> = halves.chunks_exact(2).flat_map(|h| [0, 0, h[0], h[1]]).collect();
+    let skip = (data_offset - first * 4) as usize;
+    out.copy_from_slice(&widened[skip..skip + out.len()]);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{InMemory, Model, Tensor};
+    use std::sync::Arc;
+
+    fn fs_with(dtype: DType, data: Vec<u8>, shape: Vec<u64>) -> Fs {
+        let mut model = Model::default();
+        model.tensors.push(Tensor {
+            path: vec!["t".into()],
+            dtype,
+            shape,
+            bytes: Arc::new(InMemory(data.into())),
+        });
+        Fs::new(Tree::build(model, "test"))
+    }
+
+    #[test]
+    fn npy_reads_at_any_offset_match_a_whole_read() {
+        let data: Vec<u8> = (0..=255).collect();
+        let fs = fs_with(DType::U8, data, vec![16, 16]);
+        let ino = fs.tree.resolve("t.npy").unwrap();
+        let whole = fs.read(ino, 0, 1 << 20).unwrap();
+        assert_eq!(whole.len(), 128 + 256);
+        for (off, len) in [(0u64, 7u32), (100, 50), (127, 2), (128, 256), (300, 1000)] {
+            let part = fs.read(ino, off, len).unwrap();
+            let end = (off as usize + len as usize).min(whole.len());
+            assert_eq!(part, whole[off as usize..end]);
+        }
+    }
+
+    #[test]
+    fn bfloat16_widens_losslessly() {
+        // bfloat16 1.0 = 0x3F80, -2.0 = 0xC000
+        let fs = fs_with(DType::BF16, vec![0x80, 0x3F, 0x00, 0xC0], vec![2]);
+        let ino = fs.tree.resolve("t.npy").unwrap();
+        let bytes = fs.read(ino, 128, 8).unwrap();
+        let floats: Vec<f32> = bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(floats, vec![1.0, -2.0]);
+        assert_eq!(fs.read(ino, 131, 3).unwrap(), vec![0x3F, 0x00, 0x00]);
+        let raw = fs.tree.resolve("t.raw").unwrap();
+        assert_eq!(fs.read(raw, 0, 10).unwrap(), vec![0x80, 0x3F, 0x00, 0xC0]);
+    }
+
+    #[test]
+    fn lookup_errors() {
+        let fs = fs_with(DType::U8, vec![1], vec![1]);
+        let file = fs.tree.resolve("t.npy").unwrap();
+        assert_eq!(fs.lookup(file, OsStr::new("x")).unwrap_err(), libc::ENOTDIR);
+        assert_eq!(fs.lookup(1, OsStr::new("nope")).unwrap_err(), libc::ENOENT);
+        assert_eq!(fs.read(1, 0, 1).unwrap_err(), libc::EISDIR);
+    }
+}

@@ -1,0 +1,19 @@
+//! wfs: machine-learning model files as a read-only filesystem.
+//!
+//! A format reader (`formats`) turns a source into a format-neutral `model::Model`; `tree::Tree`
+//! lays it out once at mount; `fs::Fs` answers filesystem operations over the tree; `fuse` is
+//! the thin adapter to the kernel; `daemon` handles the mount's lifecycle.
+
+pub mod cache;
+pub mod daemon;
+pub mod dtype;
+pub mod error;
+pub mod formats;
+pub mod fs;
+pub mod fuse;
+pub mod logger;
+pub mod model;
+pub mod names;
+pub mod npy;
+pub mod source;
+pub mod tree;

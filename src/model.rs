@@ -1,0 +1,138 @@
+//! The format-neutral model: tensors (dtype, shape, where their bytes are) plus files such as
+//! configs, as every format reader produces it and the tree consumes it.
+
+use crate::dtype::DType;
+use crate::error::ReadError;
+use crate::source::Blob;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+/// Produces a tensor's `.raw` bytes: C order, little-endian, `len()` bytes in all.
+pub trait TensorBytes: Send + Sync {
+    fn len(&self) -> u64;
+    /// Fills `buf` with the bytes at `[offset, offset + buf.len())`, which lies inside `len()`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError>;
+    /// Where the bytes lie in the source, for users: `None` when they are decoded.
+    fn extent(&self) -> Option<(u64, u64)> {
+        None
+    }
+}
+
+/// Bytes stored as-is in a blob at `[offset, offset + len)`: served by `pread`, never copied.
+pub struct Extent {
+    pub blob: Blob,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl TensorBytes for Extent {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        self.blob.read_at(self.offset + offset, buf)
+    }
+    fn extent(&self) -> Option<(u64, u64)> {
+        Some((self.offset, self.len))
+    }
+}
+
+/// Small tensors and files whose bytes were produced at mount (strings, compact datasets).
+pub struct InMemory(pub Arc<[u8]>);
+
+impl TensorBytes for InMemory {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        let start = offset as usize;
+        buf.copy_from_slice(&self.0[start..start + buf.len()]);
+        Ok(())
+    }
+}
+
+/// Big-endian source data, swapped per element on every read.
+pub struct ByteSwapped {
+    pub inner: Arc<dyn TensorBytes>,
+    /// Bytes per swapped unit (the element size; half of it for complex numbers).
+    pub unit: usize,
+}
+
+impl TensorBytes for ByteSwapped {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        let unit = self.unit as u64;
+        let start = offset / unit * unit;
+        let end = (offset + buf.len() as u64).div_ceil(unit) * unit;
+        let mut aligned = vec![0u8; (end - start) as usize];
+        self.inner.read_at(start, &mut aligned)?;
+        for element in aligned.chunks_exact_mut(self.unit) {
+            element.reverse();
+        }
+        let skip = (offset - start) as usize;
+        buf.copy_from_slice(&aligned[skip..skip + buf.len()]);
+        Ok(())
+    }
+}
+
+/// One tensor of the model.
+#[derive(Clone)]
+pub struct Tensor {
+    /// Path below the mount root, as raw source names (sanitised when the tree is built).
+    pub path: Vec<String>,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub bytes: Arc<dyn TensorBytes>,
+}
+
+impl Tensor {
+    /// Number of elements, or `None` if the shape's product overflows.
+    pub fn element_count(shape: &[u64]) -> Option<u64> {
+        shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
+    }
+
+    /// The `.raw` size the shape implies, or `None` on overflow.
+    pub fn raw_size(dtype: DType, shape: &[u64]) -> Option<u64> {
+        Self::element_count(shape)?.checked_mul(dtype.size() as u64)
+    }
+}
+
+/// A plain file of the tree (config.json, a layer's config, an asset).
+#[derive(Clone)]
+pub struct ModelFile {
+    pub path: Vec<String>,
+    pub bytes: Arc<dyn TensorBytes>,
+}
+
+/// A symlink of the tree; both ends are raw source paths from the mount root.
+#[derive(Clone)]
+pub struct ModelLink {
+    pub path: Vec<String>,
+    pub target: Vec<String>,
+}
+
+/// What a format reader hands to the tree.
+#[derive(Default)]
+pub struct Model {
+    /// `info.json` fields after `format` and `source`, in order.
+    pub info: Map<String, Value>,
+    pub format: String,
+    pub tensors: Vec<Tensor>,
+    pub files: Vec<ModelFile>,
+    pub links: Vec<ModelLink>,
+    /// Directories that must exist even when nothing is inside (weightless layers).
+    pub dirs: Vec<Vec<String>>,
+}
+
+impl Model {
+    pub fn add_file(&mut self, path: Vec<String>, bytes: Vec<u8>) {
+        self.files.push(ModelFile { path, bytes: Arc::new(InMemory(bytes.into())) });
+    }
+}
+
+/// Joins a prefix and further components into a path.
+pub fn path_of(prefix: &[&str], rest: &[String]) -> Vec<String> {
+    prefix.iter().map(|s| s.to_string()).chain(rest.iter().cloned()).collect()
+}

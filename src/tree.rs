@@ -1,0 +1,312 @@
+//! The mount tree, built once from a `Model`: inodes, names made safe, and exact file sizes.
+
+use crate::dtype::DType;
+use crate::model::{Model, TensorBytes, Tensor};
+use crate::names::{sanitize, shorten};
+use crate::npy;
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub type Ino = u64;
+pub const ROOT: Ino = 1;
+
+/// What a regular file holds.
+#[derive(Clone)]
+pub enum Content {
+    /// Bytes from a reader: configs, assets, and `.raw` files.
+    Bytes(Arc<dyn TensorBytes>),
+    /// A `.npy` file: the header, then the tensor's data (bfloat16 widened to float32).
+    Npy { header: Arc<[u8]>, tensor: usize },
+}
+
+pub enum Node {
+    Dir { entries: Vec<(String, Ino)>, index: HashMap<String, Ino> },
+    File { content: Content, size: u64 },
+    Symlink(String),
+}
+
+pub struct Tree {
+    nodes: Vec<Node>,
+    parents: Vec<Ino>,
+    names: Vec<String>,
+    pub tensors: Vec<Tensor>,
+}
+
+const TENSOR_SUFFIXES: [&str; 4] = [".npy", ".raw", ".shape", ".dtype"];
+
+impl Tree {
+    /// Builds the whole tree. `source` is what `info.json` reports as the source.
+    pub fn build(model: Model, source: &str) -> Tree {
+        let mut tree = Tree {
+            nodes: vec![Node::Dir { entries: Vec::new(), index: HashMap::new() }],
+            parents: vec![ROOT],
+            names: vec![String::new()],
+            tensors: Vec::new(),
+        };
+        // Safe names of every raw directory path seen, so links resolve to what was made.
+        let mut dir_paths: HashMap<Vec<String>, (Ino, Vec<String>)> = HashMap::new();
+        dir_paths.insert(Vec::new(), (ROOT, Vec::new()));
+
+        let total_bytes: u64 = model.tensors.iter().map(|t| t.bytes.len()).sum();
+        let mut info = Map::new();
+        info.insert("format".into(), json!(model.format));
+        info.insert("source".into(), json!(source));
+        for (k, v) in &model.info {
+            info.insert(k.clone(), v.clone());
+        }
+        info.insert("tensors".into(), json!(model.tensors.len()));
+        info.insert("bytes".into(), json!(total_bytes));
+        let mut info_text = serde_json::to_vec_pretty(&Value::Object(info)).unwrap_or_default();
+        info_text.push(b'\n');
+        tree.add_bytes(ROOT, "info.json", info_text);
+        let tsv_ino = tree.add_bytes(ROOT, "tensors.tsv", Vec::new());
+
+        for dir in &model.dirs {
+            tree.make_dirs(&mut dir_paths, dir);
+        }
+        for file in &model.files {
+            let (dir, name) = file.path.split_at(file.path.len().saturating_sub(1));
+            let parent = tree.make_dirs(&mut dir_paths, dir);
+            let name = name.first().map_or("%00", String::as_str);
+            let safe = tree.unique_name(parent, &sanitize(name), &[""]);
+            let size = file.bytes.len();
+            tree.insert(parent, safe, Node::File { content: Content::Bytes(file.bytes.clone()), size });
+        }
+        let mut tsv = String::from("path\tdtype\tshape\tbytes\n");
+        for tensor in model.tensors {
+            let (dir, name) = tensor.path.split_at(tensor.path.len().saturating_sub(1));
+            let parent = tree.make_dirs(&mut dir_paths, dir);
+            let name = name.first().map_or("%00", String::as_str);
+            let base = tree.unique_name(parent, &sanitize(name), &TENSOR_SUFFIXES);
+            let shape_text = tensor.shape.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+            let id = tree.tensors.len();
+            let header: Arc<[u8]> = npy::header(tensor.dtype, &tensor.shape).into();
+            let raw_len = tensor.bytes.len();
+            let npy_len = header.len() as u64 + raw_len / tensor.dtype.size() as u64 * tensor.dtype.npy_size() as u64;
+            tree.insert(
+                parent,
+                format!("{base}.npy"),
+                Node::File { content: Content::Npy { header, tensor: id }, size: npy_len },
+            );
+            tree.insert(
+                parent,
+                format!("{base}.raw"),
+                Node::File { content: Content::Bytes(tensor.bytes.clone()), size: raw_len },
+            );
+            tree.add_bytes(parent, &format!("{base}.shape"), format!("{shape_text}\n").into_bytes());
+            tree.add_bytes(parent, &format!("{base}.dtype"), format!("{}\n", tensor.dtype.name()).into_bytes());
+            let mut rel = tree.path_of(parent);
+            rel.push(format!("{base}.npy"));
+            tsv.push_str(&format!("{}\t{}\t{}\t{}\n", rel.join("/"), tensor.dtype.name(), shape_text, raw_len));
+            tree.tensors.push(tensor);
+        }
+        let tsv = tsv.into_bytes();
+        tree.nodes[(tsv_ino - 1) as usize] = Node::File {
+            size: tsv.len() as u64,
+            content: Content::Bytes(Arc::new(crate::model::InMemory(tsv.into()))),
+        };
+
+        for link in &model.links {
+            let Some((_, target_safe)) = dir_paths.get(&link.target).cloned() else {
+                continue;
+            };
+            let (dir, name) = link.path.split_at(link.path.len().saturating_sub(1));
+            let parent = tree.make_dirs(&mut dir_paths, dir);
+            let parent_safe = tree.path_of(parent);
+            let target = relative(&parent_safe, &target_safe);
+            let name = name.first().map_or("%00", String::as_str);
+            let safe = tree.unique_name(parent, &sanitize(name), &[""]);
+            tree.insert(parent, safe, Node::Symlink(target));
+        }
+        tree
+    }
+
+    fn add_bytes(&mut self, parent: Ino, name: &str, bytes: Vec<u8>) -> Ino {
+        let size = bytes.len() as u64;
+        let content = Content::Bytes(Arc::new(crate::model::InMemory(bytes.into())));
+        self.insert(parent, name.to_string(), Node::File { content, size })
+    }
+
+    fn insert(&mut self, parent: Ino, name: String, node: Node) -> Ino {
+        let ino = self.nodes.len() as Ino + 1;
+        self.nodes.push(node);
+        self.parents.push(parent);
+        self.names.push(name.clone());
+        if let Node::Dir { entries, index } = &mut self.nodes[(parent - 1) as usize] {
+            entries.push((name.clone(), ino));
+            index.insert(name, ino);
+        }
+        ino
+    }
+
+    /// A name not yet used in `parent` for any of `base + suffix`: `base`, `base~2`, ...
+    fn unique_name(&self, parent: Ino, base: &str, suffixes: &[&str]) -> String {
+        let Node::Dir { index, .. } = &self.nodes[(parent - 1) as usize] else { unreachable!() };
+        let free = |b: &str| suffixes.iter().all(|s| !index.contains_key(&format!("{b}{s}")));
+        if free(base) {
+            return base.to_string();
+        }
+        let longest_suffix = suffixes.iter().map(|s| s.len()).max().unwrap_or(0);
+        (2u64..)
+            .map(|n| {
+                let tag = format!("~{n}");
+                let limit = 255 - longest_suffix - tag.len();
+                let stem = if base.len() > limit { shorten(base, limit) } else { base.to_string() };
+                format!("{stem}{tag}")
+            })
+            .find(|candidate| free(candidate))
+            .expect("some suffix is free")
+    }
+
+    /// Returns the directory for raw path `dir`, creating what is missing.
+    fn make_dirs(&mut self, known: &mut HashMap<Vec<String>, (Ino, Vec<String>)>, dir: &[String]) -> Ino {
+        if let Some((ino, _)) = known.get(dir) {
+            return *ino;
+        }
+        let parent = self.make_dirs(known, &dir[..dir.len() - 1]);
+        let name = &dir[dir.len() - 1];
+        let safe = self.unique_name(parent, &sanitize(name), &[""]);
+        let ino = self.insert(parent, safe, Node::Dir { entries: Vec::new(), index: HashMap::new() });
+        known.insert(dir.to_vec(), (ino, self.path_of(ino)));
+        ino
+    }
+
+    /// Safe path components from the root to `ino`.
+    fn path_of(&self, mut ino: Ino) -> Vec<String> {
+        let mut parts = Vec::new();
+        while ino != ROOT {
+            parts.push(self.names[(ino - 1) as usize].clone());
+            ino = self.parents[(ino - 1) as usize];
+        }
+        parts.reverse();
+        parts
+    }
+
+    pub fn node(&self, ino: Ino) -> Option<&Node> {
+        self.nodes.get(usize::try_from(ino).ok()?.checked_sub(1)?)
+    }
+
+    pub fn parent(&self, ino: Ino) -> Option<Ino> {
+        self.parents.get(usize::try_from(ino).ok()?.checked_sub(1)?).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &str) -> Option<Ino> {
+        match self.node(parent)? {
+            Node::Dir { index, .. } => index.get(name).copied(),
+            _ => None,
+        }
+    }
+
+    /// Resolves a `/`-separated path of safe names from the root (not following links).
+    pub fn resolve(&self, path: &str) -> Option<Ino> {
+        path.split('/').filter(|c| !c.is_empty()).try_fold(ROOT, |ino, name| self.lookup(ino, name))
+    }
+
+    /// The tensor dtype of a `.npy` node, for bfloat16 widening.
+    pub fn tensor_dtype(&self, id: usize) -> DType {
+        self.tensors[id].dtype
+    }
+}
+
+/// A relative symlink target from directory `from` to `to` (both safe paths from the root).
+fn relative(from: &[String], to: &[String]) -> String {
+    let common = from.iter().zip(to).take_while(|(a, b)| a == b).count();
+    let ups = std::iter::repeat_n("..".to_string(), from.len() - common);
+    let parts: Vec<String> = ups.chain(to[common..].iter().cloned()).collect();
+    if parts.is_empty() { ".".into() } else { parts.join("/") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{InMemory, ModelLink};
+
+    fn tensor(path: &[&str], data: Vec<u8>, dtype: DType, shape: Vec<u64>) -> Tensor {
+        Tensor {
+            path: path.iter().map(|s| s.to_string()).collect(),
+            dtype,
+            shape,
+            bytes: Arc::new(InMemory(data.into())),
+        }
+    }
+
+    fn names(tree: &Tree, ino: Ino) -> Vec<String> {
+        match tree.node(ino).unwrap() {
+            Node::Dir { entries, .. } => entries.iter().map(|(n, _)| n.clone()).collect(),
+            _ => panic!("not a dir"),
+        }
+    }
+
+    #[test]
+    fn tensors_get_four_files_with_exact_sizes() {
+        let mut model = Model { format: "test".into(), ..Default::default() };
+        model.tensors.push(tensor(&["layers", "d", "kernel"], vec![0; 24], DType::F32, vec![2, 3]));
+        model.tensors.push(tensor(&["layers", "d", "b16"], vec![0; 4], DType::BF16, vec![2]));
+        let tree = Tree::build(model, "src");
+        let d = tree.resolve("layers/d").unwrap();
+        assert_eq!(names(&tree, d).len(), 8);
+        let size = |p: &str| match tree.node(tree.resolve(p).unwrap()).unwrap() {
+            Node::File { size, .. } => *size,
+            _ => panic!(),
+        };
+        assert_eq!(size("layers/d/kernel.npy"), 128 + 24);
+        assert_eq!(size("layers/d/kernel.raw"), 24);
+        assert_eq!(size("layers/d/kernel.shape"), 4);
+        assert_eq!(size("layers/d/b16.npy"), 128 + 8);
+        assert_eq!(size("layers/d/b16.raw"), 4);
+    }
+
+    #[test]
+    fn hostile_and_duplicate_names_stay_inside() {
+        let mut model = Model::default();
+        model.tensors.push(tensor(&["..", "x"], vec![1], DType::U8, vec![1]));
+        model.tensors.push(tensor(&["a", "w"], vec![1], DType::U8, vec![1]));
+        model.tensors.push(tensor(&["a", "w"], vec![2], DType::U8, vec![1]));
+        model.tensors.push(tensor(&["a", "w.npy"], vec![3], DType::U8, vec![]));
+        let tree = Tree::build(model, "src");
+        assert!(tree.resolve("%2E%2E/x.npy").is_some());
+        let a = tree.resolve("a").unwrap();
+        let n = names(&tree, a);
+        assert!(n.contains(&"w.npy".to_string()) && n.contains(&"w~2.npy".to_string()));
+        assert!(n.contains(&"w.npy.npy".to_string()));
+        let unique: std::collections::HashSet<_> = n.iter().collect();
+        assert_eq!(unique.len(), n.len());
+    }
+
+    #[test]
+    fn links_are_relative_to_safe_names() {
+        let mut model = Model::default();
+        model.tensors.push(tensor(&["layers", "a/b", "k"], vec![1], DType::U8, vec![1]));
+        model.dirs.push(vec!["layers".into(), "..".into()]);
+        model.links.push(ModelLink { path: vec!["layers".into(), "0".into()], target: vec!["layers".into(), "..".into()] });
+        let tree = Tree::build(model, "src");
+        let link = tree.resolve("layers/0").unwrap();
+        match tree.node(link).unwrap() {
+            Node::Symlink(t) => assert_eq!(t, "%2E%2E"),
+            _ => panic!(),
+        }
+        assert_eq!(relative(&["a".into(), "b".into()], &["a".into(), "c".into()]), "../c");
+    }
+
+    #[test]
+    fn tensors_tsv_lists_every_tensor() {
+        let mut model = Model::default();
+        model.tensors.push(tensor(&["v", "s"], vec![0; 8], DType::I64, vec![]));
+        let tree = Tree::build(model, "src");
+        let Node::File { content: Content::Bytes(b), size } = tree.node(tree.resolve("tensors.tsv").unwrap()).unwrap() else {
+            panic!()
+        };
+        let mut buf = vec![0; *size as usize];
+        b.read_at(0, &mut buf).unwrap();
+        assert_eq!(String::from_utf8(buf).unwrap(), "path\tdtype\tshape\tbytes\nv/s.npy\tint64\t\t8\n");
+    }
+}
