@@ -645,15 +645,22 @@ fn lzf_decompress(input: &[u8], expected: usize) -> Result<Vec<u8>, ReadError> {
     Ok(out)
 }
 
-/// Every dataset below `group` (hard links only, each object once), with its path.
-pub fn walk_datasets(group: &Group, max_depth: usize) -> Vec<(Vec<String>, Dataset)> {
-    let mut out = Vec::new();
+/// What lies below a group: subgroup paths and datasets with their paths.
+#[derive(Default)]
+pub struct Contents {
+    pub groups: Vec<Vec<String>>,
+    pub datasets: Vec<(Vec<String>, Dataset)>,
+}
+
+/// Everything below `group` (hard links only, each object once, at most `max_depth` deep).
+pub fn walk_group(group: &Group, max_depth: usize) -> Contents {
+    let mut out = Contents::default();
     let mut seen = std::collections::HashSet::new();
     walk(group, &mut Vec::new(), max_depth, &mut seen, &mut out);
     out
 }
 
-fn walk(group: &Group, prefix: &mut Vec<String>, depth: usize, seen: &mut std::collections::HashSet<String>, out: &mut Vec<(Vec<String>, Dataset)>) {
+fn walk(group: &Group, prefix: &mut Vec<String>, depth: usize, seen: &mut std::collections::HashSet<String>, out: &mut Contents) {
     let mut names = Vec::new();
     let _ = locked(|| {
         group.iter_visit_default(|name, info| {
@@ -672,12 +679,13 @@ fn walk(group: &Group, prefix: &mut Vec<String>, depth: usize, seen: &mut std::c
         match info.loc_type {
             hdf5::LocationType::Group if depth > 0 => {
                 if let Ok(child) = locked(|| group.group(&name)) {
+                    out.groups.push(prefix.clone());
                     walk(&child, prefix, depth - 1, seen, out);
                 }
             }
             hdf5::LocationType::Dataset => {
                 if let Ok(ds) = locked(|| group.dataset(&name)) {
-                    out.push((prefix.clone(), ds));
+                    out.datasets.push((prefix.clone(), ds));
                 }
             }
             _ => {}

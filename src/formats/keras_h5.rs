@@ -40,7 +40,10 @@ pub fn read(file: &hdf5::File, ctx: &H5Context) -> Result<Model, OpenError> {
         }
         _ => {
             model.format = "hdf5".into();
-            for (path, ds) in h5::walk_datasets(root, MAX_GROUP_DEPTH) {
+            let contents = h5::walk_group(root, MAX_GROUP_DEPTH);
+            model.dirs.push(vec!["datasets".into()]);
+            model.dirs.extend(contents.groups.iter().map(|g| path_of(&["datasets"], g)));
+            for (path, ds) in contents.datasets {
                 push(&ds, path_of(&["datasets"], &path), ctx, &mut model, &mut skipped);
             }
         }
@@ -97,7 +100,7 @@ fn read_weight_list(group: &Group, prefix: &[&str], layer: Option<&str>, ctx: &H
             let ds = h5::locked(|| group.dataset(&n).ok());
             (n, ds)
         }).collect(),
-        None => h5::walk_datasets(group, MAX_GROUP_DEPTH).into_iter().map(|(p, ds)| (p.join("/"), Some(ds))).collect(),
+        None => h5::walk_group(group, MAX_GROUP_DEPTH).datasets.into_iter().map(|(p, ds)| (p.join("/"), Some(ds))).collect(),
     };
     for (name, ds) in datasets {
         let rel = match layer {

@@ -1,0 +1,126 @@
+//! Shared helpers for the integration tests: real mounts (unmounted on every path out) and
+//! comparisons against oracles written by Keras/TensorFlow, never by wfs.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn wfs() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wfs"))
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(rel)
+}
+
+/// `../shared/real-models`, present in CI and on developer machines.
+pub fn real_models() -> Option<PathBuf> {
+    let p = repo().join("../shared/real-models");
+    p.is_dir().then_some(p)
+}
+
+/// A live mount in its own temporary directory; unmounted (lazily if need be) when dropped.
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+    pub point: PathBuf,
+}
+
+impl Mount {
+    pub fn new(source: &Path, args: &[&str]) -> Mount {
+        Self::try_new(source, args).unwrap_or_else(|out| {
+            panic!("wfs mount {} failed: {}", source.display(), String::from_utf8_lossy(&out.stderr))
+        })
+    }
+
+    pub fn try_new(source: &Path, args: &[&str]) -> Result<Mount, Output> {
+        let dir = tempfile::Builder::new().prefix("wfs-test-").tempdir().unwrap();
+        let point = dir.path().join("m");
+        let out = wfs().arg("mount").arg(source).arg(&point).args(args).output().unwrap();
+        if out.status.success() { Ok(Mount { dir, point }) } else { Err(out) }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.point.join(rel)
+    }
+
+    pub fn read(&self, rel: &str) -> Vec<u8> {
+        std::fs::read(self.path(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+    }
+
+    pub fn text(&self, rel: &str) -> String {
+        String::from_utf8(self.read(rel)).unwrap()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let ok = wfs().arg("umount").arg(&self.point).output().is_ok_and(|o| o.status.success());
+        if !ok {
+            let c = std::ffi::CString::new(self.point.to_str().unwrap()).unwrap();
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn load_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Checks every tensor of an `.expect.json` oracle through the mount: `.raw` bytes (sha256),
+/// `.shape`, `.dtype`, the `.npy` size, `tensors.tsv` rows, and `layers/<i>` links.
+pub fn check_expect(mount: &Mount, expect: &Value) {
+    let tensors = expect["tensors"].as_object().expect("oracle has tensors");
+    let tsv = mount.text("tensors.tsv");
+    for (path, t) in tensors {
+        let raw = mount.read(&format!("{path}.raw"));
+        assert_eq!(sha256_hex(&raw), t["sha256"].as_str().unwrap(), "bytes of {path}");
+        let shape: Vec<String> = t["shape"].as_array().unwrap().iter().map(|d| d.to_string()).collect();
+        assert_eq!(mount.text(&format!("{path}.shape")), format!("{}\n", shape.join(",")), "shape of {path}");
+        let dtype = t["dtype"].as_str().unwrap();
+        assert_eq!(mount.text(&format!("{path}.dtype")), format!("{dtype}\n"), "dtype of {path}");
+        let row = format!("{path}.npy\t{dtype}\t{}\t{}\n", shape.join(","), raw.len());
+        assert!(tsv.contains(&row), "tensors.tsv lacks {row:?}");
+    }
+    if let Some(layers) = expect.get("layers").and_then(Value::as_array) {
+        for (i, name) in layers.iter().enumerate() {
+            let link = std::fs::read_link(mount.path(&format!("layers/{i}"))).unwrap();
+            assert_eq!(link.to_str().unwrap(), name.as_str().unwrap(), "layers/{i}");
+        }
+        assert!(!mount.path(&format!("layers/{}", layers.len())).exists());
+    }
+    for dir in expect.get("dirs").and_then(Value::as_array).into_iter().flatten() {
+        assert!(mount.path(dir.as_str().unwrap()).is_dir(), "missing dir {dir}");
+    }
+    let info: Value = serde_json::from_slice(&mount.read("info.json")).unwrap();
+    assert!(info["tensors"].as_u64().unwrap() >= tensors.len() as u64);
+}
+
+/// Loads every array of the oracle's `.npz` through the mount with numpy (plainly and with
+/// mmap_mode) and compares values, dtypes and shapes.
+pub fn check_with_numpy(mount: &Mount, npz: &Path) {
+    let script = r#"
+import sys, numpy as np
+mount, npz = sys.argv[1], sys.argv[2]
+expected = np.load(npz, allow_pickle=False)
+for key in expected.files:
+    want = expected[key]
+    for mode in (None, 'r'):
+        got = np.load(f"{mount}/{key}.npy", mmap_mode=mode, allow_pickle=False)
+        assert got.dtype == want.dtype, (key, got.dtype, want.dtype)
+        assert got.shape == want.shape, (key, got.shape, want.shape)
+        assert np.array_equal(got, want, equal_nan=want.dtype.kind in 'fc'), key
+print(len(expected.files))
+"#;
+    let out = Command::new("python3").arg("-c").arg(script).arg(&mount.point).arg(npz).output().unwrap();
+    assert!(out.status.success(), "numpy check failed: {}", String::from_utf8_lossy(&out.stderr));
+}
