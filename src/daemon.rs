@@ -42,7 +42,7 @@ pub fn prepare_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(MountError::Mountpoint(format!("{shown}: not a directory"))),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+        Err(e) if is_dead_mount(&e) => {
             let abs = absolute(path);
             if mount_type(&abs).is_some_and(|t| t == "fuse.wfs") {
                 log::warn!("{shown}: clearing a stale wfs mount (its daemon is gone)");
@@ -64,6 +64,11 @@ pub fn prepare_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
         return Err(MountError::Mountpoint(format!("{shown}: already a FUSE mount; unmount it first (`wfs umount {shown}`)")));
     }
     Ok(abs)
+}
+
+/// What `stat` says of a FUSE mount whose daemon is gone (ECONNABORTED on newer kernels).
+fn is_dead_mount(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
 }
 
 /// The filesystem type mounted exactly at `path`, from /proc/self/mountinfo.
@@ -248,7 +253,7 @@ pub fn umount(path: &Path) -> Result<(), MountError> {
     let shown = path.display();
     let abs = match std::fs::canonicalize(path) {
         Ok(p) => p,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => absolute(path),
+        Err(e) if is_dead_mount(&e) => absolute(path),
         Err(e) => return Err(MountError::Mountpoint(format!("{shown}: {}", crate::formats::io_reason(&e)))),
     };
     match mount_type(&abs) {

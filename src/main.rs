@@ -81,10 +81,16 @@ fn parse_size(s: &str) -> Result<u64, String> {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { 0 };
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line, like every other failure: clap's first line without its "error: ".
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            eprintln!("wfs: {} (see `wfs --help`)", first.trim_start_matches("error: "));
+            return ExitCode::from(exit::USAGE);
         }
     };
     let level = match (cli.quiet, cli.verbose) {

@@ -17,6 +17,11 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 /// encoded, control characters and `%` percent-encoded, and over-long names cut with a hash
 /// suffix. `/` never reaches here because names are split on it first, but is encoded too.
 pub fn sanitize(name: &str) -> String {
+    sanitize_within(name, NAME_MAX)
+}
+
+/// `sanitize`, cut to `max` bytes (room for a suffix such as `.shape`).
+pub fn sanitize_within(name: &str, max: usize) -> String {
     match name {
         "" => return "%00".to_string(),
         "." => return "%2E".to_string(),
@@ -34,8 +39,8 @@ pub fn sanitize(name: &str) -> String {
             out.push(c);
         }
     }
-    if out.len() > NAME_MAX {
-        out = shorten(&out, NAME_MAX);
+    if out.len() > max {
+        out = shorten(&out, max);
     }
     out
 }
@@ -83,6 +88,7 @@ mod tests {
         assert_eq!(sa, sanitize(&a));
         let multibyte = "é".repeat(200);
         assert!(sanitize(&multibyte).len() <= 255);
+        assert!(sanitize_within(&a, 249).len() <= 249);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use crate::dtype::DType;
 use crate::model::{Model, TensorBytes, Tensor};
-use crate::names::{sanitize, shorten};
+use crate::names::{sanitize, sanitize_within, shorten};
 use crate::npy;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
@@ -78,7 +78,8 @@ impl Tree {
             let (dir, name) = tensor.path.split_at(tensor.path.len().saturating_sub(1));
             let parent = tree.make_dirs(&mut dir_paths, dir);
             let name = name.first().map_or("%00", String::as_str);
-            let base = tree.unique_name(parent, &sanitize(name), &TENSOR_SUFFIXES);
+            let longest_suffix = TENSOR_SUFFIXES.iter().map(|s| s.len()).max().unwrap_or(0);
+            let base = tree.unique_name(parent, &sanitize_within(name, 255 - longest_suffix), &TENSOR_SUFFIXES);
             let shape_text = tensor.shape.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
             let id = tree.tensors.len();
             let header: Arc<[u8]> = npy::header(tensor.dtype, &tensor.shape).into();
