@@ -91,6 +91,7 @@ fn sigterm_and_sigint_unmount_cleanly() {
     for signal in [libc::SIGTERM, libc::SIGINT] {
         let dir = tempfile::tempdir().unwrap();
         let point = dir.path().join("m");
+        let _guard = UnmountGuard(point.clone());
         let mut child = wfs().arg("mount").arg("-f").arg(fixture("h5/k2_sequential.h5")).arg(&point).spawn().unwrap();
         wait_until("mount", || mounted(&point));
         // a reader is active while the signal arrives
@@ -110,6 +111,7 @@ fn killed_daemon_leaves_a_mount_that_umount_and_mount_recover() {
     let dir = tempfile::tempdir().unwrap();
     let point = dir.path().join("m");
     let source = fixture("h5/k2_sequential.h5");
+    let _guard = UnmountGuard(point.clone());
     for recover_with_mount in [false, true] {
         assert!(wfs().arg("mount").arg(&source).arg(&point).status().unwrap().success());
         for pid in daemons(&point) {

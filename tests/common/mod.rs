@@ -60,11 +60,24 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let ok = wfs().arg("umount").arg(&self.point).output().is_ok_and(|o| o.status.success());
-        if !ok {
-            let c = std::ffi::CString::new(self.point.to_str().unwrap()).unwrap();
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
+        unmount(&self.point);
+    }
+}
+
+/// Unmounts whatever is mounted at a test's mountpoint, on every path out of the test.
+pub struct UnmountGuard(pub PathBuf);
+
+impl Drop for UnmountGuard {
+    fn drop(&mut self) {
+        unmount(&self.0);
+    }
+}
+
+fn unmount(point: &Path) {
+    let ok = wfs().arg("umount").arg(point).output().is_ok_and(|o| o.status.success());
+    if !ok {
+        let c = std::ffi::CString::new(point.to_str().unwrap()).unwrap();
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     }
 }
 
