@@ -650,6 +650,8 @@ fn lzf_decompress(input: &[u8], expected: usize) -> Result<Vec<u8>, ReadError> {
 pub struct Contents {
     pub groups: Vec<Vec<String>>,
     pub datasets: Vec<(Vec<String>, Dataset)>,
+    /// Objects libhdf5 refused to open (damaged metadata), with its reason.
+    pub unreadable: Vec<(Vec<String>, String)>,
 }
 
 /// Everything below `group` (hard links only, each object once, at most `max_depth` deep).
@@ -683,11 +685,10 @@ fn walk(group: &Group, prefix: &mut Vec<String>, depth: usize, seen: &mut std::c
                     walk(&child, prefix, depth - 1, seen, out);
                 }
             }
-            hdf5::LocationType::Dataset => {
-                if let Ok(ds) = locked(|| group.dataset(&name)) {
-                    out.datasets.push((prefix.clone(), ds));
-                }
-            }
+            hdf5::LocationType::Dataset => match locked(|| group.dataset(&name)) {
+                Ok(ds) => out.datasets.push((prefix.clone(), ds)),
+                Err(e) => out.unreadable.push((prefix.clone(), first_line(&e.to_string()))),
+            },
             _ => {}
         }
         prefix.pop();

@@ -46,6 +46,9 @@ pub fn read(file: &hdf5::File, ctx: &H5Context) -> Result<Model, OpenError> {
             for (path, ds) in contents.datasets {
                 push(&ds, path_of(&["datasets"], &path), ctx, &mut model, &mut skipped);
             }
+            for (path, why) in contents.unreadable {
+                skipped.push(json!({"path": path_of(&["datasets"], &path).join("/"), "reason": why}));
+            }
         }
     }
     if !skipped.is_empty() {

@@ -1,0 +1,51 @@
+//! Hostile HDF5 files (tests/fixtures/gen/make_hostile.py): damaged datasets are skipped with a
+//! reason in info.json, hostile layer names become safe entries, nothing escapes the mount.
+
+mod common;
+use common::*;
+use serde_json::Value;
+
+fn skipped(mount: &Mount) -> Vec<String> {
+    let info: Value = serde_json::from_slice(&mount.read("info.json")).unwrap();
+    info["skipped"].as_array().map(|a| a.iter().map(|s| s["path"].as_str().unwrap().to_string()).collect()).unwrap_or_default()
+}
+
+#[test]
+fn data_address_past_the_end_is_skipped_not_served() {
+    let m = Mount::new(&fixture("hostile/absurd_offset.h5"), &[]);
+    assert_eq!(skipped(&m), vec!["datasets/far"]);
+    assert_eq!(m.read("datasets/fine.raw"), [0i32, 1, 2, 3].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+    assert!(!m.path("datasets/far.npy").exists());
+}
+
+#[test]
+fn overflowing_shape_is_skipped() {
+    let m = Mount::new(&fixture("hostile/absurd_shape.h5"), &[]);
+    assert_eq!(skipped(&m), vec!["datasets/huge"]);
+    assert_eq!(m.text("datasets/fine.shape"), "4\n");
+}
+
+#[test]
+fn hostile_layer_names_become_safe_directories() {
+    let m = Mount::new(&fixture("hostile/hostile_keras.h5"), &[]);
+    let value = |rel: &str| f32::from_le_bytes(m.read(rel)[..4].try_into().unwrap());
+    // datasets were written with the layer's position among distinct names as their value
+    assert_eq!(value("layers/%2E%2E/kernel.raw"), 0.0);
+    assert_eq!(value("layers/a%2Fb/kernel.raw"), 1.0);
+    assert_eq!(value("layers/ok/kernel.raw"), 5.0);
+    let long: Vec<String> = std::fs::read_dir(m.path("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("LLL"))
+        .collect();
+    assert_eq!(long.len(), 1);
+    assert!(long[0].len() <= 255);
+    assert_eq!(value(&format!("layers/{}/kernel.raw", long[0])), 3.0);
+    assert_eq!(std::fs::read_link(m.path("layers/0")).unwrap().to_str(), Some("%2E%2E"));
+    assert_eq!(std::fs::read_link(m.path("layers/1")).unwrap().to_str(), Some("a%2Fb"));
+    let root = std::fs::canonicalize(&m.point).unwrap();
+    for i in 0..7 {
+        let target = std::fs::canonicalize(m.path(&format!("layers/{i}"))).unwrap();
+        assert!(target.starts_with(root.join("layers")), "layers/{i} -> {}", target.display());
+    }
+}
