@@ -1,6 +1,5 @@
 //! The mount tree, built once from a `Model`: inodes, names made safe, and exact file sizes.
 
-use crate::dtype::DType;
 use crate::model::{Model, TensorBytes, Tensor};
 use crate::names::{sanitize, sanitize_within, shorten};
 use crate::npy;
@@ -211,11 +210,6 @@ impl Tree {
     pub fn resolve(&self, path: &str) -> Option<Ino> {
         path.split('/').filter(|c| !c.is_empty()).try_fold(ROOT, |ino, name| self.lookup(ino, name))
     }
-
-    /// The tensor dtype of a `.npy` node, for bfloat16 widening.
-    pub fn tensor_dtype(&self, id: usize) -> DType {
-        self.tensors[id].dtype
-    }
 }
 
 /// A relative symlink target from directory `from` to `to` (both safe paths from the root).
@@ -229,6 +223,7 @@ fn relative(from: &[String], to: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dtype::DType;
     use crate::model::{InMemory, ModelLink};
 
     fn tensor(path: &[&str], data: Vec<u8>, dtype: DType, shape: Vec<u64>) -> Tensor {

@@ -87,7 +87,7 @@ fn read_string_attr(loc: &Location, name: &str) -> Option<Vec<String>> {
             let ty = Id(hdf5_sys::h5a::H5Aget_type(attr.id()), H5Tclose);
             let space = Id(hdf5_sys::h5a::H5Aget_space(attr.id()), H5Sclose);
             let n = H5Sget_simple_extent_npoints(space.0);
-            if n < 0 || n > 100_000_000 {
+            if !(0..=100_000_000).contains(&n) {
                 return None;
             }
             let n = n as usize;
@@ -401,8 +401,8 @@ impl Chunked {
             let rank = v.chunked.shape.len();
             let offset = unsafe { std::slice::from_raw_parts(offset, rank) };
             let mut number = 0u64;
-            for d in 0..rank {
-                let coord = offset[d] / v.chunked.chunk[d];
+            for (d, &start) in offset.iter().enumerate() {
+                let coord = start / v.chunked.chunk[d];
                 if coord >= v.grid[d] {
                     v.bad = Some("chunk outside the dataset".into());
                     return -1;
@@ -478,7 +478,7 @@ impl Chunked {
         let mut out = vec![0u8; self.chunk_bytes as usize];
         let rank = count.len();
         let row = count[rank - 1] as usize * self.elem;
-        let rows = if row == 0 { 0 } else { clipped / row };
+        let rows = clipped.checked_div(row).unwrap_or(0);
         for r in 0..rows {
             let mut rem = r as u64;
             let mut dst = 0u64;
