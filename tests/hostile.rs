@@ -49,3 +49,22 @@ fn hostile_layer_names_become_safe_directories() {
         assert!(target.starts_with(root.join("layers")), "layers/{i} -> {}", target.display());
     }
 }
+
+#[test]
+fn split_name_attributes_and_empty_float64_lists() {
+    let m = Mount::new(&fixture("hostile/split_names.h5"), &[]);
+    for i in 0..5 {
+        let link = std::fs::read_link(m.path(&format!("layers/{i}"))).unwrap();
+        assert_eq!(link.to_str().unwrap(), format!("layer_{i}"));
+        for k in 0..3i16 {
+            let rel = format!("layers/layer_{i}/w{k}.raw");
+            if i == 2 {
+                assert!(!m.path(&rel).exists());
+                continue;
+            }
+            let want: Vec<u8> = std::iter::repeat_n(10 * i as i16 + k, k as usize + 1).flat_map(|v| v.to_le_bytes()).collect();
+            assert_eq!(m.read(&rel), want, "{rel}");
+        }
+    }
+    assert!(m.path("layers/layer_2").is_dir());
+}
