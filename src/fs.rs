@@ -79,10 +79,35 @@ impl Fs {
         }
     }
 
+    /// Extended attributes of a node: for the four files of a tensor, its dtype, shape and
+    /// where its bytes lie in the source (`user.wfs.storage` is `decoded` when they do not lie
+    /// there as-is).
+    pub fn xattrs(&self, ino: Ino) -> Vec<(String, Vec<u8>)> {
+        let Some(Node::File { tensor: Some(id), .. }) = self.tree.node(ino) else {
+            return Vec::new();
+        };
+        let tensor = &self.tree.tensors[*id];
+        let shape = tensor.shape.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        let mut attrs = vec![
+            ("user.wfs.dtype".to_string(), tensor.dtype.name().into_bytes()),
+            ("user.wfs.shape".to_string(), shape.into_bytes()),
+        ];
+        match tensor.bytes.location() {
+            Some(loc) => {
+                attrs.push(("user.wfs.storage".into(), b"plain".to_vec()));
+                attrs.push(("user.wfs.file".into(), loc.file.as_os_str().as_encoded_bytes().to_vec()));
+                attrs.push(("user.wfs.offset".into(), loc.offset.to_string().into_bytes()));
+                attrs.push(("user.wfs.length".into(), loc.len.to_string().into_bytes()));
+            }
+            None => attrs.push(("user.wfs.storage".into(), b"decoded".to_vec())),
+        }
+        attrs
+    }
+
     /// Reads up to `size` bytes at `offset`; short only at end of file.
     pub fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>, i32> {
         let (content, file_size) = match self.tree.node(ino) {
-            Some(Node::File { content, size }) => (content, *size),
+            Some(Node::File { content, size, .. }) => (content, *size),
             Some(Node::Dir { .. }) => return Err(libc::EISDIR),
             _ => return Err(libc::ENOENT),
         };
@@ -182,6 +207,19 @@ mod tests {
         assert_eq!(fs.read(ino, 131, 3).unwrap(), vec![0x3F, 0x00, 0x00]);
         let raw = fs.tree.resolve("t.raw").unwrap();
         assert_eq!(fs.read(raw, 0, 10).unwrap(), vec![0x80, 0x3F, 0x00, 0xC0]);
+    }
+
+    #[test]
+    fn tensor_files_carry_dtype_shape_and_storage_xattrs() {
+        let fs = fs_with(DType::F32, vec![0; 24], vec![2, 3]);
+        for name in ["t.npy", "t.raw", "t.shape", "t.dtype"] {
+            let attrs = fs.xattrs(fs.tree.resolve(name).unwrap());
+            let get = |k: &str| attrs.iter().find(|(n, _)| n == k).map(|(_, v)| String::from_utf8(v.clone()).unwrap());
+            assert_eq!(get("user.wfs.dtype").as_deref(), Some("float32"));
+            assert_eq!(get("user.wfs.shape").as_deref(), Some("2,3"));
+            assert_eq!(get("user.wfs.storage").as_deref(), Some("decoded"));
+        }
+        assert!(fs.xattrs(fs.tree.resolve("info.json").unwrap()).is_empty());
     }
 
     #[test]

@@ -56,6 +56,17 @@ impl WfsFuse {
     }
 }
 
+/// The xattr protocol: size 0 asks for the length; a buffer too small gets ERANGE.
+fn reply_sized(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(value);
+    }
+}
+
 fn file_type(kind: Kind) -> FileType {
     match kind {
         Kind::Dir => FileType::Directory,
@@ -169,11 +180,24 @@ impl Filesystem for WfsFuse {
         if mask.contains(AccessFlags::W_OK) { reply.error(Errno::EROFS) } else { reply.ok() }
     }
 
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::from_i32(libc::ENODATA));
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let attrs = self.fs.xattrs(ino.0);
+        match attrs.iter().find(|(n, _)| OsStr::new(n) == name) {
+            Some((_, value)) => reply_sized(reply, size, value),
+            None => reply.error(Errno::from_i32(libc::ENODATA)),
+        }
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 { reply.size(0) } else { reply.data(&[]) }
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let names: Vec<u8> = self.fs.xattrs(ino.0).into_iter().flat_map(|(n, _)| n.into_bytes().into_iter().chain([0])).collect();
+        reply_sized(reply, size, &names);
+    }
+
+    fn setxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _value: &[u8], _flags: i32, _position: u32, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
     }
 }

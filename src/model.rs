@@ -12,10 +12,19 @@ pub trait TensorBytes: Send + Sync {
     fn len(&self) -> u64;
     /// Fills `buf` with the bytes at `[offset, offset + buf.len())`, which lies inside `len()`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError>;
-    /// Where the bytes lie in the source, for users: `None` when they are decoded.
-    fn extent(&self) -> Option<(u64, u64)> {
+    /// Where the bytes lie as-is in a source file, for users: `None` when they are decoded
+    /// (or held in memory).
+    fn location(&self) -> Option<Location> {
         None
     }
+}
+
+/// A byte range of a file on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub file: std::path::PathBuf,
+    pub offset: u64,
+    pub len: u64,
 }
 
 /// Bytes stored as-is in a blob at `[offset, offset + len)`: served by `pread`, never copied.
@@ -32,8 +41,11 @@ impl TensorBytes for Extent {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
         self.blob.read_at(self.offset + offset, buf)
     }
-    fn extent(&self) -> Option<(u64, u64)> {
-        Some((self.offset, self.len))
+    fn location(&self) -> Option<Location> {
+        match &self.blob {
+            Blob::File(f) => Some(Location { file: f.path().to_path_buf(), offset: self.offset, len: self.len }),
+            Blob::Memory(_) => None,
+        }
     }
 }
 

@@ -21,7 +21,8 @@ pub enum Content {
 
 pub enum Node {
     Dir { entries: Vec<(String, Ino)>, index: HashMap<String, Ino> },
-    File { content: Content, size: u64 },
+    /// `tensor`: the tensor this file is one of the four files of.
+    File { content: Content, size: u64, tensor: Option<usize> },
     Symlink(String),
 }
 
@@ -58,8 +59,8 @@ impl Tree {
         info.insert("bytes".into(), json!(total_bytes));
         let mut info_text = serde_json::to_vec_pretty(&Value::Object(info)).unwrap_or_default();
         info_text.push(b'\n');
-        tree.add_bytes(ROOT, "info.json", info_text);
-        let tsv_ino = tree.add_bytes(ROOT, "tensors.tsv", Vec::new());
+        tree.add_bytes(ROOT, "info.json", info_text, None);
+        let tsv_ino = tree.add_bytes(ROOT, "tensors.tsv", Vec::new(), None);
 
         for dir in &model.dirs {
             tree.make_dirs(&mut dir_paths, dir);
@@ -70,7 +71,7 @@ impl Tree {
             let name = name.first().map_or("%00", String::as_str);
             let safe = tree.unique_name(parent, &sanitize(name), &[""]);
             let size = file.bytes.len();
-            tree.insert(parent, safe, Node::File { content: Content::Bytes(file.bytes.clone()), size });
+            tree.insert(parent, safe, Node::File { content: Content::Bytes(file.bytes.clone()), size, tensor: None });
         }
         let mut tsv = String::from("path\tdtype\tshape\tbytes\n");
         for tensor in model.tensors {
@@ -87,15 +88,15 @@ impl Tree {
             tree.insert(
                 parent,
                 format!("{base}.npy"),
-                Node::File { content: Content::Npy { header, tensor: id }, size: npy_len },
+                Node::File { content: Content::Npy { header, tensor: id }, size: npy_len, tensor: Some(id) },
             );
             tree.insert(
                 parent,
                 format!("{base}.raw"),
-                Node::File { content: Content::Bytes(tensor.bytes.clone()), size: raw_len },
+                Node::File { content: Content::Bytes(tensor.bytes.clone()), size: raw_len, tensor: Some(id) },
             );
-            tree.add_bytes(parent, &format!("{base}.shape"), format!("{shape_text}\n").into_bytes());
-            tree.add_bytes(parent, &format!("{base}.dtype"), format!("{}\n", tensor.dtype.name()).into_bytes());
+            tree.add_bytes(parent, &format!("{base}.shape"), format!("{shape_text}\n").into_bytes(), Some(id));
+            tree.add_bytes(parent, &format!("{base}.dtype"), format!("{}\n", tensor.dtype.name()).into_bytes(), Some(id));
             let mut rel = tree.path_of(parent);
             rel.push(format!("{base}.npy"));
             tsv.push_str(&format!("{}\t{}\t{}\t{}\n", rel.join("/"), tensor.dtype.name(), shape_text, raw_len));
@@ -105,6 +106,7 @@ impl Tree {
         tree.nodes[(tsv_ino - 1) as usize] = Node::File {
             size: tsv.len() as u64,
             content: Content::Bytes(Arc::new(crate::model::InMemory(tsv.into()))),
+            tensor: None,
         };
 
         for link in &model.links {
@@ -122,10 +124,10 @@ impl Tree {
         tree
     }
 
-    fn add_bytes(&mut self, parent: Ino, name: &str, bytes: Vec<u8>) -> Ino {
+    fn add_bytes(&mut self, parent: Ino, name: &str, bytes: Vec<u8>, tensor: Option<usize>) -> Ino {
         let size = bytes.len() as u64;
         let content = Content::Bytes(Arc::new(crate::model::InMemory(bytes.into())));
-        self.insert(parent, name.to_string(), Node::File { content, size })
+        self.insert(parent, name.to_string(), Node::File { content, size, tensor })
     }
 
     fn insert(&mut self, parent: Ino, name: String, node: Node) -> Ino {
@@ -298,7 +300,7 @@ mod tests {
         let mut model = Model::default();
         model.tensors.push(tensor(&["v", "s"], vec![0; 8], DType::I64, vec![]));
         let tree = Tree::build(model, "src");
-        let Node::File { content: Content::Bytes(b), size } = tree.node(tree.resolve("tensors.tsv").unwrap()).unwrap() else {
+        let Node::File { content: Content::Bytes(b), size, .. } = tree.node(tree.resolve("tensors.tsv").unwrap()).unwrap() else {
             panic!()
         };
         let mut buf = vec![0; *size as usize];
