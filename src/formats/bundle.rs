@@ -56,8 +56,11 @@ impl BlockHandle {
     }
 }
 
+/// A table key and its value.
+pub type TableEntry = (Vec<u8>, Vec<u8>);
+
 /// Every key/value pair of the table, in key order.
-pub fn read_table(blob: &Blob) -> Result<Vec<(Vec<u8>, Vec<u8>)>, OpenError> {
+pub fn read_table(blob: &Blob) -> Result<Vec<TableEntry>, OpenError> {
     let len = blob.len();
     if !has_table_magic(blob) {
         return Err(OpenError::corrupt("index file has no table footer (truncated?)"));
@@ -119,7 +122,7 @@ fn read_block(blob: &Blob, handle: BlockHandle, limit: u64) -> Result<Vec<u8>, O
 }
 
 /// The key/value entries of one block (prefix-compressed keys, restart array at the end).
-fn block_entries(block: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, OpenError> {
+fn block_entries(block: &[u8]) -> Result<Vec<TableEntry>, OpenError> {
     let bad = |what: &str| OpenError::corrupt(format!("index file block is damaged: {what}"));
     let tail = block.len().checked_sub(4).ok_or_else(|| bad("too short"))?;
     let restarts = u32::from_le_bytes([block[tail], block[tail + 1], block[tail + 2], block[tail + 3]]) as usize;
@@ -129,7 +132,7 @@ fn block_entries(block: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, OpenError> {
         .and_then(|n| block.len().checked_sub(n))
         .ok_or_else(|| bad("restart count too large"))?;
     let data = &block[..entries_end];
-    let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut entries: Vec<TableEntry> = Vec::new();
     let mut pos = 0;
     let mut key: Vec<u8> = Vec::new();
     while pos < data.len() {
@@ -330,6 +333,20 @@ mod tests {
         let mut bad = good.clone();
         bad[0x10] ^= 1;
         assert!(read_table(&Blob::Memory(Arc::from(bad))).unwrap_err().to_string().contains("checksum"));
+    }
+
+    #[test]
+    fn snappy_blocks_are_accepted() {
+        let contents = &worked_example()[..0x39];
+        let mut file = snap::raw::Encoder::new().compress_vec(contents).unwrap();
+        let size = file.len() as u64;
+        let crc = mask(crc32c::crc32c_append(crc32c::crc32c(&file), &[1]));
+        file.push(1);
+        file.extend_from_slice(&crc.to_le_bytes());
+        let blob = Blob::Memory(Arc::from(file));
+        let block = read_block(&blob, BlockHandle { offset: 0, size }, blob.len()).unwrap();
+        assert_eq!(block, contents);
+        assert_eq!(block_entries(&block).unwrap().len(), 3);
     }
 
     #[test]

@@ -293,7 +293,7 @@ impl EntryReader<'_> {
             if part.dtype != entry.dtype || !part.slices.is_empty() || expected != Some(part.size as u64) {
                 return Err(bad(format!("slice {start:?}+{len:?} does not match its extent")));
             }
-            covered += Tensor::element_count(&len).unwrap_or(0);
+            covered = covered.saturating_add(Tensor::element_count(&len).unwrap_or(u64::MAX));
             slices.push(Slice { start, len, bytes: self.extent(name, &part)? });
         }
         // Slices lie inside the tensor; with the counts equal, a gap means an overlap, which
@@ -661,6 +661,20 @@ mod tests {
                 assert_eq!(buf, &full[start..end], "{start}..{end}");
             }
         }
+    }
+
+    #[test]
+    fn absurd_shapes_are_refused() {
+        let entry = |dims: &[i64]| BundleEntryProto {
+            shape: Some(bundle::TensorShapeProto {
+                dim: dims.iter().map(|&size| bundle::Dim { size }).collect(),
+                unknown_rank: false,
+            }),
+            ..BundleEntryProto::default()
+        };
+        assert_eq!(shape_of("ok", &entry(&[3, 0])).unwrap(), [3, 0]);
+        assert!(shape_of("unknown", &entry(&[-1, 3])).is_err());
+        assert!(shape_of("huge", &entry(&[1 << 40, 1 << 40])).is_err());
     }
 
     #[test]
