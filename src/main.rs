@@ -127,7 +127,7 @@ fn run(command: Command) -> Result<(), Failure> {
             apply_options(&mut settings, &options).map_err(|m| (exit::USAGE, m))?;
             settings.mountpoint = daemon::prepare_mountpoint(&mountpoint).map_err(mount_failure)?;
             let shown = source.display().to_string();
-            let source = std::fs::canonicalize(&source)
+            let source = formats::canonical_source(&source)
                 .map_err(|e| (exit::SOURCE_UNREADABLE, format!("{shown}: {}", formats::io_reason(&e))))?;
             if let Ok(meta) = std::fs::metadata(&source) {
                 if let Ok(t) = meta.modified() {

@@ -1,5 +1,7 @@
 //! One reader per source format, chosen by content (never by file name).
 
+pub mod bundle;
+pub mod checkpoint;
 pub mod h5;
 pub mod keras_h5;
 
@@ -7,7 +9,7 @@ use crate::cache::ChunkCache;
 use crate::error::OpenError;
 use crate::model::Model;
 use crate::source::{Blob, SourceFile};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Settings every reader shares.
@@ -51,9 +53,14 @@ pub fn sniff(blob: &Blob) -> Sniffed {
 
 /// Opens SOURCE (a path) and returns its model.
 pub fn open_path(path: &Path, options: &ReadOptions) -> Result<Model, OpenError> {
+    // A checkpoint prefix names no file itself, so it is recognised before anything is opened.
+    if let Some(prefix) = checkpoint::prefix_of(path) {
+        return checkpoint::open_prefix(&prefix);
+    }
     let meta = std::fs::metadata(path).map_err(|e| OpenError::unreadable(io_reason(&e)))?;
     if meta.is_dir() {
-        return Err(OpenError::UnknownFormat("directory holds no model wfs can read".into()));
+        return checkpoint::open_dir(path)?
+            .ok_or_else(|| OpenError::UnknownFormat("directory holds no model wfs can read".into()));
     }
     let file = SourceFile::open(path).map_err(|e| OpenError::unreadable(io_reason(&e)))?;
     let blob = Blob::File(Arc::new(file));
@@ -67,10 +74,26 @@ pub fn open_path(path: &Path, options: &ReadOptions) -> Result<Model, OpenError>
             "this is a Git LFS pointer, not the model itself (run `git lfs pull`)".into(),
         )),
         Sniffed::Empty => Err(OpenError::UnknownFormat("file is empty".into())),
+        Sniffed::Unknown if bundle::has_table_magic(&blob) => Err(OpenError::UnknownFormat(
+            "looks like a TensorFlow checkpoint index, but its name does not end in .index".into(),
+        )),
         Sniffed::Unknown => Err(OpenError::UnknownFormat(
             "not a model file wfs can read (no HDF5, zip or checkpoint signature)".into(),
         )),
     }
+}
+
+/// The absolute form of SOURCE. A checkpoint prefix (`dir/ckpt-3`) names no file, so where the
+/// path itself does not exist its directory is resolved instead.
+pub fn canonical_source(path: &Path) -> std::io::Result<PathBuf> {
+    std::fs::canonicalize(path).or_else(|e| {
+        let name = path.file_name().ok_or_else(|| std::io::Error::new(e.kind(), e.to_string()))?;
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        match std::fs::canonicalize(parent) {
+            Ok(dir) => Ok(dir.join(name)),
+            Err(_) => Err(e),
+        }
+    })
 }
 
 /// An I/O error as a short reason ("No such file or directory").

@@ -85,6 +85,22 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The digest an oracle records for a tensor's `.raw` bytes. Oracles hash string tensors as
+/// their elements' bytes run together (numpy's view: trailing NULs are not part of an element),
+/// while `.raw` holds them fixed-width, so each element is unpadded first.
+pub fn oracle_digest(raw: &[u8], dtype: &str, shape: &[u64]) -> String {
+    let count = shape.iter().product::<u64>() as usize;
+    if dtype != "string" || count == 0 {
+        return sha256_hex(raw);
+    }
+    let elements: Vec<u8> = raw
+        .chunks(raw.len() / count)
+        .flat_map(|e| &e[..e.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)])
+        .copied()
+        .collect();
+    sha256_hex(&elements)
+}
+
 pub fn load_json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -96,10 +112,11 @@ pub fn check_expect(mount: &Mount, expect: &Value) {
     let tsv = mount.text("tensors.tsv");
     for (path, t) in tensors {
         let raw = mount.read(&format!("{path}.raw"));
-        assert_eq!(sha256_hex(&raw), t["sha256"].as_str().unwrap(), "bytes of {path}");
-        let shape: Vec<String> = t["shape"].as_array().unwrap().iter().map(|d| d.to_string()).collect();
-        assert_eq!(mount.text(&format!("{path}.shape")), format!("{}\n", shape.join(",")), "shape of {path}");
+        let dims: Vec<u64> = t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
         let dtype = t["dtype"].as_str().unwrap();
+        assert_eq!(oracle_digest(&raw, dtype, &dims), t["sha256"].as_str().unwrap(), "bytes of {path}");
+        let shape: Vec<String> = dims.iter().map(u64::to_string).collect();
+        assert_eq!(mount.text(&format!("{path}.shape")), format!("{}\n", shape.join(",")), "shape of {path}");
         assert_eq!(mount.text(&format!("{path}.dtype")), format!("{dtype}\n"), "dtype of {path}");
         let row = format!("{path}.npy\t{dtype}\t{}\t{}\n", shape.join(","), raw.len());
         assert!(tsv.contains(&row), "tensors.tsv lacks {row:?}");

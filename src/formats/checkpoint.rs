@@ -1,0 +1,688 @@
+//! TensorFlow checkpoints (`prefix.index` + `prefix.data-*`), read natively (FORMATS.md 3):
+//! `variables/` for every bundle key (TREE.md 6), and for TF2 object-based checkpoints the
+//! decoded object graph (`object_graph.json`) and the Keras view `layers/`.
+
+use super::bundle::{self, BundleEntryProto, BundleHeaderProto, TensorSliceProto};
+use super::io_reason;
+use crate::dtype::DType;
+use crate::error::{OpenError, ReadError};
+use crate::model::{Extent, InMemory, Model, ModelLink, Tensor, TensorBytes, path_of};
+use crate::names::split_path;
+use crate::source::{Blob, SourceFile};
+use prost::Message;
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const OBJECT_GRAPH_KEY: &str = "_CHECKPOINTABLE_OBJECT_GRAPH";
+const VARIABLE_SUFFIX: &str = "/.ATTRIBUTES/VARIABLE_VALUE";
+const DT_STRING: i32 = 7;
+/// More data files than this is a damaged header, not a real checkpoint.
+const MAX_SHARDS: i32 = 100_000;
+/// String tensors are materialised at mount; bigger ones are skipped rather than loaded.
+const MAX_STRING_TENSOR: u64 = 64 << 20;
+/// Budget for all string tensors of one mount together.
+const MAX_STRING_TOTAL: u64 = 256 << 20;
+
+/// If `path` names a checkpoint (its `.index` file or its prefix), the prefix.
+pub fn prefix_of(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    if let Some(stem) = name.strip_suffix(".index") {
+        if is_index_file(path) {
+            return Some(path.with_file_name(stem));
+        }
+    }
+    is_index_file(&index_path(path)).then(|| path.to_path_buf())
+}
+
+/// A regular file ending in the SSTable magic.
+fn is_index_file(path: &Path) -> bool {
+    path.is_file()
+        && SourceFile::open(path).is_ok_and(|f| bundle::has_table_magic(&Blob::File(Arc::new(f))))
+}
+
+fn index_path(prefix: &Path) -> PathBuf {
+    let mut s = prefix.as_os_str().to_owned();
+    s.push(".index");
+    PathBuf::from(s)
+}
+
+/// One checkpoint, mounted at the top.
+pub fn open_prefix(prefix: &Path) -> Result<Model, OpenError> {
+    let mut model = Model { format: "tf-checkpoint".into(), ..Model::default() };
+    let mut budget = MAX_STRING_TOTAL;
+    model.info = load(prefix, &[], &mut model, &mut budget)?;
+    Ok(model)
+}
+
+/// A directory's checkpoints: `None` if it holds none; one is mounted at the top, several each
+/// under `<prefix>/` with their own `info.json`, plus `latest` naming the state file's choice.
+pub fn open_dir(dir: &Path) -> Result<Option<Model>, OpenError> {
+    let listing = std::fs::read_dir(dir).map_err(|e| OpenError::unreadable(io_reason(&e)))?;
+    let mut prefixes: Vec<String> = listing
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|name| name.strip_suffix(".index").map(str::to_string))
+        .filter(|stem| is_index_file(&dir.join(format!("{stem}.index"))))
+        .collect();
+    prefixes.sort();
+    match prefixes.as_slice() {
+        [] => Ok(None),
+        [only] => open_prefix(&dir.join(only)).map(Some),
+        _ => {
+            let latest = latest_in_state_file(dir).filter(|l| prefixes.contains(l));
+            let mut model = Model { format: "tf-checkpoint".into(), ..Model::default() };
+            let mut budget = MAX_STRING_TOTAL;
+            for prefix in &prefixes {
+                let first = (model.tensors.len(), model.files.len());
+                let mut info = Map::new();
+                info.insert("format".into(), json!("tf-checkpoint"));
+                info.insert("source".into(), json!(dir.join(prefix).display().to_string()));
+                info.extend(load(&dir.join(prefix), &[prefix], &mut model, &mut budget)?);
+                let tensors = &model.tensors[first.0..];
+                info.insert("tensors".into(), json!(tensors.len()));
+                info.insert("bytes".into(), json!(tensors.iter().map(|t| t.bytes.len()).sum::<u64>()));
+                model.add_file(vec![prefix.clone(), "info.json".into()], json_bytes(&Value::Object(info)));
+            }
+            model.info.insert("checkpoints".into(), json!(prefixes));
+            if let Some(latest) = latest {
+                model.info.insert("latest".into(), json!(latest));
+                model.links.push(ModelLink { path: vec!["latest".into()], target: vec![latest] });
+            }
+            Ok(Some(model))
+        }
+    }
+}
+
+/// The file name of `model_checkpoint_path` in the directory's `checkpoint` state file
+/// (protobuf text format; the path may be absolute, relative or from another OS).
+fn latest_in_state_file(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("checkpoint")).ok()?;
+    let line = text.lines().find_map(|l| l.trim().strip_prefix("model_checkpoint_path:"))?;
+    let quoted = line.trim().strip_prefix('"')?.strip_suffix('"')?;
+    let name = quoted.rsplit(['/', '\\']).next()?;
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+fn json_bytes(value: &Value) -> Vec<u8> {
+    let mut text = serde_json::to_vec_pretty(value).unwrap_or_default();
+    text.push(b'\n');
+    text
+}
+
+/// Reads the checkpoint at `prefix` into `model` below `under`; returns its info fields.
+fn load(prefix: &Path, under: &[&str], model: &mut Model, budget: &mut u64) -> Result<Map<String, Value>, OpenError> {
+    let index_file = index_path(prefix);
+    let index = SourceFile::open(&index_file)
+        .map_err(|e| OpenError::unreadable(format!("{}: {}", index_file.display(), io_reason(&e))))?;
+    let entries = bundle::read_table(&Blob::File(Arc::new(index)))?;
+    let header = match entries.first() {
+        Some((key, value)) if key.is_empty() => BundleHeaderProto::decode(value.as_slice())
+            .map_err(|e| OpenError::corrupt(format!("bundle header is damaged: {e}")))?,
+        _ => return Err(OpenError::corrupt("index file has no bundle header")),
+    };
+    if header.endianness != 0 {
+        return Err(OpenError::corrupt("big-endian checkpoints are not supported"));
+    }
+    if !(1..=MAX_SHARDS).contains(&header.num_shards) {
+        return Err(OpenError::corrupt(format!("bundle header claims {} data files", header.num_shards)));
+    }
+    let shards = open_shards(prefix, header.num_shards)?;
+    let by_key: HashMap<&[u8], &[u8]> = entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+    let reader = EntryReader { shards: &shards, by_key: &by_key };
+
+    let mut skipped = Vec::new();
+    // The `variables/` tensor of each key, for the Keras view.
+    let mut by_name: HashMap<String, Tensor> = HashMap::new();
+    let mut object_graph = None;
+    // Key "" is the header; keys starting with 0 are slices, reached through their full entry.
+    for (key, value) in entries.iter().filter(|(k, _)| k.first().is_some_and(|&b| b != 0)) {
+        let name = String::from_utf8_lossy(key).into_owned();
+        let entry = BundleEntryProto::decode(value.as_slice())
+            .map_err(|e| OpenError::corrupt(format!("entry {name} is damaged: {e}")))?;
+        let tensor = match reader.tensor(&name, &entry, budget)? {
+            Ok(t) => t,
+            Err(why) => {
+                log::warn!("skipping {name}: {why}");
+                skipped.push(json!({"key": name, "reason": why}));
+                continue;
+            }
+        };
+        if name == OBJECT_GRAPH_KEY {
+            object_graph = Some(tensor.bytes.clone());
+        }
+        let rel = split_path(name.strip_suffix(VARIABLE_SUFFIX).unwrap_or(&name));
+        let tensor = Tensor { path: path_of(&[under, &["variables"]].concat(), &rel), ..tensor };
+        model.tensors.push(tensor.clone());
+        by_name.insert(name, tensor);
+    }
+
+    let mut info = Map::new();
+    let graph = object_graph.map(|bytes| read_object_graph(bytes.as_ref()));
+    info.insert(
+        "checkpoint_format".into(),
+        json!(if graph.is_some() { "tf2-object-based" } else { "tf1-name-based" }),
+    );
+    info.insert("shards".into(), json!(header.num_shards));
+    match graph {
+        Some(Ok(graph)) => {
+            model.add_file(path_of(under, &["object_graph.json".into()]), json_bytes(&graph.to_json()));
+            add_keras_view(&graph, &by_name, under, model);
+        }
+        Some(Err(why)) => {
+            log::warn!("object graph not decoded: {why}");
+            info.insert("object_graph_error".into(), json!(why));
+        }
+        None => {}
+    }
+    if !skipped.is_empty() {
+        info.insert("skipped".into(), Value::Array(skipped));
+    }
+    Ok(info)
+}
+
+fn open_shards(prefix: &Path, count: i32) -> Result<Vec<Blob>, OpenError> {
+    (0..count)
+        .map(|i| {
+            let mut name = prefix.as_os_str().to_owned();
+            name.push(format!(".data-{i:05}-of-{count:05}"));
+            let path = PathBuf::from(name);
+            SourceFile::open(&path)
+                .map(|f| Blob::File(Arc::new(f)))
+                .map_err(|e| OpenError::corrupt(format!("data file {}: {}", path.display(), io_reason(&e))))
+        })
+        .collect()
+}
+
+/// Turns bundle entries into tensors, checking them against the data files.
+struct EntryReader<'a> {
+    shards: &'a [Blob],
+    by_key: &'a HashMap<&'a [u8], &'a [u8]>,
+}
+
+/// A tensor wfs cannot show, with the reason (reported in `info.json`, not fatal).
+type Skip = String;
+
+impl EntryReader<'_> {
+    /// The tensor (path = its key, to be placed by the caller). Damage fails the mount; a
+    /// well-formed entry wfs does not handle is skipped.
+    fn tensor(&self, name: &str, entry: &BundleEntryProto, budget: &mut u64) -> Result<Result<Tensor, Skip>, OpenError> {
+        let shape = shape_of(name, entry)?;
+        let dtype = if entry.dtype == DT_STRING {
+            None
+        } else {
+            match DType::from_tf(entry.dtype) {
+                Some(d) => Some(d),
+                None => return Ok(Err(format!("unsupported dtype {}", entry.dtype))),
+            }
+        };
+        let tensor = |dtype, bytes| Ok(Ok(Tensor { path: vec![name.to_string()], dtype, shape: shape.clone(), bytes }));
+        match dtype {
+            None if !entry.slices.is_empty() => Ok(Err("partitioned string tensors are not supported".into())),
+            Some(dtype) if !entry.slices.is_empty() => tensor(dtype, Arc::new(self.sliced(name, entry, dtype, &shape)?)),
+            Some(dtype) => {
+                if Tensor::raw_size(dtype, &shape) != Some(entry.size as u64) {
+                    return Err(OpenError::corrupt(format!(
+                        "entry {name}: size {} does not match shape {shape:?} of {}",
+                        entry.size,
+                        dtype.name()
+                    )));
+                }
+                tensor(dtype, Arc::new(self.extent(name, entry)?))
+            }
+            None => {
+                let count = Tensor::element_count(&shape).unwrap_or(u64::MAX);
+                let size = entry.size as u64;
+                if size > MAX_STRING_TENSOR || size > *budget {
+                    return Ok(Err(format!("string tensor of {size} bytes is too large to load")));
+                }
+                *budget -= size;
+                let checked = self.extent(name, entry)?;
+                let data = checked
+                    .inner
+                    .blob
+                    .read_vec(checked.inner.offset, size)
+                    .map_err(|e| OpenError::corrupt(format!("entry {name}: {e}")))?;
+                let strings = decode_strings(&data, count, checked.crc)
+                    .ok_or_else(|| OpenError::corrupt(format!("string tensor {name} is damaged")))?;
+                let bytes: Arc<dyn TensorBytes> = if strings.intact {
+                    Arc::new(InMemory(strings.padded.into()))
+                } else {
+                    Arc::new(Damaged { len: strings.padded.len() as u64 })
+                };
+                tensor(DType::Str(strings.width), bytes)
+            }
+        }
+    }
+
+    /// The entry's bytes in its data file, checked to lie inside it.
+    fn extent(&self, name: &str, entry: &BundleEntryProto) -> Result<Checked, OpenError> {
+        let shard = usize::try_from(entry.shard_id)
+            .ok()
+            .and_then(|i| self.shards.get(i))
+            .ok_or_else(|| OpenError::corrupt(format!("entry {name} names data file {}", entry.shard_id)))?;
+        let (offset, len) = (u64::try_from(entry.offset), u64::try_from(entry.size));
+        match (offset, len) {
+            (Ok(offset), Ok(len)) if offset.checked_add(len).is_some_and(|end| end <= shard.len()) => {
+                Ok(Checked { inner: Extent { blob: shard.clone(), offset, len }, crc: entry.crc32c })
+            }
+            _ => Err(OpenError::corrupt(format!(
+                "entry {name} lies outside its data file (offset {}, size {}, file {} bytes; truncated?)",
+                entry.offset,
+                entry.size,
+                shard.len()
+            ))),
+        }
+    }
+
+    /// A partitioned tensor from its slice entries (TREE.md 6, FORMATS.md 3.6).
+    fn sliced(&self, name: &str, entry: &BundleEntryProto, dtype: DType, shape: &[u64]) -> Result<Sliced, OpenError> {
+        let bad = |why: String| OpenError::corrupt(format!("partitioned tensor {name}: {why}"));
+        let total = Tensor::element_count(shape).ok_or_else(|| bad(format!("absurd shape {shape:?}")))?;
+        if shape.is_empty() {
+            return Err(bad("a scalar cannot be partitioned".into()));
+        }
+        let mut slices = Vec::with_capacity(entry.slices.len().min(4096));
+        let mut covered = 0u64;
+        for slice in &entry.slices {
+            let (start, len) = slice_bounds(slice, shape).ok_or_else(|| bad("slice outside the tensor".into()))?;
+            let key = bundle::slice_key(name.as_bytes(), slice);
+            let value = self.by_key.get(key.as_slice()).ok_or_else(|| bad(format!("slice {start:?}+{len:?} is missing")))?;
+            let part = BundleEntryProto::decode(*value).map_err(|e| bad(format!("slice entry is damaged: {e}")))?;
+            let expected = Tensor::raw_size(dtype, &len);
+            if part.dtype != entry.dtype || !part.slices.is_empty() || expected != Some(part.size as u64) {
+                return Err(bad(format!("slice {start:?}+{len:?} does not match its extent")));
+            }
+            covered = covered.saturating_add(Tensor::element_count(&len).unwrap_or(u64::MAX));
+            slices.push(Slice { start, len, bytes: self.extent(name, &part)? });
+        }
+        // Slices lie inside the tensor; with the counts equal, a gap means an overlap, which
+        // reads report as damage.
+        if covered != total {
+            return Err(bad(format!("slices hold {covered} of {total} elements")));
+        }
+        Ok(Sliced { shape: shape.to_vec(), item: dtype.size() as u64, total: total * dtype.size() as u64, slices })
+    }
+}
+
+fn shape_of(name: &str, entry: &BundleEntryProto) -> Result<Vec<u64>, OpenError> {
+    let shape = entry.shape.clone().unwrap_or_default();
+    let dims: Option<Vec<u64>> = shape.dim.iter().map(|d| u64::try_from(d.size).ok()).collect();
+    match dims {
+        Some(dims) if !shape.unknown_rank && Tensor::element_count(&dims).is_some() => Ok(dims),
+        _ => Err(OpenError::corrupt(format!("entry {name} has an absurd or unknown shape"))),
+    }
+}
+
+/// Start and length per dimension of a slice (a missing length is the whole dimension).
+fn slice_bounds(slice: &TensorSliceProto, shape: &[u64]) -> Option<(Vec<u64>, Vec<u64>)> {
+    if slice.extent.len() != shape.len() {
+        return None;
+    }
+    slice
+        .extent
+        .iter()
+        .zip(shape)
+        .map(|(e, &dim)| {
+            let start = u64::try_from(e.start).ok()?;
+            let len = match e.length {
+                Some(l) => u64::try_from(l).ok()?,
+                None => dim.checked_sub(start)?,
+            };
+            (start.checked_add(len)? <= dim).then_some((start, len))
+        })
+        .collect::<Option<Vec<_>>>()
+        .map(|bounds| bounds.into_iter().unzip())
+}
+
+/// A DT_STRING tensor (varint lengths, a masked crc of them, then the bytes) in numpy's
+/// fixed-width `|S<n>` layout.
+struct Strings {
+    width: usize,
+    padded: Vec<u8>,
+    /// Whether both the lengths' crc and the entry's crc match.
+    intact: bool,
+}
+
+/// Decodes a DT_STRING tensor; `None` if the layout does not add up.
+fn decode_strings(data: &[u8], count: u64, entry_crc: u32) -> Option<Strings> {
+    // Every length takes at least one byte, so a bigger count cannot fit.
+    if count > data.len() as u64 {
+        return None;
+    }
+    let mut pos = 0;
+    let lengths: Vec<usize> =
+        (0..count).map(|_| usize::try_from(bundle::read_varint(data, &mut pos)?).ok()).collect::<Option<_>>()?;
+    let stored_crc = data.get(pos..pos.checked_add(4)?)?;
+    pos += 4;
+    let total: usize = lengths.iter().try_fold(0usize, |acc, &l| acc.checked_add(l))?;
+    if pos.checked_add(total)? != data.len() {
+        return None;
+    }
+    // TF checksums the lengths as fixed-width integers (u32 unless one needs more), then
+    // carries on over the stored checksum and the string bytes for the entry's crc.
+    let lengths_crc = lengths.iter().fold(0u32, |crc, &l| match u32::try_from(l) {
+        Ok(l32) => crc32c::crc32c_append(crc, &l32.to_le_bytes()),
+        Err(_) => crc32c::crc32c_append(crc, &(l as u64).to_le_bytes()),
+    });
+    let full_crc = crc32c::crc32c_append(crc32c::crc32c_append(lengths_crc, stored_crc), &data[pos..]);
+    let intact = stored_crc == bundle::mask(lengths_crc).to_le_bytes() && bundle::mask(full_crc) == entry_crc;
+    // numpy gives empty strings width 1 (`|S1`), and a zero width would have no elements.
+    let width = lengths.iter().copied().max().unwrap_or(0).max(1);
+    let mut padded = vec![0u8; width.checked_mul(lengths.len())?];
+    for (i, len) in lengths.into_iter().enumerate() {
+        padded[i * width..i * width + len].copy_from_slice(&data[pos..pos + len]);
+        pos += len;
+    }
+    Some(Strings { width, padded, intact })
+}
+
+/// An entry's bytes in its data file; a read of the whole tensor checks its masked crc32c.
+struct Checked {
+    inner: Extent,
+    crc: u32,
+}
+
+impl TensorBytes for Checked {
+    fn len(&self) -> u64 {
+        self.inner.len
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        self.inner.read_at(offset, buf)?;
+        if offset == 0 && buf.len() as u64 == self.inner.len && bundle::masked_crc32c(buf) != self.crc {
+            return Err(ReadError::Corrupt("tensor data fail their checksum".into()));
+        }
+        Ok(())
+    }
+    fn extent(&self) -> Option<(u64, u64)> {
+        self.inner.extent()
+    }
+}
+
+/// A tensor whose stored bytes failed their checksum at mount: every read fails.
+struct Damaged {
+    len: u64,
+}
+
+impl TensorBytes for Damaged {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_at(&self, _: u64, _: &mut [u8]) -> Result<(), ReadError> {
+        Err(ReadError::Corrupt("tensor data fail their checksum".into()))
+    }
+}
+
+struct Slice {
+    start: Vec<u64>,
+    len: Vec<u64>,
+    bytes: Checked,
+}
+
+impl Slice {
+    fn contains(&self, index: &[u64]) -> bool {
+        index.iter().zip(self.start.iter().zip(&self.len)).all(|(&i, (&s, &l))| i >= s && i < s + l)
+    }
+}
+
+/// A partitioned tensor: byte ranges of the full C-order tensor mapped onto its slices.
+struct Sliced {
+    shape: Vec<u64>,
+    item: u64,
+    total: u64,
+    slices: Vec<Slice>,
+}
+
+impl TensorBytes for Sliced {
+    fn len(&self) -> u64 {
+        self.total
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        if offset == 0 && buf.len() as u64 == self.total {
+            // A whole read checks every slice's crc, which the piecewise copy below cannot.
+            for slice in &self.slices {
+                let mut whole = vec![0u8; slice.bytes.len() as usize];
+                slice.bytes.read_at(0, &mut whole)?;
+            }
+        }
+        let rank = self.shape.len();
+        let mut index = vec![0u64; rank];
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let (element, within) = (at / self.item, at % self.item);
+            let mut rest = element;
+            for d in (0..rank).rev() {
+                index[d] = rest % self.shape[d];
+                rest /= self.shape[d];
+            }
+            let slice = self
+                .slices
+                .iter()
+                .find(|s| s.contains(&index))
+                .ok_or_else(|| ReadError::Corrupt("no slice holds this part of the tensor".into()))?;
+            // Trailing dimensions the slice spans whole are contiguous in both layouts, so
+            // the run reaches to the end of the slice's range in the dimension before them.
+            let (mut d, mut inner, mut inner_pos) = (rank, 1u64, 0u64);
+            while d > 0 && slice.len[d - 1] == self.shape[d - 1] {
+                d -= 1;
+                inner_pos += index[d] * inner;
+                inner *= self.shape[d];
+            }
+            let run_elements = match d {
+                0 => inner - inner_pos,
+                _ => (slice.start[d - 1] + slice.len[d - 1] - index[d - 1]) * inner - inner_pos,
+            };
+            let run = (run_elements * self.item - within).min((buf.len() - done) as u64) as usize;
+            let local = index
+                .iter()
+                .zip(slice.start.iter().zip(&slice.len))
+                .fold(0u64, |acc, (&i, (&s, &l))| acc * l + (i - s));
+            slice.bytes.read_at(local * self.item + within, &mut buf[done..done + run])?;
+            done += run;
+        }
+        Ok(())
+    }
+}
+
+/// `trackable_object_graph.proto` (FORMATS.md 3.7), the fields wfs shows.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TrackableObjectGraph {
+    #[prost(message, repeated, tag = "1")]
+    nodes: Vec<TrackableObject>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct TrackableObject {
+    #[prost(message, repeated, tag = "1")]
+    children: Vec<ObjectReference>,
+    #[prost(message, repeated, tag = "2")]
+    attributes: Vec<SerializedTensor>,
+    #[prost(message, repeated, tag = "3")]
+    slot_variables: Vec<SlotVariableReference>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ObjectReference {
+    #[prost(int32, tag = "1")]
+    node_id: i32,
+    #[prost(string, tag = "2")]
+    local_name: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct SerializedTensor {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(string, tag = "2")]
+    full_name: String,
+    #[prost(string, tag = "3")]
+    checkpoint_key: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct SlotVariableReference {
+    #[prost(int32, tag = "1")]
+    original_variable_node_id: i32,
+    #[prost(string, tag = "2")]
+    slot_name: String,
+    #[prost(int32, tag = "3")]
+    slot_variable_node_id: i32,
+}
+
+impl TrackableObjectGraph {
+    fn to_json(&self) -> Value {
+        let nodes: Vec<Value> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(index, node)| {
+                json!({
+                    "index": index,
+                    "children": node.children.iter().map(|c| json!({"node_id": c.node_id, "local_name": c.local_name})).collect::<Vec<_>>(),
+                    "attributes": node.attributes.iter().map(|a| json!({"name": a.name, "full_name": a.full_name, "checkpoint_key": a.checkpoint_key})).collect::<Vec<_>>(),
+                    "slot_variables": node.slot_variables.iter().map(|s| json!({
+                        "original_variable_node_id": s.original_variable_node_id,
+                        "slot_name": s.slot_name,
+                        "slot_variable_node_id": s.slot_variable_node_id,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({ "nodes": nodes })
+    }
+}
+
+/// The object graph from the `_CHECKPOINTABLE_OBJECT_GRAPH` string scalar.
+fn read_object_graph(bytes: &dyn TensorBytes) -> Result<TrackableObjectGraph, String> {
+    let mut data = vec![0u8; bytes.len() as usize];
+    bytes.read_at(0, &mut data).map_err(|e| e.to_string())?;
+    // The scalar was padded to its own length, so there is nothing to strip.
+    TrackableObjectGraph::decode(data.as_slice()).map_err(|e| e.to_string())
+}
+
+/// `layers/<layer>/<variable>` from each variable's `full_name` (TREE.md 5), sharing the bytes
+/// of `variables/`. Optimizer state stays under `variables/` only: slot keys, variables reached
+/// only through an optimizer object, and names scoped by such a variable's first component
+/// (`Adam/m/dense/kernel`). Keys alone cannot tell, since Keras 3 may key a layer weight
+/// `optimizer/_trainable_variables/2` when the optimizer's path to it was found first.
+fn add_keras_view(graph: &TrackableObjectGraph, variables: &HashMap<String, Tensor>, under: &[&str], model: &mut Model) {
+    let model_side = reachable_avoiding_optimizers(graph);
+    let is_variable = |a: &&SerializedTensor| a.name == "VARIABLE_VALUE" && !a.checkpoint_key.contains("/.OPTIMIZER_SLOT/");
+    let optimizer_scopes: Vec<&str> = graph
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !model_side[*i])
+        .flat_map(|(_, n)| n.attributes.iter().filter(is_variable))
+        .filter_map(|a| a.full_name.split_once('/').map(|(scope, _)| scope))
+        .collect();
+    for (i, node) in graph.nodes.iter().enumerate().filter(|(i, _)| model_side[*i]) {
+        for attr in node.attributes.iter().filter(is_variable) {
+            let parts = split_path(&attr.full_name);
+            if parts.len() < 2 || optimizer_scopes.contains(&parts[0].as_str()) {
+                continue;
+            }
+            if let Some(t) = variables.get(&attr.checkpoint_key) {
+                log::debug!("node {i}: {} is layers/{}", attr.checkpoint_key, attr.full_name);
+                model.tensors.push(Tensor { path: path_of(&[under, &["layers"]].concat(), &parts), ..t.clone() });
+            }
+        }
+    }
+}
+
+/// Which nodes the root reaches without passing through a child named like an optimizer.
+fn reachable_avoiding_optimizers(graph: &TrackableObjectGraph) -> Vec<bool> {
+    let mut seen = vec![false; graph.nodes.len()];
+    let mut queue = vec![0usize];
+    while let Some(id) = queue.pop() {
+        if std::mem::replace(&mut seen[id], true) {
+            continue;
+        }
+        for child in &graph.nodes[id].children {
+            let optimizer = child.local_name.to_ascii_lowercase().contains("optimizer");
+            match usize::try_from(child.node_id) {
+                Ok(c) if c < seen.len() && !seen[c] && !optimizer => queue.push(c),
+                _ => {}
+            }
+        }
+    }
+    seen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_become_fixed_width() {
+        // FORMATS.md 3.5: ["hi", ""] and its entry crc.
+        let data = [0x02, 0x00, 0x78, 0x27, 0x0b, 0x34, b'h', b'i'];
+        let s = decode_strings(&data, 2, 0xed48_9e9e).unwrap();
+        assert_eq!((s.width, s.padded.as_slice(), s.intact), (2, b"hi\0\0".as_slice(), true));
+        assert!(!decode_strings(&data, 2, 0xed48_9e9f).unwrap().intact);
+        let mut flipped = data;
+        flipped[7] ^= 1;
+        assert!(!decode_strings(&flipped, 2, 0xed48_9e9e).unwrap().intact);
+        let empty = decode_strings(&[0x00, 1, 2, 3, 4], 1, 0).unwrap();
+        assert_eq!((empty.width, empty.padded), (1, vec![0]));
+        assert!(decode_strings(&[0x05, 1, 2, 3, 4, b'a'], 1, 0).is_none());
+        assert!(decode_strings(&[0x02], 1_000_000_000_000, 0).is_none());
+    }
+
+    /// A 3x4 float tensor cut into rows 0..2 x cols 0..4 and row 2 split at col 1.
+    #[test]
+    fn slices_map_byte_ranges() {
+        let full: Vec<u8> = (0u8..48).collect();
+        let part = |rows: (u64, u64), cols: (u64, u64)| {
+            let mut data = Vec::new();
+            for r in rows.0..rows.0 + rows.1 {
+                for c in cols.0..cols.0 + cols.1 {
+                    let at = ((r * 4 + c) * 4) as usize;
+                    data.extend_from_slice(&full[at..at + 4]);
+                }
+            }
+            let len = data.len() as u64;
+            let crc = bundle::masked_crc32c(&data);
+            let blob = Blob::Memory(data.into());
+            Slice { start: vec![rows.0, cols.0], len: vec![rows.1, cols.1], bytes: Checked { inner: Extent { blob, offset: 0, len }, crc } }
+        };
+        let sliced = Sliced {
+            shape: vec![3, 4],
+            item: 4,
+            total: 48,
+            slices: vec![part((2, 1), (1, 3)), part((0, 2), (0, 4)), part((2, 1), (0, 1))],
+        };
+        for start in 0..48 {
+            for end in start..=48 {
+                let mut buf = vec![0u8; end - start];
+                sliced.read_at(start as u64, &mut buf).unwrap();
+                assert_eq!(buf, &full[start..end], "{start}..{end}");
+            }
+        }
+    }
+
+    #[test]
+    fn absurd_shapes_are_refused() {
+        let entry = |dims: &[i64]| BundleEntryProto {
+            shape: Some(bundle::TensorShapeProto {
+                dim: dims.iter().map(|&size| bundle::Dim { size }).collect(),
+                unknown_rank: false,
+            }),
+            ..BundleEntryProto::default()
+        };
+        assert_eq!(shape_of("ok", &entry(&[3, 0])).unwrap(), [3, 0]);
+        assert!(shape_of("unknown", &entry(&[-1, 3])).is_err());
+        assert!(shape_of("huge", &entry(&[1 << 40, 1 << 40])).is_err());
+    }
+
+    #[test]
+    fn state_file_names_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("checkpoint"), "model_checkpoint_path: \"C:\\\\runs\\\\ckpt-9\"\n").unwrap();
+        assert_eq!(latest_in_state_file(dir.path()).as_deref(), Some("ckpt-9"));
+        std::fs::write(dir.path().join("checkpoint"), "model_checkpoint_path: \"/abs/model.ckpt\"\n").unwrap();
+        assert_eq!(latest_in_state_file(dir.path()).as_deref(), Some("model.ckpt"));
+    }
+}
