@@ -264,7 +264,7 @@ impl EntryReader<'_> {
         let (offset, len) = (u64::try_from(entry.offset), u64::try_from(entry.size));
         match (offset, len) {
             (Ok(offset), Ok(len)) if offset.checked_add(len).is_some_and(|end| end <= shard.len()) => {
-                Ok(Checked { inner: Extent { blob: shard.clone(), offset, len }, crc: entry.crc32c })
+                Ok(Checked::new(Extent { blob: shard.clone(), offset, len }, entry.crc32c))
             }
             _ => Err(OpenError::corrupt(format!(
                 "entry {name} lies outside its data file (offset {}, size {}, file {} bytes; truncated?)",
@@ -377,10 +377,28 @@ fn decode_strings(data: &[u8], count: u64, entry_crc: u32) -> Option<Strings> {
     Some(Strings { width, padded, intact })
 }
 
-/// An entry's bytes in its data file; a read of the whole tensor checks its masked crc32c.
+/// Tensors up to this size are checked whole on their first read, whatever its range: the
+/// kernel splits reads into pieces of at most 1 MiB, so a read rarely covers a whole tensor.
+const CHECK_ON_FIRST_READ: u64 = 64 << 20;
+
+/// An entry's bytes in its data file, checked against its masked crc32c: on first touch for
+/// tensors up to `CHECK_ON_FIRST_READ`, and on any read covering the whole tensor.
 struct Checked {
     inner: Extent,
     crc: u32,
+    /// Set once the whole tensor has been read and checked: whether it matched.
+    verdict: std::sync::OnceLock<bool>,
+}
+
+impl Checked {
+    fn new(inner: Extent, crc: u32) -> Self {
+        Checked { inner, crc, verdict: std::sync::OnceLock::new() }
+    }
+
+    fn judge(&self, whole: &[u8]) -> Result<(), ReadError> {
+        let ok = *self.verdict.get_or_init(|| bundle::masked_crc32c(whole) == self.crc);
+        if ok { Ok(()) } else { Err(ReadError::Corrupt("tensor data fail their checksum".into())) }
+    }
 }
 
 impl TensorBytes for Checked {
@@ -388,14 +406,24 @@ impl TensorBytes for Checked {
         self.inner.len
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        if let Some(&ok) = self.verdict.get() {
+            if !ok {
+                return self.judge(&[]);
+            }
+        } else if offset != 0 || buf.len() as u64 != self.inner.len {
+            if self.inner.len <= CHECK_ON_FIRST_READ {
+                let whole = self.inner.blob.read_vec(self.inner.offset, self.inner.len)?;
+                self.judge(&whole)?;
+            }
+        }
         self.inner.read_at(offset, buf)?;
-        if offset == 0 && buf.len() as u64 == self.inner.len && bundle::masked_crc32c(buf) != self.crc {
-            return Err(ReadError::Corrupt("tensor data fail their checksum".into()));
+        if offset == 0 && buf.len() as u64 == self.inner.len && self.verdict.get().is_none() {
+            self.judge(buf)?;
         }
         Ok(())
     }
-    fn extent(&self) -> Option<(u64, u64)> {
-        self.inner.extent()
+    fn location(&self) -> Option<crate::model::Location> {
+        self.inner.location()
     }
 }
 
@@ -646,7 +674,7 @@ mod tests {
             let len = data.len() as u64;
             let crc = bundle::masked_crc32c(&data);
             let blob = Blob::Memory(data.into());
-            Slice { start: vec![rows.0, cols.0], len: vec![rows.1, cols.1], bytes: Checked { inner: Extent { blob, offset: 0, len }, crc } }
+            Slice { start: vec![rows.0, cols.0], len: vec![rows.1, cols.1], bytes: Checked::new(Extent { blob, offset: 0, len }, crc) }
         };
         let sliced = Sliced {
             shape: vec![3, 4],
