@@ -89,7 +89,7 @@ extern "C" fn image_malloc(size: usize, op: H5FD_file_image_op_t, udata: *mut c_
 extern "C" fn image_memcpy(dest: *mut c_void, src: *const c_void, size: usize, _op: H5FD_file_image_op_t, udata: *mut c_void) -> *mut c_void {
     let image = unsafe { &*(udata as *const Image) };
     let at = image.bytes.as_ptr() as *const c_void;
-    if dest as *const c_void == at && src == at && size == image.bytes.len() { dest } else { std::ptr::null_mut() }
+    if std::ptr::eq(dest, at) && std::ptr::eq(src, at) && size == image.bytes.len() { dest } else { std::ptr::null_mut() }
 }
 
 extern "C" fn image_realloc(_ptr: *mut c_void, _size: usize, _op: H5FD_file_image_op_t, _udata: *mut c_void) -> *mut c_void {

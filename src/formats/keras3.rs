@@ -242,7 +242,7 @@ impl Saveable {
     }
 
     fn sort(&mut self) {
-        self.vars.sort_by(|a, b| (a.name.parse::<u64>().unwrap_or(u64::MAX), &a.name).cmp(&(b.name.parse().unwrap_or(u64::MAX), &b.name)));
+        self.vars.sort_by_cached_key(|v| (v.name.parse::<u64>().unwrap_or(u64::MAX), v.name.clone()));
         self.children.sort_by_key(|(_, c)| c.order);
         for (_, c) in &mut self.children {
             c.sort();
@@ -300,9 +300,11 @@ struct Reader<'a> {
 impl Reader<'_> {
     /// Adds a variable as a tensor at `path`; its shape, if it could be exposed.
     fn emit(&mut self, var: &Var, path: Vec<String>) -> Option<Vec<u64>> {
-        push_dataset(&var.dataset, path, self.contexts[var.shard], self.model, &mut self.skipped)
-            .then(|| self.model.tensors.last().map(|t| t.shape.clone()))
-            .flatten()
+        if push_dataset(&var.dataset, path, self.contexts[var.shard], self.model, &mut self.skipped) {
+            self.model.tensors.last().map(|t| t.shape.clone())
+        } else {
+            None
+        }
     }
 
     /// The objects of a `layers` list (a model's `model.layers`) below `dir`. `entries` are the
@@ -362,20 +364,19 @@ impl Reader<'_> {
             self.layers_list(&obj.children[pos].1, &dir, entries, sequential, false, trainable);
         }
         // Known sublayers first, in Keras's variable order; then the rest in creation order.
-        let mut plan: Vec<(usize, Option<String>, Option<&Value>, Option<String>)> = known_sublayers(kind, config)
-            .into_iter()
-            .filter_map(|(group, kind, entry, name)| Some((position(group)?, kind, entry, name)))
-            .collect();
+        let mut plan: Vec<(usize, Sublayer)> =
+            known_sublayers(kind, config).into_iter().filter_map(|sub| Some((position(sub.group)?, sub))).collect();
         for (pos, (group, _)) in obj.children.iter().enumerate() {
             if group != "layers" && !plan.iter().any(|p| p.0 == pos) {
                 // Every Keras RNN keeps its cell in `cell`, whose variables are named alike.
-                plan.push((pos, (group == "cell").then(|| "rnn_cell".to_string()), None, None));
+                let kind = (group == "cell").then(|| "rnn_cell".to_string());
+                plan.push((pos, Sublayer { group: "", kind, entry: None, name: None }));
             }
         }
-        for (pos, kind, entry, default_name) in plan {
+        for (pos, sub) in plan {
             let (group, child) = &obj.children[pos];
-            let name = child.label.clone().or(default_name).unwrap_or_else(|| group.clone());
-            self.layer(child, child_dir(&dir, &name), kind.as_deref(), entry, trainable);
+            let name = child.label.clone().or(sub.name).unwrap_or_else(|| group.clone());
+            self.layer(child, child_dir(&dir, &name), sub.kind.as_deref(), sub.entry, trainable);
         }
     }
 
@@ -410,7 +411,7 @@ impl Reader<'_> {
         let shapes: Vec<Vec<u64>> = vars.iter().map(|v| h5::locked(|| v.dataset.shape()).iter().map(|&d| d as u64).collect()).collect();
         let trainable: Vec<(&Vec<String>, &Vec<u64>)> =
             self.trainable.iter().map(|(p, s)| s.as_ref().map(|s| (p, s))).collect::<Option<_>>()?;
-        if shapes.first()?.is_empty().then_some(()).is_none() {
+        if !shapes.first()?.is_empty() {
             return None;
         }
         for slots in candidates {
@@ -504,30 +505,41 @@ fn variable_names(kind: Option<&str>, config: Option<&Value>, count: usize) -> (
     }
 }
 
-/// Sublayers of built-in layers, in their variable order: (attribute group, class, config entry,
-/// default name).
-fn known_sublayers<'c>(kind: Option<&str>, config: Option<&'c Value>) -> Vec<(&'static str, Option<String>, Option<&'c Value>, Option<String>)> {
+/// A sublayer of a built-in layer.
+struct Sublayer<'c> {
+    /// The attribute's group.
+    group: &'static str,
+    /// Its class (snake case), if known.
+    kind: Option<String>,
+    /// Its config entry, if the config has one.
+    entry: Option<&'c Value>,
+    /// Its name when the file has no `vars@name`.
+    name: Option<String>,
+}
+
+/// Sublayers of built-in layers, in their variable order.
+fn known_sublayers<'c>(kind: Option<&str>, config: Option<&'c Value>) -> Vec<Sublayer<'c>> {
     let inner = config.and_then(|c| c.get("layer"));
     let inner_kind = || inner.and_then(|l| l.get("class_name")).and_then(Value::as_str).map(snake_case);
     let inner_name = inner.and_then(layer_name);
     match kind.unwrap_or_default() {
         cell @ ("simple_rnn" | "lstm" | "gru") => {
             let cell_kind = format!("{cell}_cell");
-            vec![("cell", Some(cell_kind.clone()), None, Some(cell_kind))]
+            vec![Sublayer { group: "cell", kind: Some(cell_kind.clone()), entry: None, name: Some(cell_kind) }]
         }
         "bidirectional" => {
             let backward = config.and_then(|c| c.get("backward_layer")).filter(|b| b.is_object());
             let backward_kind = backward.and_then(|b| b.get("class_name")).and_then(Value::as_str).map(snake_case).or_else(inner_kind);
             let backward_name = backward.and_then(layer_name).map(str::to_string).or(inner_name.map(|n| format!("backward_{n}")));
             vec![
-                ("forward_layer", inner_kind(), inner, inner_name.map(|n| format!("forward_{n}"))),
-                ("backward_layer", backward_kind, backward.or(inner), backward_name),
+                Sublayer { group: "forward_layer", kind: inner_kind(), entry: inner, name: inner_name.map(|n| format!("forward_{n}")) },
+                Sublayer { group: "backward_layer", kind: backward_kind, entry: backward.or(inner), name: backward_name },
             ]
         }
-        "time_distributed" => vec![("layer", inner_kind(), inner, inner_name.map(str::to_string))],
+        "time_distributed" => vec![Sublayer { group: "layer", kind: inner_kind(), entry: inner, name: inner_name.map(str::to_string) }],
         "multi_head_attention" => [("query_dense", "query"), ("key_dense", "key"), ("value_dense", "value"), ("output_dense", "attention_output")]
             .into_iter()
-            .map(|(group, name)| (group, Some("einsum_dense".to_string()), None, Some(name.to_string())))
+            .map(|(group, name)| Sublayer { group, kind: Some("einsum_dense".into()), entry: None, name: Some(name.into()) })
             .collect(),
         _ => Vec::new(),
     }
