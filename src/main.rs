@@ -36,7 +36,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Mount SOURCE (a model file, directory or checkpoint prefix) on MOUNTPOINT
+    /// Mount SOURCE (a model file, directory or checkpoint prefix, or - for standard input) on MOUNTPOINT
     Mount {
         source: PathBuf,
         mountpoint: PathBuf,
@@ -55,6 +55,9 @@ enum Command {
         /// Log file for the daemon (default: syslog)
         #[arg(long)]
         log_file: Option<PathBuf>,
+        /// Most bytes read from standard input (SOURCE -), held in memory while mounted
+        #[arg(long, default_value = "4G", value_parser = parse_size)]
+        stdin_limit: u64,
     },
     /// Unmount MOUNTPOINT and wait for its daemon to exit
     Umount { mountpoint: PathBuf },
@@ -113,7 +116,7 @@ type Failure = (u8, String);
 
 fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Mount { source, mountpoint, foreground, cache_size, threads, options, log_file } => {
+        Command::Mount { source, mountpoint, foreground, cache_size, threads, options, log_file, stdin_limit } => {
             let mut settings = MountSettings {
                 mountpoint: mountpoint.clone(),
                 source_name: source.display().to_string(),
@@ -126,21 +129,39 @@ fn run(command: Command) -> Result<(), Failure> {
             };
             apply_options(&mut settings, &options).map_err(|m| (exit::USAGE, m))?;
             settings.mountpoint = daemon::prepare_mountpoint(&mountpoint).map_err(mount_failure)?;
-            let shown = source.display().to_string();
-            let source = formats::canonical_source(&source)
-                .map_err(|e| (exit::SOURCE_UNREADABLE, format!("{shown}: {}", formats::io_reason(&e))))?;
-            if let Ok(meta) = std::fs::metadata(&source) {
-                if let Ok(t) = meta.modified() {
+            let read_options = ReadOptions { cache: Arc::new(ChunkCache::new(cache_size)) };
+            let (model, shown) = if source.as_os_str() == "-" {
+                let bytes = read_stdin(stdin_limit)?;
+                (formats::open_bytes(bytes, &read_options).map_err(|e| open_failure("standard input", e))?, "-".to_string())
+            } else {
+                let shown = source.display().to_string();
+                let source = formats::canonical_source(&source)
+                    .map_err(|e| (exit::SOURCE_UNREADABLE, format!("{shown}: {}", formats::io_reason(&e))))?;
+                if let Ok(t) = std::fs::metadata(&source).and_then(|m| m.modified()) {
                     settings.owner.time = t;
                 }
-            }
-            let cache = Arc::new(ChunkCache::new(cache_size));
-            let model = formats::open_path(&source, &ReadOptions { cache }).map_err(|e| open_failure(&shown, e))?;
-            let tree = Tree::build(model, &source.display().to_string());
+                (formats::open_path(&source, &read_options).map_err(|e| open_failure(&shown, e))?, source.display().to_string())
+            };
+            let tree = Tree::build(model, &shown);
             daemon::mount(Fs::new(tree), settings, || detach_stdio(log_file.as_deref())).map_err(mount_failure)
         }
         Command::Umount { mountpoint } => daemon::umount(&mountpoint).map_err(mount_failure),
     }
+}
+
+/// All of standard input, refused (rather than cut) past `limit` bytes.
+fn read_stdin(limit: u64) -> Result<Vec<u8>, Failure> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| (exit::SOURCE_UNREADABLE, format!("standard input: {}", formats::io_reason(&e))))?;
+    if bytes.len() as u64 > limit {
+        return Err((exit::SOURCE_UNREADABLE, format!("standard input: more than {limit} bytes (raise --stdin-limit)")));
+    }
+    Ok(bytes)
 }
 
 fn apply_options(settings: &mut MountSettings, options: &[String]) -> Result<(), String> {

@@ -19,13 +19,7 @@ pub trait TensorBytes: Send + Sync {
     }
 }
 
-/// A byte range of a file on disk.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Location {
-    pub file: std::path::PathBuf,
-    pub offset: u64,
-    pub len: u64,
-}
+pub use crate::source::Location;
 
 /// Bytes stored as-is in a blob at `[offset, offset + len)`: served by `pread`, never copied.
 pub struct Extent {
@@ -42,10 +36,7 @@ impl TensorBytes for Extent {
         self.blob.read_at(self.offset + offset, buf)
     }
     fn location(&self) -> Option<Location> {
-        match &self.blob {
-            Blob::File(f) => Some(Location { file: f.path().to_path_buf(), offset: self.offset, len: self.len }),
-            Blob::Memory(_) => None,
-        }
+        self.blob.location(self.offset, self.len)
     }
 }
 

@@ -1,7 +1,9 @@
-//! Where tensor bytes come from: the source file (checked for changes on every read) or memory.
+//! Where tensor bytes come from: the source file (checked for changes on every read), memory
+//! (standard input, inflated archive members), or a byte range of either (archive members).
 
 use crate::error::ReadError;
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,11 +60,30 @@ impl SourceFile {
     }
 }
 
-/// Bytes addressed by offset: a file read with `pread`, or a buffer in memory.
+/// Bytes addressed by offset: a file read with `pread`, a buffer in memory, or a range of
+/// another blob.
 #[derive(Debug, Clone)]
 pub enum Blob {
     File(Arc<SourceFile>),
-    Memory(Arc<[u8]>),
+    /// A `Vec` rather than `[u8]` so that standard input read into a `Vec` is never copied.
+    Memory(Arc<Vec<u8>>),
+    Slice(Arc<Slice>),
+}
+
+/// A byte range of a file on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// `len` bytes of `inner` from `offset` (a stored archive member).
+#[derive(Debug)]
+pub struct Slice {
+    inner: Blob,
+    offset: u64,
+    len: u64,
 }
 
 impl Blob {
@@ -70,7 +91,16 @@ impl Blob {
         match self {
             Blob::File(f) => f.len(),
             Blob::Memory(m) => m.len() as u64,
+            Blob::Slice(s) => s.len,
         }
+    }
+
+    /// The bytes at `[offset, offset + len)` as a blob of their own, read through this one.
+    pub fn slice(&self, offset: u64, len: u64) -> Result<Blob, ReadError> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len()) {
+            return Err(ReadError::OutOfBounds);
+        }
+        Ok(Blob::Slice(Arc::new(Slice { inner: self.clone(), offset, len })))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -99,6 +129,16 @@ impl Blob {
                 // Checked after the read: if the file changed meanwhile, the bytes may be mixed.
                 if f.unchanged() { Ok(()) } else { Err(ReadError::SourceChanged) }
             }
+            Blob::Slice(s) => s.inner.read_at(s.offset + offset, buf),
+        }
+    }
+
+    /// Where `[offset, offset + len)` of this blob lies in a file on disk, if it does.
+    pub fn location(&self, offset: u64, len: u64) -> Option<Location> {
+        match self {
+            Blob::File(f) => Some(Location { file: f.path().to_path_buf(), offset, len }),
+            Blob::Memory(_) => None,
+            Blob::Slice(s) => s.inner.location(s.offset + offset, len),
         }
     }
 
@@ -110,5 +150,104 @@ impl Blob {
         let mut buf = vec![0u8; len as usize];
         self.read_at(offset, &mut buf)?;
         Ok(buf)
+    }
+
+    /// A `Read + Seek` cursor over the blob (for parsers such as the zip reader).
+    pub fn reader(&self) -> BlobReader {
+        BlobReader { blob: self.clone(), pos: 0 }
+    }
+
+    /// The blob's bytes at a stable address, for a library that parses them in place (libhdf5's
+    /// file images): files are mapped read-only, memory is used as it is.
+    pub fn map(&self) -> std::io::Result<Mapping> {
+        match self {
+            Blob::Memory(m) => Ok(Mapping { ptr: m.as_ptr(), len: m.len(), _owner: Some(m.clone()) }),
+            Blob::File(f) => {
+                let len = usize::try_from(f.len()).map_err(|_| std::io::Error::other("file too large to map"))?;
+                if len == 0 {
+                    return Ok(Mapping { ptr: std::ptr::NonNull::dangling().as_ptr(), len: 0, _owner: None });
+                }
+                // SAFETY: a fresh read-only private mapping of an open descriptor; unmapped on drop.
+                let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, f.file.as_raw_fd(), 0) };
+                if ptr == libc::MAP_FAILED {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(Mapping { ptr: ptr as *const u8, len, _owner: Some(Arc::new(Mmap { ptr, len })) })
+            }
+            Blob::Slice(s) => {
+                let whole = s.inner.map()?;
+                // `slice` checked the range against the inner blob's length.
+                let ptr = unsafe { whole.ptr.add(s.offset as usize) };
+                Ok(Mapping { ptr, len: s.len as usize, _owner: whole._owner })
+            }
+        }
+    }
+}
+
+/// See [`Blob::reader`].
+pub struct BlobReader {
+    blob: Blob,
+    pos: u64,
+}
+
+impl std::io::Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (self.blob.len().saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        self.blob.read_at(self.pos, &mut buf[..n]).map_err(std::io::Error::other)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for BlobReader {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let target = match to {
+            std::io::SeekFrom::Start(n) => Some(n),
+            std::io::SeekFrom::End(d) => self.blob.len().checked_add_signed(d),
+            std::io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = target.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start"))?;
+        Ok(self.pos)
+    }
+}
+
+/// Read-only bytes at a fixed address, valid while this value (or a clone of its owner) lives.
+pub struct Mapping {
+    ptr: *const u8,
+    len: usize,
+    _owner: Owner,
+}
+
+// SAFETY: the bytes are never written through this pointer and outlive the value.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Whatever keeps a mapping's bytes alive (a buffer, an `mmap`), held only to be dropped last.
+type Owner = Option<Arc<dyn std::any::Any + Send + Sync>>;
+
+struct Mmap {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: a read-only mapping may be used and unmapped from any thread.
+unsafe impl Send for Mmap {}
+unsafe impl Sync for Mmap {}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        unsafe { libc::munmap(self.ptr, self.len) };
     }
 }

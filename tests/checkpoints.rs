@@ -185,9 +185,9 @@ fn flipped_data_byte_fails_only_that_tensor() {
     });
     let mount = Mount::new(&tmp.path().join("ckpt-1"), &[]);
     // Even a read of a few bytes of the .npy fails: the whole tensor is checked on first touch.
-    let mut npy = std::fs::File::open(mount.path(&victim.replace(".raw", ".npy"))).unwrap();
+    let npy = std::fs::File::open(mount.path(&victim.replace(".raw", ".npy"))).unwrap();
     let mut head = [0u8; 8];
-    let err = std::os::unix::fs::FileExt::read_exact_at(&mut npy, &mut head, 200).unwrap_err();
+    let err = std::os::unix::fs::FileExt::read_exact_at(&npy, &mut head, 200).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO));
     let err = std::fs::read(mount.path(victim)).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO));

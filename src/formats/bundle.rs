@@ -328,7 +328,7 @@ mod tests {
             let _ = read_table(&Blob::Memory(Arc::from(bad)));
         }
         for cut in 0..good.len() {
-            assert!(read_table(&Blob::Memory(Arc::from(&good[..cut]))).is_err());
+            assert!(read_table(&Blob::Memory(Arc::new(good[..cut].to_vec()))).is_err());
         }
         let mut bad = good.clone();
         bad[0x10] ^= 1;

@@ -410,11 +410,9 @@ impl TensorBytes for Checked {
             if !ok {
                 return self.judge(&[]);
             }
-        } else if offset != 0 || buf.len() as u64 != self.inner.len {
-            if self.inner.len <= CHECK_ON_FIRST_READ {
-                let whole = self.inner.blob.read_vec(self.inner.offset, self.inner.len)?;
-                self.judge(&whole)?;
-            }
+        } else if (offset != 0 || buf.len() as u64 != self.inner.len) && self.inner.len <= CHECK_ON_FIRST_READ {
+            let whole = self.inner.blob.read_vec(self.inner.offset, self.inner.len)?;
+            self.judge(&whole)?;
         }
         self.inner.read_at(offset, buf)?;
         if offset == 0 && buf.len() as u64 == self.inner.len && self.verdict.get().is_none() {

@@ -5,12 +5,14 @@ use crate::cache::ChunkCache;
 use crate::dtype::DType;
 use crate::error::{OpenError, ReadError};
 use crate::model::{ByteSwapped, Extent, InMemory, Tensor, TensorBytes};
-use crate::source::Blob;
+use crate::source::{Blob, Mapping};
 use hdf5::{Dataset, Group, Location};
 use hdf5_sys::h5::{haddr_t, hsize_t, herr_t};
 use hdf5_sys::h5d::{H5D_layout_t, H5Dchunk_iter, H5Dget_offset, H5Dget_storage_size, H5Dget_type, H5Dread};
+use hdf5_sys::h5f::{H5F_ACC_RDONLY, H5Fopen};
+use hdf5_sys::h5fd::{H5FD_file_image_callbacks_t, H5FD_file_image_op_t, H5FD_FILE_IMAGE_OP_FILE_OPEN, H5FD_FILE_IMAGE_OP_PROPERTY_LIST_COPY, H5FD_FILE_IMAGE_OP_PROPERTY_LIST_SET};
 use hdf5_sys::h5i::hid_t;
-use hdf5_sys::h5p::{H5P_DEFAULT, H5Pclose, H5Pget_chunk, H5Pget_external_count, H5Pget_fill_value, H5Pget_filter2, H5Pget_layout, H5Pget_nfilters};
+use hdf5_sys::h5p::{H5P_DEFAULT, H5Pclose, H5Pcreate, H5Pset_fapl_core, H5Pset_file_image, H5Pset_file_image_callbacks, H5Pget_chunk, H5Pget_external_count, H5Pget_fill_value, H5Pget_filter2, H5Pget_layout, H5Pget_nfilters};
 use hdf5_sys::h5s::{H5S_seloper_t, H5Sclose, H5Screate_simple, H5Sget_simple_extent_npoints, H5Sselect_hyperslab};
 use hdf5_sys::h5t::{H5T_class_t, H5T_order_t, H5T_sign_t, H5Tclose, H5Tget_class, H5Tget_member_name, H5Tget_member_type, H5Tget_nmembers, H5Tget_order, H5Tget_sign, H5Tget_size, H5Tget_super, H5Tis_variable_str, H5Treclaim};
 use std::collections::HashMap;
@@ -38,6 +40,114 @@ pub fn locked<T>(f: impl FnOnce() -> T) -> T {
 /// Opens an HDF5 file read-only; errors become one readable line.
 pub fn open(path: &std::path::Path) -> Result<hdf5::File, OpenError> {
     hdf5::File::open(path).map_err(|e| OpenError::corrupt(format!("cannot read HDF5 file: {}", first_line(&e.to_string()))))
+}
+
+/// Opens the HDF5 file a blob holds: a whole source file by its path, anything else (an archive
+/// member, standard input) as a file image that libhdf5 parses in place, never copied.
+pub fn open_blob(blob: &Blob) -> Result<hdf5::File, OpenError> {
+    if let Blob::File(file) = blob {
+        return open(file.path());
+    }
+    let image = blob.map().map_err(|e| OpenError::unreadable(format!("cannot map the HDF5 bytes: {e}")))?;
+    locked(|| unsafe { open_image(image) })
+}
+
+/// Bytes handed to libhdf5's core driver, shared by the property lists and the open file that
+/// refer to them. `refs` counts every holder libhdf5 announces (copies of the callback data,
+/// images it "allocated") plus our own; the last release frees (unmaps) the bytes.
+struct Image {
+    bytes: Mapping,
+    refs: usize,
+}
+
+/// Drops one reference; frees the image with the last (all calls happen under the lock).
+unsafe fn release(udata: *mut c_void) {
+    let image = udata as *mut Image;
+    unsafe {
+        (*image).refs -= 1;
+        if (*image).refs == 0 {
+            drop(Box::from_raw(image));
+        }
+    }
+}
+
+// libhdf5 asks to allocate and copy the image when a property list is set or copied and when
+// the file is opened; answering with the image itself makes every copy a no-op (the scheme of
+// H5LTopen_file_image with H5LT_FILE_IMAGE_DONT_COPY). Anything else (resizing, getting a copy
+// of the image) is refused, which libhdf5 reports as an error.
+extern "C" fn image_malloc(size: usize, op: H5FD_file_image_op_t, udata: *mut c_void) -> *mut c_void {
+    let image = unsafe { &mut *(udata as *mut Image) };
+    let shared = matches!(op, H5FD_FILE_IMAGE_OP_PROPERTY_LIST_SET | H5FD_FILE_IMAGE_OP_PROPERTY_LIST_COPY | H5FD_FILE_IMAGE_OP_FILE_OPEN);
+    if shared && size == image.bytes.len() {
+        image.refs += 1;
+        image.bytes.as_ptr() as *mut c_void
+    } else {
+        std::ptr::null_mut()
+    }
+}
+
+extern "C" fn image_memcpy(dest: *mut c_void, src: *const c_void, size: usize, _op: H5FD_file_image_op_t, udata: *mut c_void) -> *mut c_void {
+    let image = unsafe { &*(udata as *const Image) };
+    let at = image.bytes.as_ptr() as *const c_void;
+    if std::ptr::eq(dest, at) && std::ptr::eq(src, at) && size == image.bytes.len() { dest } else { std::ptr::null_mut() }
+}
+
+extern "C" fn image_realloc(_ptr: *mut c_void, _size: usize, _op: H5FD_file_image_op_t, _udata: *mut c_void) -> *mut c_void {
+    std::ptr::null_mut()
+}
+
+extern "C" fn image_free(_ptr: *mut c_void, _op: H5FD_file_image_op_t, udata: *mut c_void) -> herr_t {
+    unsafe { release(udata) };
+    0
+}
+
+unsafe extern "C" fn image_udata_copy(udata: *mut c_void) -> *mut c_void {
+    unsafe { (*(udata as *mut Image)).refs += 1 };
+    udata
+}
+
+unsafe extern "C" fn image_udata_free(udata: *mut c_void) -> herr_t {
+    unsafe { release(udata) };
+    0
+}
+
+/// Opens `bytes` read-only through the core driver without copying them (caller holds the lock).
+unsafe fn open_image(bytes: Mapping) -> Result<hdf5::File, OpenError> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let failed = || OpenError::corrupt("cannot read HDF5 data: not a valid HDF5 file");
+    let len = bytes.len();
+    let ptr = bytes.as_ptr() as *mut c_void;
+    // Our own reference, released below once libhdf5 holds its own.
+    let udata = Box::into_raw(Box::new(Image { bytes, refs: 1 })) as *mut c_void;
+    unsafe {
+        let fapl = Id(H5Pcreate(*hdf5::globals::H5P_FILE_ACCESS), H5Pclose);
+        let mut callbacks = H5FD_file_image_callbacks_t {
+            image_malloc: Some(image_malloc),
+            image_memcpy: Some(image_memcpy),
+            image_realloc: Some(image_realloc),
+            image_free: Some(image_free),
+            udata_copy: Some(image_udata_copy),
+            udata_free: Some(image_udata_free),
+            udata,
+        };
+        // Each file image needs a distinct name: libhdf5 treats equal names as the same file.
+        let name = std::ffi::CString::new(format!("wfs-image-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))).unwrap_or_default();
+        let file = if fapl.0 >= 0
+            && H5Pset_fapl_core(fapl.0, 1 << 16, 0) >= 0
+            && H5Pset_file_image_callbacks(fapl.0, &mut callbacks) >= 0
+            && H5Pset_file_image(fapl.0, ptr, len) >= 0
+        {
+            H5Fopen(name.as_ptr(), H5F_ACC_RDONLY, fapl.0)
+        } else {
+            -1
+        };
+        drop(fapl);
+        release(udata);
+        if file < 0 {
+            return Err(failed());
+        }
+        hdf5::from_id::<hdf5::File>(file).map_err(|_| failed())
+    }
 }
 
 fn first_line(s: &str) -> String {
@@ -662,7 +772,17 @@ pub fn walk_group(group: &Group, max_depth: usize) -> Contents {
     out
 }
 
-fn walk(group: &Group, prefix: &mut Vec<String>, depth: usize, seen: &mut std::collections::HashSet<String>, out: &mut Contents) {
+/// A hard-linked member of a group.
+pub struct Child {
+    pub name: String,
+    pub kind: hdf5::LocationType,
+    /// Where the object header lies in the file: a file written in one pass (as h5py does)
+    /// allocates objects in creation order, so sorting by it recovers that order.
+    pub address: u64,
+}
+
+/// The hard-linked members of `group`, in name order.
+pub fn children(group: &Group) -> Vec<Child> {
     let mut names = Vec::new();
     let _ = locked(|| {
         group.iter_visit_default(|name, info| {
@@ -672,13 +792,36 @@ fn walk(group: &Group, prefix: &mut Vec<String>, depth: usize, seen: &mut std::c
             Ok(())
         })
     });
-    for name in names {
-        let Ok(info) = locked(|| group.loc_info_by_name(&name)) else { continue };
-        if !seen.insert(format!("{:?}", info.token)) {
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let kind = locked(|| group.loc_info_by_name(&name)).ok()?.loc_type;
+            let address = locked(|| unsafe { object_address(group.id(), &name) })?;
+            Some(Child { name, kind, address })
+        })
+        .collect()
+}
+
+unsafe fn object_address(loc: hid_t, name: &str) -> Option<u64> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut info = std::mem::MaybeUninit::<hdf5_sys::h5o::H5O_info2_t>::uninit();
+    let status = unsafe { hdf5_sys::h5o::H5Oget_info_by_name3(loc, cname.as_ptr(), info.as_mut_ptr(), hdf5_sys::h5o::H5O_INFO_BASIC, H5P_DEFAULT) };
+    if status < 0 {
+        return None;
+    }
+    // The native token is the object's address, little-endian; the sys crate keeps the bytes
+    // private, but the type is `repr(C)` over exactly those 16 bytes.
+    let token: [u8; 16] = unsafe { std::mem::transmute(info.assume_init().token) };
+    Some(u64::from_le_bytes(token[..8].try_into().ok()?))
+}
+
+fn walk(group: &Group, prefix: &mut Vec<String>, depth: usize, seen: &mut std::collections::HashSet<u64>, out: &mut Contents) {
+    for Child { name, kind, address } in children(group) {
+        if !seen.insert(address) {
             continue;
         }
         prefix.push(name.clone());
-        match info.loc_type {
+        match kind {
             hdf5::LocationType::Group if depth > 0 => {
                 if let Ok(child) = locked(|| group.group(&name)) {
                     out.groups.push(prefix.clone());

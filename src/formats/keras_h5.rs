@@ -1,7 +1,9 @@
 //! Keras HDF5 files: full models and weights-only files from Keras 1, 2, tf.keras and Keras 3's
-//! legacy writer (FORMATS.md 1); any other HDF5 file shows its datasets under `datasets/`.
+//! legacy writer (FORMATS.md 1); Keras 3 `.weights.h5` files go to `keras3`; any other HDF5 file
+//! shows its datasets under `datasets/`.
 
 use super::h5::{self, H5Context, Skipped};
+use super::keras3;
 use crate::error::OpenError;
 use crate::model::{Model, ModelLink, path_of};
 use crate::names::split_path;
@@ -38,13 +40,14 @@ pub fn read(file: &hdf5::File, ctx: &H5Context) -> Result<Model, OpenError> {
             read_version_attrs(root, &mut model);
             read_layers(root, None, ctx, &mut model, &mut skipped);
         }
+        _ if keras3::is_weights_file(root) => model = keras3::read_weights_file(file, ctx),
         _ => {
             model.format = "hdf5".into();
             let contents = h5::walk_group(root, MAX_GROUP_DEPTH);
             model.dirs.push(vec!["datasets".into()]);
             model.dirs.extend(contents.groups.iter().map(|g| path_of(&["datasets"], g)));
             for (path, ds) in contents.datasets {
-                push(&ds, path_of(&["datasets"], &path), ctx, &mut model, &mut skipped);
+                push_dataset(&ds, path_of(&["datasets"], &path), ctx, &mut model, &mut skipped);
             }
             for (path, why) in contents.unreadable {
                 skipped.push(json!({"path": path_of(&["datasets"], &path).join("/"), "reason": why}));
@@ -65,13 +68,33 @@ fn read_version_attrs(root: &Group, model: &mut Model) {
     }
 }
 
-fn push(ds: &hdf5::Dataset, path: Vec<String>, ctx: &H5Context, model: &mut Model, skipped: &mut Vec<Value>) {
+/// Adds a dataset as the tensor at `path`, or records why it cannot be; `true` if added.
+pub(super) fn push_dataset(ds: &hdf5::Dataset, path: Vec<String>, ctx: &H5Context, model: &mut Model, skipped: &mut Vec<Value>) -> bool {
     match h5::dataset_tensor(ds, path.clone(), ctx) {
-        Ok(t) => model.tensors.push(t),
+        Ok(t) => {
+            model.tensors.push(t);
+            true
+        }
         Err(Skipped(why)) => {
             log::warn!("skipping {}: {why}", path.join("/"));
             skipped.push(json!({"path": path.join("/"), "reason": why}));
+            false
         }
+    }
+}
+
+/// `layers/<name>/` (kept even when weightless), its `config.json` from the model config entry,
+/// and the `layers/<index>` link in `model.layers` order.
+pub(super) fn add_layer_dir(model: &mut Model, name: &str, entry: Option<&Value>, index: Option<usize>) {
+    let dir = vec!["layers".to_string(), name.to_string()];
+    model.dirs.push(dir.clone());
+    if let Some(entry) = entry {
+        let mut text = serde_json::to_vec_pretty(entry).unwrap_or_default();
+        text.push(b'\n');
+        model.add_file(path_of(&["layers", name], &["config.json".into()]), text);
+    }
+    if let Some(index) = index {
+        model.links.push(ModelLink { path: vec!["layers".into(), index.to_string()], target: dir });
     }
 }
 
@@ -81,14 +104,8 @@ fn read_layers(weights: &Group, config: Option<&Value>, ctx: &H5Context, model: 
     let layer_names = h5::string_list_attr(weights, "layer_names").unwrap_or_default();
     let entries = config.map(layer_entries).unwrap_or_default();
     for (index, name) in layer_names.iter().enumerate() {
-        let dir = vec!["layers".to_string(), name.clone()];
-        model.dirs.push(dir.clone());
-        if let Some(entry) = entries.iter().find(|e| layer_name(e) == Some(name.as_str())) {
-            let mut text = serde_json::to_vec_pretty(entry).unwrap_or_default();
-            text.push(b'\n');
-            model.add_file(path_of(&["layers", name], &["config.json".into()]), text);
-        }
-        model.links.push(ModelLink { path: vec!["layers".into(), index.to_string()], target: dir });
+        let entry = entries.iter().find(|e| layer_name(e) == Some(name.as_str()));
+        add_layer_dir(model, name, entry, Some(index));
         if let Some(group) = h5::locked(|| weights.group(name).ok()) {
             read_weight_list(&group, &["layers", name], Some(name), ctx, model, skipped);
         }
@@ -112,7 +129,9 @@ fn read_weight_list(group: &Group, prefix: &[&str], layer: Option<&str>, ctx: &H
         };
         let path = path_of(prefix, &rel);
         match ds {
-            Some(ds) => push(&ds, path, ctx, model, skipped),
+            Some(ds) => {
+                push_dataset(&ds, path, ctx, model, skipped);
+            }
             None => skipped.push(json!({"path": path.join("/"), "reason": format!("weight {name} has no dataset")})),
         }
     }
@@ -158,7 +177,7 @@ fn layer_entries(config: &Value) -> Vec<Value> {
     list.cloned().unwrap_or_default()
 }
 
-fn layer_name(entry: &Value) -> Option<&str> {
+pub(super) fn layer_name(entry: &Value) -> Option<&str> {
     entry.get("name").and_then(Value::as_str).or_else(|| entry.get("config")?.get("name")?.as_str())
 }
 

@@ -3,6 +3,7 @@
 pub mod bundle;
 pub mod checkpoint;
 pub mod h5;
+pub mod keras3;
 pub mod keras_h5;
 
 use crate::cache::ChunkCache;
@@ -23,6 +24,8 @@ pub struct ReadOptions {
 pub enum Sniffed {
     Hdf5,
     Zip,
+    /// A JSON object (a sharded weights index, if it has a `weight_map`).
+    Json,
     GitLfsPointer,
     Empty,
     Unknown,
@@ -39,6 +42,9 @@ pub fn sniff(blob: &Blob) -> Sniffed {
     }
     if head.starts_with(b"version https://git-lfs.github.com/spec/") {
         return Sniffed::GitLfsPointer;
+    }
+    if head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        return Sniffed::Json;
     }
     // The HDF5 signature sits at 0 or after a user block of 512 * 2^k bytes.
     let mut at = 0u64;
@@ -63,18 +69,29 @@ pub fn open_path(path: &Path, options: &ReadOptions) -> Result<Model, OpenError>
             .ok_or_else(|| OpenError::UnknownFormat("directory holds no model wfs can read".into()));
     }
     let file = SourceFile::open(path).map_err(|e| OpenError::unreadable(io_reason(&e)))?;
-    let blob = Blob::File(Arc::new(file));
-    match sniff(&blob) {
+    open_blob(&Blob::File(Arc::new(file)), path.parent(), options)
+}
+
+/// Opens a model held in memory (standard input): every format a file may hold, except those
+/// that need files beside it.
+pub fn open_bytes(bytes: Vec<u8>, options: &ReadOptions) -> Result<Model, OpenError> {
+    open_blob(&Blob::Memory(Arc::new(bytes)), None, options)
+}
+
+/// `dir` is where files that belong with the source lie (the shards of a sharded index).
+fn open_blob(blob: &Blob, dir: Option<&Path>, options: &ReadOptions) -> Result<Model, OpenError> {
+    match sniff(blob) {
         Sniffed::Hdf5 => {
-            let file = h5::open(path)?;
-            keras_h5::read(&file, &h5::H5Context { blob, cache: options.cache.clone() })
+            let file = h5::open_blob(blob)?;
+            keras_h5::read(&file, &h5::H5Context { blob: blob.clone(), cache: options.cache.clone() })
         }
-        Sniffed::Zip => Err(OpenError::UnknownFormat("zip archives are not supported yet".into())),
+        Sniffed::Zip => keras3::read_archive(blob, options),
+        Sniffed::Json => keras3::read_sharded(blob, dir, options),
         Sniffed::GitLfsPointer => Err(OpenError::UnknownFormat(
             "this is a Git LFS pointer, not the model itself (run `git lfs pull`)".into(),
         )),
         Sniffed::Empty => Err(OpenError::UnknownFormat("file is empty".into())),
-        Sniffed::Unknown if bundle::has_table_magic(&blob) => Err(OpenError::UnknownFormat(
+        Sniffed::Unknown if bundle::has_table_magic(blob) => Err(OpenError::UnknownFormat(
             "looks like a TensorFlow checkpoint index, but its name does not end in .index".into(),
         )),
         Sniffed::Unknown => Err(OpenError::UnknownFormat(
