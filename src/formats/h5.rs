@@ -350,7 +350,7 @@ unsafe fn describe(ds: &Dataset, path: Vec<String>, ctx: &H5Context) -> Result<T
                 }
                 chunk.truncate(rank);
                 let chunk_bytes = Tensor::raw_size(dtype, &chunk).filter(|&b| b <= 1 << 32).ok_or_else(|| Skipped("chunk too large".into()))?;
-                Arc::new(Chunked {
+                let chunked = Chunked {
                     dataset: ds.clone(),
                     file_type: Arc::new(Id(hdf5_sys::h5t::H5Tcopy(ty.0), H5Tclose)),
                     blob: ctx.blob.clone(),
@@ -364,7 +364,14 @@ unsafe fn describe(ds: &Dataset, path: Vec<String>, ctx: &H5Context) -> Result<T
                     filters: filters(dcpl.0),
                     fill,
                     index: OnceLock::new(),
-                })
+                };
+                // libhdf5 reads an archive member through a memory map, where a source
+                // truncated while mounted would raise SIGBUS: read its chunk index now, so that
+                // after the mount only `pread` (which reports such changes) touches the source.
+                if !matches!(ctx.blob, Blob::File(_)) {
+                    chunked.chunk_index().map_err(|e| Skipped(e.to_string()))?;
+                }
+                Arc::new(chunked)
             }
             other => return Err(Skipped(format!("{other:?} storage"))),
         };
