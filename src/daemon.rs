@@ -2,7 +2,7 @@
 //! on SIGTERM/SIGINT, and `wfs umount`.
 
 use crate::fs::Fs;
-use crate::fuse::{Ownership, WfsFuse};
+use crate::fuse::{Activity, Ownership, WfsFuse};
 use crate::names::fnv1a;
 use fuser::{Config, MountOption, Session, SessionACL};
 use std::ffi::CString;
@@ -33,6 +33,8 @@ pub struct MountSettings {
     pub allow_root: bool,
     pub default_permissions: bool,
     pub owner: Ownership,
+    /// Unmount by itself after this long with no request and nothing open.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Makes sure `path` can be mounted on: creates it if missing, clears a stale wfs mount left by
@@ -213,7 +215,8 @@ fn serve(fs: Fs, settings: &MountSettings, status: Status<'_, impl FnOnce()>) ->
     config.n_threads = Some(settings.threads.max(1));
     config.clone_fd = true;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handler = WfsFuse::new(Arc::new(fs), settings.owner, Some(ready_tx));
+    let activity = Activity::new();
+    let handler = WfsFuse::new(Arc::new(fs), settings.owner, Some(ready_tx), activity.clone());
     let mut session = Session::new(handler, &settings.mountpoint, &config).map_err(|e| {
         MountError::Mountpoint(format!("{}: cannot mount: {}", settings.mountpoint.display(), crate::formats::io_reason(&e)))
     })?;
@@ -229,6 +232,20 @@ fn serve(fs: Fs, settings: &MountSettings, status: Status<'_, impl FnOnce()>) ->
     if let Some((status, on_daemonized)) = status {
         let _ = status.write_all(b"R");
         on_daemonized();
+    }
+    if let Some(timeout) = settings.idle_timeout {
+        let mut unmounter = session.unmount_callable();
+        let mountpoint = settings.mountpoint.clone();
+        std::thread::spawn(move || {
+            let tick = (timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+            while activity.idle_for() < timeout {
+                std::thread::sleep(tick);
+            }
+            log::info!("idle for {timeout:?}: unmounting {}", mountpoint.display());
+            if unmounter.unmount().is_err() {
+                detach(&mountpoint);
+            }
+        });
     }
     let mut unmounter = session.unmount_callable();
     let mountpoint = settings.mountpoint.clone();

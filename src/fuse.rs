@@ -8,8 +8,9 @@ use fuser::{
 };
 use std::ffi::OsStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The source never changes while mounted, so the kernel may cache names and attributes for as
 /// long as it likes.
@@ -23,16 +24,58 @@ pub struct Ownership {
     pub time: SystemTime,
 }
 
+/// When the kernel last asked anything, and how many files and directories are open: what
+/// `--idle-timeout` needs to know.
+pub struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+    open: AtomicUsize,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Activity { start: Instant::now(), last_ms: AtomicU64::new(0), open: AtomicUsize::new(0) })
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long nothing has been asked while nothing is open (zero while something is open).
+    pub fn idle_for(&self) -> Duration {
+        if self.open.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
 pub struct WfsFuse {
     fs: Arc<Fs>,
     owner: Ownership,
     /// Told once the kernel handshake is done, i.e. when the mount is usable.
     ready: Option<Sender<()>>,
+    activity: Arc<Activity>,
 }
 
 impl WfsFuse {
-    pub fn new(fs: Arc<Fs>, owner: Ownership, ready: Option<Sender<()>>) -> Self {
-        WfsFuse { fs, owner, ready }
+    pub fn new(fs: Arc<Fs>, owner: Ownership, ready: Option<Sender<()>>, activity: Arc<Activity>) -> Self {
+        WfsFuse { fs, owner, ready, activity }
+    }
+
+    /// Marks a request and counts an open handle (`delta` +1 on open, -1 on release).
+    fn note(&self, delta: isize) {
+        self.activity.touch();
+        match delta {
+            1 => {
+                self.activity.open.fetch_add(1, Ordering::Relaxed);
+            }
+            -1 => {
+                self.activity.open.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
     }
 
     fn file_attr(&self, a: &Attr) -> FileAttr {
@@ -97,6 +140,7 @@ impl Filesystem for WfsFuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.note(0);
         match self.fs.lookup(parent.0, name) {
             Ok(attr) => reply.entry(&TTL, &self.file_attr(&attr), Generation(0)),
             Err(e) => reply.error(Errno::from_i32(e)),
@@ -104,6 +148,7 @@ impl Filesystem for WfsFuse {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.note(0);
         match self.fs.attr(ino.0) {
             Some(attr) => reply.attr(&TTL, &self.file_attr(&attr)),
             None => reply.error(Errno::ENOENT),
@@ -123,7 +168,10 @@ impl Filesystem for WfsFuse {
         }
         match self.fs.attr(ino.0) {
             // Contents never change while mounted: keep the page cache across opens.
-            Some(a) if a.kind == Kind::File => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Some(a) if a.kind == Kind::File => {
+                self.note(1);
+                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
+            }
             Some(_) => reply.error(Errno::EISDIR),
             None => reply.error(Errno::ENOENT),
         }
@@ -140,6 +188,7 @@ impl Filesystem for WfsFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.note(0);
         match self.fs.read(ino.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(Errno::from_i32(e)),
@@ -148,13 +197,27 @@ impl Filesystem for WfsFuse {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.attr(ino.0) {
-            Some(a) if a.kind == Kind::Dir => reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE),
+            Some(a) if a.kind == Kind::Dir => {
+                self.note(1);
+                reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE)
+            }
             Some(_) => reply.error(Errno::ENOTDIR),
             None => reply.error(Errno::ENOENT),
         }
     }
 
+    fn release(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, _lock_owner: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+        self.note(-1);
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.note(-1);
+        reply.ok();
+    }
+
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        self.note(0);
         match self.fs.readdir(ino.0, offset) {
             Ok(entries) => {
                 for (i, (child, kind, name)) in entries.iter().enumerate() {

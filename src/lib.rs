@@ -19,4 +19,5 @@ pub mod model;
 pub mod names;
 pub mod npy;
 pub mod source;
+pub mod tools;
 pub mod tree;

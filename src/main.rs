@@ -1,15 +1,19 @@
-//! The `wfs` command line.
+//! The `wfs` command line: `mount`/`umount`, the tools that read the tree without mounting
+//! (`ls`, `cat`, `export`, `info`), and the `mount.fuse.wfs` form used by mount(8) and fstab.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 use wfs::cache::ChunkCache;
 use wfs::daemon::{self, MountError, MountSettings};
 use wfs::error::OpenError;
 use wfs::formats::{self, ReadOptions};
 use wfs::fs::Fs;
 use wfs::fuse::Ownership;
+use wfs::tools;
 use wfs::tree::Tree;
 
 /// Exit codes, one per failure class (documented in the README).
@@ -34,33 +38,86 @@ struct Cli {
     command: Command,
 }
 
+/// Where the model comes from, shared by every command that reads one.
+#[derive(Args)]
+struct SourceArgs {
+    /// A model file, a directory (SavedModel, checkpoints), a checkpoint prefix, or - for standard input
+    source: PathBuf,
+    /// Memory for decoded chunks of compressed tensors, e.g. 256M, 2G
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    cache_size: u64,
+    /// Most bytes read from standard input (SOURCE -), held in memory while in use
+    #[arg(long, default_value = "4G", value_parser = parse_size)]
+    stdin_limit: u64,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Mount SOURCE (a model file, directory or checkpoint prefix, or - for standard input) on MOUNTPOINT
+    /// Mount SOURCE on MOUNTPOINT (created if missing); returns once the mount is live
     Mount {
-        source: PathBuf,
+        #[command(flatten)]
+        source: SourceArgs,
         mountpoint: PathBuf,
         /// Stay in the foreground (logs go to stderr)
         #[arg(short, long)]
         foreground: bool,
-        /// Memory for decoded chunks, e.g. 256M, 2G
-        #[arg(long, default_value = "256M", value_parser = parse_size)]
-        cache_size: u64,
         /// Threads serving kernel requests
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
         threads: u16,
         /// Mount options: allow_other, allow_root, default_permissions, uid=N, gid=N, ro
         #[arg(short = 'o', value_delimiter = ',')]
         options: Vec<String>,
-        /// Log file for the daemon (default: syslog)
+        /// Log file for the daemon (default: syslog, or the journal under systemd)
         #[arg(long)]
         log_file: Option<PathBuf>,
-        /// Most bytes read from standard input (SOURCE -), held in memory while mounted
-        #[arg(long, default_value = "4G", value_parser = parse_size)]
-        stdin_limit: u64,
+        /// Unmount after this many seconds with no access and no open file
+        #[arg(long, value_name = "SECONDS")]
+        idle_timeout: Option<u64>,
     },
     /// Unmount MOUNTPOINT and wait for its daemon to exit
     Umount { mountpoint: PathBuf },
+    /// List a directory of the tree (default: the top), without mounting
+    Ls {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// A path inside the tree
+        #[arg(default_value = "")]
+        path: String,
+        /// List subdirectories too
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        /// Show sizes
+        #[arg(short, long)]
+        long: bool,
+        /// Print the tensor table (tensors.tsv) instead
+        #[arg(long)]
+        tensors: bool,
+    },
+    /// Write one file of the tree to standard output, without mounting
+    Cat {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// A file path inside the tree, e.g. layers/0/bias.npy
+        path: String,
+    },
+    /// Write the tree (or a part of it) out as real files into DIR, without mounting
+    Export {
+        #[command(flatten)]
+        source: SourceArgs,
+        dir: PathBuf,
+        /// Only this path of the tree
+        #[arg(long, default_value = "")]
+        path: String,
+    },
+    /// Print info.json, without mounting
+    Info {
+        #[command(flatten)]
+        source: SourceArgs,
+    },
+    /// Print a shell completion script
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff)
+    Man,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -82,7 +139,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let args = mount_helper_args(&args).unwrap_or(args);
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
@@ -112,41 +171,149 @@ fn main() -> ExitCode {
     }
 }
 
+/// mount(8) runs `mount.fuse.wfs SOURCE MOUNTPOINT -o OPTIONS` (directly, or through
+/// mount.fuse3 as `wfs SOURCE MOUNTPOINT -o OPTIONS`): turn that into `wfs mount ...`,
+/// dropping the options that only mean something to mount(8) and fstab.
+fn mount_helper_args(args: &[std::ffi::OsString]) -> Option<Vec<std::ffi::OsString>> {
+    let invoked_as_helper = args.first().and_then(|a| std::path::Path::new(a).file_name()).is_some_and(|n| n.to_str().is_some_and(|n| n.starts_with("mount.")));
+    let looks_like_mount_form = args.len() >= 3 && args.get(1).is_some_and(|a| {
+        let a = a.to_string_lossy();
+        !a.starts_with('-') && Cli::command().find_subcommand(&*a).is_none()
+    });
+    if !invoked_as_helper && !looks_like_mount_form {
+        return None;
+    }
+    let mut out = vec!["wfs".into(), "mount".into(), args[1].clone(), args[2].clone()];
+    let mut rest = args[3..].iter();
+    while let Some(arg) = rest.next() {
+        if arg == "-o" {
+            let Some(options) = rest.next() else { break };
+            let kept: Vec<String> = options
+                .to_string_lossy()
+                .split(',')
+                .filter(|o| !matches!(*o, "rw" | "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "nofail" | "_netdev" | "dev" | "suid" | "exec" | "async" | "") && !o.starts_with("x-") && !o.starts_with("comment="))
+                .map(str::to_string)
+                .collect();
+            if !kept.is_empty() {
+                out.push("-o".into());
+                out.push(kept.join(",").into());
+            }
+        } else if arg == "-f" {
+            out.push(arg.clone());
+        }
+        // -n (no mtab), -s (sloppy), -v (mount's verbose) have no meaning here.
+    }
+    Some(out)
+}
+
 type Failure = (u8, String);
+
+/// Opens SOURCE and builds its tree; also returns the source's modification time.
+fn open_tree(args: &SourceArgs) -> Result<(Tree, Option<SystemTime>), Failure> {
+    let read_options = ReadOptions { cache: Arc::new(ChunkCache::new(args.cache_size)) };
+    if args.source.as_os_str() == "-" {
+        let bytes = read_stdin(args.stdin_limit)?;
+        let model = formats::open_bytes(bytes, &read_options).map_err(|e| open_failure("standard input", e))?;
+        return Ok((Tree::build(model, "-"), None));
+    }
+    let shown = args.source.display().to_string();
+    let source = formats::canonical_source(&args.source)
+        .map_err(|e| (exit::SOURCE_UNREADABLE, format!("{shown}: {}", formats::io_reason(&e))))?;
+    let modified = std::fs::metadata(&source).and_then(|m| m.modified()).ok();
+    let model = formats::open_path(&source, &read_options).map_err(|e| open_failure(&shown, e))?;
+    Ok((Tree::build(model, &source.display().to_string()), modified))
+}
 
 fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Mount { source, mountpoint, foreground, cache_size, threads, options, log_file, stdin_limit } => {
+        Command::Mount { source, mountpoint, foreground, threads, options, log_file, idle_timeout } => {
             let mut settings = MountSettings {
                 mountpoint: mountpoint.clone(),
-                source_name: source.display().to_string(),
+                source_name: source.source.display().to_string(),
                 foreground,
                 threads: threads as usize,
                 allow_other: false,
                 allow_root: false,
                 default_permissions: false,
-                owner: Ownership { uid: unsafe { libc::geteuid() }, gid: unsafe { libc::getegid() }, time: std::time::SystemTime::now() },
+                owner: Ownership { uid: unsafe { libc::geteuid() }, gid: unsafe { libc::getegid() }, time: SystemTime::now() },
+                idle_timeout: idle_timeout.map(Duration::from_secs),
             };
             apply_options(&mut settings, &options).map_err(|m| (exit::USAGE, m))?;
             settings.mountpoint = daemon::prepare_mountpoint(&mountpoint).map_err(mount_failure)?;
-            let read_options = ReadOptions { cache: Arc::new(ChunkCache::new(cache_size)) };
-            let (model, shown) = if source.as_os_str() == "-" {
-                let bytes = read_stdin(stdin_limit)?;
-                (formats::open_bytes(bytes, &read_options).map_err(|e| open_failure("standard input", e))?, "-".to_string())
-            } else {
-                let shown = source.display().to_string();
-                let source = formats::canonical_source(&source)
-                    .map_err(|e| (exit::SOURCE_UNREADABLE, format!("{shown}: {}", formats::io_reason(&e))))?;
-                if let Ok(t) = std::fs::metadata(&source).and_then(|m| m.modified()) {
-                    settings.owner.time = t;
-                }
-                (formats::open_path(&source, &read_options).map_err(|e| open_failure(&shown, e))?, source.display().to_string())
-            };
-            let tree = Tree::build(model, &shown);
+            let (tree, modified) = open_tree(&source)?;
+            if let Some(t) = modified {
+                settings.owner.time = t;
+            }
             daemon::mount(Fs::new(tree), settings, || detach_stdio(log_file.as_deref())).map_err(mount_failure)
         }
         Command::Umount { mountpoint } => daemon::umount(&mountpoint).map_err(mount_failure),
+        Command::Ls { source, path, recursive, long, tensors } => {
+            let fs = Fs::new(open_tree(&source)?.0);
+            let target = if tensors { "tensors.tsv" } else { path.as_str() };
+            let ino = tools::resolve(&fs, target).ok_or_else(|| not_in_tree(&path))?;
+            let mut out = std::io::stdout().lock();
+            let result = if tensors || fs.readdir(ino, 0).is_err() {
+                tools::copy_file(&fs, ino, &mut out).map(|_| ())
+            } else {
+                let prefix = if recursive && !path.is_empty() { format!("{}/", path.trim_end_matches('/')) } else { String::new() };
+                tools::list(&fs, ino, &prefix, recursive, long, &mut out)
+            };
+            result.or_else(ignore_closed_pipe).map_err(|e| (exit::OTHER, format!("{path}: {e}")))
+        }
+        Command::Cat { source, path } => {
+            let fs = Fs::new(open_tree(&source)?.0);
+            let ino = tools::resolve(&fs, &path).ok_or_else(|| not_in_tree(&path))?;
+            tools::copy_file(&fs, ino, &mut std::io::stdout().lock())
+                .map(|_| ())
+                .or_else(ignore_closed_pipe)
+                .map_err(|e| (exit::OTHER, format!("{path}: {e}")))
+        }
+        Command::Export { source, dir, path } => {
+            let fs = Fs::new(open_tree(&source)?.0);
+            let ino = tools::resolve(&fs, &path).ok_or_else(|| not_in_tree(&path))?;
+            let tty = std::io::stderr().is_terminal();
+            let mut progress = |done: tools::Exported, total: u64| {
+                if tty {
+                    eprint!("\rwfs: exported {}/{} files, {:.1} MiB", done.files, total, done.bytes as f64 / (1 << 20) as f64);
+                }
+            };
+            let done = tools::export(&fs, ino, &dir, &mut progress).map_err(|e| (exit::OTHER, format!("{}: {e}", dir.display())))?;
+            if tty {
+                eprintln!();
+            }
+            log::info!("exported {} files, {} bytes", done.files, done.bytes);
+            Ok(())
+        }
+        Command::Info { source } => {
+            let fs = Fs::new(open_tree(&source)?.0);
+            let ino = tools::resolve(&fs, "info.json").ok_or_else(|| not_in_tree("info.json"))?;
+            tools::copy_file(&fs, ino, &mut std::io::stdout().lock()).map(|_| ()).or_else(ignore_closed_pipe).map_err(|e| (exit::OTHER, e.to_string()))
+        }
+        Command::Completions { shell } => {
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "wfs", &mut text);
+            print_all(&text)
+        }
+        Command::Man => {
+            let mut text = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut text).map_err(|e| (exit::OTHER, e.to_string()))?;
+            print_all(&text)
+        }
     }
+}
+
+fn print_all(bytes: &[u8]) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes).and_then(|_| out.flush()).or_else(ignore_closed_pipe).map_err(|e| (exit::OTHER, e.to_string()))
+}
+
+fn not_in_tree(path: &str) -> Failure {
+    (exit::USAGE, format!("{path}: no such path in the tree"))
+}
+
+/// `wfs cat ... | head` closes the pipe early: that is not a failure.
+fn ignore_closed_pipe(e: std::io::Error) -> std::io::Result<()> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe { Ok(()) } else { Err(e) }
 }
 
 /// All of standard input, refused (rather than cut) past `limit` bytes.

@@ -1,0 +1,176 @@
+//! Commands that read the tree without mounting (`wfs ls`, `cat`, `export`, `info`): they
+//! go through the same `Fs` as the mount, so the bytes are the same.
+
+use crate::fs::{Fs, Kind};
+use crate::tree::{Ino, ROOT};
+use std::io::{self, Write};
+use std::path::Path;
+
+/// How many bytes one read asks for (the size of the kernel's largest FUSE read).
+const READ_SIZE: u32 = 1 << 20;
+
+/// Resolves a `/`-separated path from the root, following the tree's symlinks.
+pub fn resolve(fs: &Fs, path: &str) -> Option<Ino> {
+    let mut pending: Vec<String> = path.split('/').filter(|c| !c.is_empty()).rev().map(str::to_string).collect();
+    let mut at = ROOT;
+    let mut links_followed = 0;
+    while let Some(name) = pending.pop() {
+        at = match name.as_str() {
+            "." => at,
+            ".." => fs.tree.parent(at)?,
+            _ => fs.tree.lookup(at, &name)?,
+        };
+        if let Ok(target) = fs.readlink(at) {
+            links_followed += 1;
+            if links_followed > 40 {
+                return None;
+            }
+            at = fs.tree.parent(at)?;
+            pending.extend(target.split('/').filter(|c| !c.is_empty()).rev().map(str::to_string));
+        }
+    }
+    Some(at)
+}
+
+/// Copies a whole file of the tree to `out`.
+pub fn copy_file(fs: &Fs, ino: Ino, out: &mut impl Write) -> io::Result<u64> {
+    let mut offset = 0u64;
+    loop {
+        let chunk = fs.read(ino, offset, READ_SIZE).map_err(io::Error::from_raw_os_error)?;
+        if chunk.is_empty() {
+            return Ok(offset);
+        }
+        out.write_all(&chunk)?;
+        offset += chunk.len() as u64;
+    }
+}
+
+/// One line per entry of directory `ino` (`name/` for directories, `name -> target` for
+/// links, sizes with `long`), descending into subdirectories with `recursive`.
+pub fn list(fs: &Fs, ino: Ino, prefix: &str, recursive: bool, long: bool, out: &mut impl Write) -> io::Result<()> {
+    let entries = fs.readdir(ino, 2).map_err(io::Error::from_raw_os_error)?;
+    for (child, kind, name) in entries {
+        let shown = format!("{prefix}{name}");
+        let size = fs.attr(child).map_or(0, |a| a.size);
+        let size = if long { format!("{size:>12}  ") } else { String::new() };
+        match kind {
+            Kind::Dir => writeln!(out, "{size}{shown}/")?,
+            Kind::File => writeln!(out, "{size}{shown}")?,
+            Kind::Symlink => writeln!(out, "{size}{shown} -> {}", fs.readlink(child).unwrap_or(""))?,
+        }
+        if recursive && kind == Kind::Dir {
+            list(fs, child, &format!("{shown}/"), recursive, long, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Counts of what `export` wrote.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Exported {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Writes the subtree at `ino` into `dir` as real files, directories and symlinks. `progress`
+/// is called after every file with the running totals and the total file count.
+pub fn export(fs: &Fs, ino: Ino, dir: &Path, progress: &mut dyn FnMut(Exported, u64)) -> io::Result<Exported> {
+    let total = count_files(fs, ino);
+    let mut done = Exported::default();
+    export_into(fs, ino, dir, &mut done, total, progress)?;
+    Ok(done)
+}
+
+fn count_files(fs: &Fs, ino: Ino) -> u64 {
+    fs.readdir(ino, 2)
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|(child, kind, _)| match kind {
+                    Kind::Dir => count_files(fs, *child),
+                    Kind::File => 1,
+                    Kind::Symlink => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn export_into(fs: &Fs, ino: Ino, dir: &Path, done: &mut Exported, total: u64, progress: &mut dyn FnMut(Exported, u64)) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (child, kind, name) in fs.readdir(ino, 2).map_err(io::Error::from_raw_os_error)? {
+        // Names in the tree are already safe components: no `/`, `.` or `..`.
+        let path = dir.join(&name);
+        match kind {
+            Kind::Dir => export_into(fs, child, &path, done, total, progress)?,
+            Kind::Symlink => {
+                let target = fs.readlink(child).map_err(io::Error::from_raw_os_error)?;
+                std::os::unix::fs::symlink(target, &path)?;
+            }
+            Kind::File => {
+                let mut file = io::BufWriter::with_capacity(READ_SIZE as usize, std::fs::File::create(&path)?);
+                done.bytes += copy_file(fs, child, &mut file)?;
+                file.flush()?;
+                done.files += 1;
+                progress(*done, total);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::DType;
+    use crate::model::{InMemory, Model, ModelLink, Tensor};
+    use crate::tree::Tree;
+    use std::sync::Arc;
+
+    fn sample() -> Fs {
+        let mut model = Model::default();
+        model.tensors.push(Tensor {
+            path: vec!["layers".into(), "d".into(), "bias".into()],
+            dtype: DType::U8,
+            shape: vec![3],
+            bytes: Arc::new(InMemory(vec![7, 8, 9].into())),
+        });
+        model.links.push(ModelLink { path: vec!["layers".into(), "0".into()], target: vec!["layers".into(), "d".into()] });
+        Fs::new(Tree::build(model, "test"))
+    }
+
+    #[test]
+    fn resolve_follows_links_and_dots() {
+        let fs = sample();
+        let direct = resolve(&fs, "layers/d/bias.raw").unwrap();
+        assert_eq!(resolve(&fs, "layers/0/bias.raw"), Some(direct));
+        assert_eq!(resolve(&fs, "/layers/./0/../d/bias.raw"), Some(direct));
+        assert_eq!(resolve(&fs, "layers/nope"), None);
+        let mut out = Vec::new();
+        copy_file(&fs, direct, &mut out).unwrap();
+        assert_eq!(out, vec![7, 8, 9]);
+    }
+
+    #[test]
+    fn listing_marks_dirs_and_links() {
+        let fs = sample();
+        let mut out = Vec::new();
+        list(&fs, resolve(&fs, "layers").unwrap(), "", false, false, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "d/\n0 -> d\n");
+    }
+
+    #[test]
+    fn export_writes_the_tree() {
+        let fs = sample();
+        let dir = tempfile::tempdir().unwrap();
+        let mut calls = 0;
+        let done = export(&fs, ROOT, dir.path(), &mut |_, total| {
+            calls += 1;
+            assert_eq!(total, 6);
+        })
+        .unwrap();
+        assert_eq!((done.files, calls), (6, 6));
+        assert_eq!(std::fs::read(dir.path().join("layers/0/bias.raw")).unwrap(), vec![7, 8, 9]);
+        assert_eq!(std::fs::read_link(dir.path().join("layers/0")).unwrap().to_str(), Some("d"));
+    }
+}
