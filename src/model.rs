@@ -127,6 +127,15 @@ pub struct Model {
     pub links: Vec<ModelLink>,
     /// Directories that must exist even when nothing is inside (weightless layers).
     pub dirs: Vec<Vec<String>>,
+    /// Models mounted below the root with a top level of their own.
+    pub parts: Vec<Part>,
+}
+
+/// A model with its own top level below the root (one checkpoint of a directory): the tree
+/// gives it an `info.json` (this info, then its tensor count and bytes) and a `tensors.tsv`.
+pub struct Part {
+    pub path: Vec<String>,
+    pub info: Map<String, Value>,
 }
 
 impl Model {

@@ -33,6 +33,19 @@ pub struct Tree {
     pub tensors: Vec<Tensor>,
 }
 
+/// The top level of the mount or of one part: where its info.json and tensors.tsv go.
+struct TopLevel {
+    raw: Vec<String>,
+    /// Components of its safe path, stripped from the tensor paths its tensors.tsv lists.
+    depth: usize,
+    info: Map<String, Value>,
+    info_ino: Ino,
+    tsv_ino: Ino,
+    tsv: String,
+    tensors: usize,
+    bytes: u64,
+}
+
 const TENSOR_SUFFIXES: [&str; 4] = [".npy", ".raw", ".shape", ".dtype"];
 
 impl Tree {
@@ -48,19 +61,20 @@ impl Tree {
         let mut dir_paths: HashMap<Vec<String>, (Ino, Vec<String>)> = HashMap::new();
         dir_paths.insert(Vec::new(), (ROOT, Vec::new()));
 
-        let total_bytes: u64 = model.tensors.iter().map(|t| t.bytes.len()).sum();
-        let mut info = Map::new();
-        info.insert("format".into(), json!(model.format));
-        info.insert("source".into(), json!(source));
-        for (k, v) in &model.info {
-            info.insert(k.clone(), v.clone());
+        // The mount's top level, then each part's (a checkpoint of a directory): each gets an
+        // info.json and a tensors.tsv over the tensors below it, filled in once all are placed.
+        let mut root_info = Map::new();
+        root_info.insert("format".into(), json!(model.format));
+        root_info.insert("source".into(), json!(source));
+        root_info.extend(model.info.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let mut tops = Vec::new();
+        for (raw, info) in std::iter::once((Vec::new(), root_info)).chain(model.parts.iter().map(|p| (p.path.clone(), p.info.clone()))) {
+            let dir = tree.make_dirs(&mut dir_paths, &raw);
+            let info_ino = tree.add_bytes(dir, "info.json", Vec::new(), None);
+            let tsv_ino = tree.add_bytes(dir, "tensors.tsv", Vec::new(), None);
+            let depth = tree.path_of(dir).len();
+            tops.push(TopLevel { raw, depth, info, info_ino, tsv_ino, tsv: String::from("path\tdtype\tshape\tbytes\n"), tensors: 0, bytes: 0 });
         }
-        info.insert("tensors".into(), json!(model.tensors.len()));
-        info.insert("bytes".into(), json!(total_bytes));
-        let mut info_text = serde_json::to_vec_pretty(&Value::Object(info)).unwrap_or_default();
-        info_text.push(b'\n');
-        tree.add_bytes(ROOT, "info.json", info_text, None);
-        let tsv_ino = tree.add_bytes(ROOT, "tensors.tsv", Vec::new(), None);
 
         for dir in &model.dirs {
             tree.make_dirs(&mut dir_paths, dir);
@@ -73,7 +87,6 @@ impl Tree {
             let size = file.bytes.len();
             tree.insert(parent, safe, Node::File { content: Content::Bytes(file.bytes.clone()), size, tensor: None });
         }
-        let mut tsv = String::from("path\tdtype\tshape\tbytes\n");
         for tensor in model.tensors {
             let (dir, name) = tensor.path.split_at(tensor.path.len().saturating_sub(1));
             let parent = tree.make_dirs(&mut dir_paths, dir);
@@ -99,15 +112,22 @@ impl Tree {
             tree.add_bytes(parent, &format!("{base}.dtype"), format!("{}\n", tensor.dtype.name()).into_bytes(), Some(id));
             let mut rel = tree.path_of(parent);
             rel.push(format!("{base}.npy"));
-            tsv.push_str(&format!("{}\t{}\t{}\t{}\n", rel.join("/"), tensor.dtype.name(), shape_text, raw_len));
+            for top in tops.iter_mut().filter(|t| tensor.path.starts_with(&t.raw)) {
+                let row = format!("{}\t{}\t{}\t{}\n", rel[top.depth..].join("/"), tensor.dtype.name(), shape_text, raw_len);
+                top.tsv.push_str(&row);
+                top.tensors += 1;
+                top.bytes += raw_len;
+            }
             tree.tensors.push(tensor);
         }
-        let tsv = tsv.into_bytes();
-        tree.nodes[(tsv_ino - 1) as usize] = Node::File {
-            size: tsv.len() as u64,
-            content: Content::Bytes(Arc::new(crate::model::InMemory(tsv.into()))),
-            tensor: None,
-        };
+        for mut top in tops {
+            top.info.insert("tensors".into(), json!(top.tensors));
+            top.info.insert("bytes".into(), json!(top.bytes));
+            let mut info_text = serde_json::to_vec_pretty(&Value::Object(top.info)).unwrap_or_default();
+            info_text.push(b'\n');
+            tree.set_bytes(top.info_ino, info_text);
+            tree.set_bytes(top.tsv_ino, top.tsv.into_bytes());
+        }
 
         for link in &model.links {
             let Some((_, target_safe)) = dir_paths.get(&link.target).cloned() else {
@@ -122,6 +142,12 @@ impl Tree {
             tree.insert(parent, safe, Node::Symlink(target));
         }
         tree
+    }
+
+    fn set_bytes(&mut self, ino: Ino, bytes: Vec<u8>) {
+        let size = bytes.len() as u64;
+        let content = Content::Bytes(Arc::new(crate::model::InMemory(bytes.into())));
+        self.nodes[(ino - 1) as usize] = Node::File { content, size, tensor: None };
     }
 
     fn add_bytes(&mut self, parent: Ino, name: &str, bytes: Vec<u8>, tensor: Option<usize>) -> Ino {
@@ -293,6 +319,33 @@ mod tests {
             _ => panic!(),
         }
         assert_eq!(relative(&["a".into(), "b".into()], &["a".into(), "c".into()]), "../c");
+    }
+
+    #[test]
+    fn parts_get_their_own_info_and_tensor_table() {
+        let mut model = Model::default();
+        model.tensors.push(tensor(&["a", "v", "x"], vec![0; 4], DType::F32, vec![]));
+        model.tensors.push(tensor(&["b", "v", "y"], vec![0; 8], DType::F64, vec![]));
+        for part in ["a", "b"] {
+            let mut info = Map::new();
+            info.insert("format".into(), json!("part"));
+            model.parts.push(crate::model::Part { path: vec![part.into()], info });
+        }
+        let tree = Tree::build(model, "src");
+        let text = |p: &str| match tree.node(tree.resolve(p).unwrap()).unwrap() {
+            Node::File { content: Content::Bytes(b), size, .. } => {
+                let mut buf = vec![0; *size as usize];
+                b.read_at(0, &mut buf).unwrap();
+                String::from_utf8(buf).unwrap()
+            }
+            _ => panic!(),
+        };
+        assert_eq!(text("b/tensors.tsv"), "path\tdtype\tshape\tbytes\nv/y.npy\tfloat64\t\t8\n");
+        assert!(text("tensors.tsv").contains("a/v/x.npy") && text("tensors.tsv").contains("b/v/y.npy"));
+        let info: Value = serde_json::from_str(&text("a/info.json")).unwrap();
+        assert_eq!((info["format"].as_str(), info["tensors"].as_u64(), info["bytes"].as_u64()), (Some("part"), Some(1), Some(4)));
+        let root: Value = serde_json::from_str(&text("info.json")).unwrap();
+        assert_eq!(root["tensors"].as_u64(), Some(2));
     }
 
     #[test]

@@ -102,6 +102,9 @@ fn directory_of_checkpoints() {
         assert_eq!(own["checkpoint_format"], "tf2-object-based");
         assert_eq!(own["tensors"], 40);
         assert!(mount.path(&format!("{prefix}/object_graph.json")).is_file());
+        // Each checkpoint's own tensor table is what mounting that checkpoint alone shows.
+        let alone = Mount::new(&fixture(&format!("ckpt/tf2_keras/{prefix}")), &[]);
+        assert_eq!(mount.read(&format!("{prefix}/tensors.tsv")), alone.read("tensors.tsv"));
         if expect["latest_in_dir"] == prefix {
             assert_eq!(std::fs::read_link(mount.path("latest")).unwrap(), Path::new(prefix));
             check_tensors_under(&mount, "latest", &expect);

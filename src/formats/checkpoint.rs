@@ -6,7 +6,7 @@ use super::bundle::{self, BundleEntryProto, BundleHeaderProto, TensorSliceProto}
 use super::io_reason;
 use crate::dtype::DType;
 use crate::error::{OpenError, ReadError};
-use crate::model::{Extent, InMemory, Model, ModelLink, Tensor, TensorBytes, path_of};
+use crate::model::{Extent, InMemory, Model, ModelLink, Part, Tensor, TensorBytes, path_of};
 use crate::names::split_path;
 use crate::source::{Blob, SourceFile};
 use prost::Message;
@@ -74,15 +74,11 @@ pub fn open_dir(dir: &Path) -> Result<Option<Model>, OpenError> {
             let mut model = Model { format: "tf-checkpoint".into(), ..Model::default() };
             let mut budget = MAX_STRING_TOTAL;
             for prefix in &prefixes {
-                let first = (model.tensors.len(), model.files.len());
                 let mut info = Map::new();
                 info.insert("format".into(), json!("tf-checkpoint"));
                 info.insert("source".into(), json!(dir.join(prefix).display().to_string()));
                 info.extend(load(&dir.join(prefix), &[prefix], &mut model, &mut budget)?);
-                let tensors = &model.tensors[first.0..];
-                info.insert("tensors".into(), json!(tensors.len()));
-                info.insert("bytes".into(), json!(tensors.iter().map(|t| t.bytes.len()).sum::<u64>()));
-                model.add_file(vec![prefix.clone(), "info.json".into()], json_bytes(&Value::Object(info)));
+                model.parts.push(Part { path: vec![prefix.clone()], info });
             }
             model.info.insert("checkpoints".into(), json!(prefixes));
             if let Some(latest) = latest {
