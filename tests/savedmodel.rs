@@ -129,12 +129,8 @@ fn check_real(item: &str) -> Option<Mount> {
     for t in part["tensors"].as_array().unwrap() {
         let key = t["key"].as_str().unwrap();
         let path = format!("variables/{}", key.strip_suffix("/.ATTRIBUTES/VARIABLE_VALUE").unwrap_or(key));
-        let dims: Vec<u64> = t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
-        let dtype = t["dtype"].as_str().unwrap();
-        let raw = mount.read(&format!("{path}.raw"));
-        assert_eq!(oracle_digest(&raw, dtype, &dims), t["sha256"].as_str().unwrap(), "{item}: {path}");
-        let shape: Vec<String> = dims.iter().map(u64::to_string).collect();
-        assert!(tsv.contains(&format!("{path}.npy\t{dtype}\t{}\t", shape.join(","))), "{item}: {path} in tensors.tsv");
+        check_tensor(&mount, &path, t);
+        assert!(tsv.contains(&format!("{path}.npy\t{}\t", t["dtype"].as_str().unwrap())), "{item}: {path} in tensors.tsv");
     }
     let info = info(&mount);
     assert_eq!(info["format"], "tf-savedmodel");
@@ -228,29 +224,19 @@ fn broken_saved_model_pb() {
     assert_fails(tmp.path(), "holds no MetaGraphDef");
 }
 
-/// Writes a zip with python's zipfile: (member name, content, deflate?); content `@path` is the
-/// bytes of that fixture file.
+/// Writes a zip of (member name, literal content or `@path` of a fixture file, deflate?).
 fn make_zip(path: &Path, members: &[(&str, &str, bool)]) {
-    let script = r#"
-import sys, zipfile
-out, rest = sys.argv[1], sys.argv[2:]
-with zipfile.ZipFile(out, "w") as z:
-    for i in range(0, len(rest), 3):
-        name, content, deflate = rest[i:i + 3]
-        data = open(content[1:], "rb").read() if content.startswith("@") else content.encode()
-        z.writestr(name, data, compress_type=zipfile.ZIP_DEFLATED if deflate == "1" else zipfile.ZIP_STORED)
-"#;
-    let mut cmd = Command::new("python3");
-    cmd.arg("-c").arg(script).arg(path);
-    for (name, content, deflate) in members {
-        let content = match content.strip_prefix('@') {
-            Some(rel) => format!("@{}", fixture(&format!("savedmodel/{rel}")).display()),
-            None => content.to_string(),
-        };
-        cmd.arg(name).arg(content).arg(if *deflate { "1" } else { "0" });
-    }
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let members: Vec<(&str, Vec<u8>, bool)> = members
+        .iter()
+        .map(|&(name, content, deflate)| {
+            let bytes = match content.strip_prefix('@') {
+                Some(rel) => std::fs::read(fixture(&format!("savedmodel/{rel}"))).unwrap(),
+                None => content.as_bytes().to_vec(),
+            };
+            (name, bytes, deflate)
+        })
+        .collect();
+    write_zip(path, &members);
 }
 
 #[test]
