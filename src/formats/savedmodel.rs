@@ -180,9 +180,9 @@ fn read(mut files: Files) -> Result<Model, OpenError> {
         }
     };
     if let Some(root) = metadata.get(&0) {
-        for key in ["keras_version", "class_name"] {
+        for (key, field) in [("keras_version", "keras_version"), ("class_name", "model_class")] {
             if let Some(v) = root.json.get(key) {
-                model.info.insert(if key == "class_name" { "model_class" } else { key }.into(), v.clone());
+                model.info.insert(field.into(), v.clone());
             }
         }
     }
