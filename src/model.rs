@@ -142,6 +142,13 @@ impl Model {
     pub fn add_file(&mut self, path: Vec<String>, bytes: Vec<u8>) {
         self.files.push(ModelFile { path, bytes: Arc::new(InMemory(bytes.into())) });
     }
+
+    /// A JSON file, pretty-printed with a final newline.
+    pub fn add_json(&mut self, path: Vec<String>, value: &Value) {
+        let mut text = serde_json::to_vec_pretty(value).unwrap_or_default();
+        text.push(b'\n');
+        self.add_file(path, text);
+    }
 }
 
 /// Joins a prefix and further components into a path.

@@ -23,17 +23,6 @@ fn check_tensors_under(mount: &Mount, sub: &str, expect: &Value) {
     }
 }
 
-/// One tensor's `.raw`, `.shape` and `.dtype` against an oracle entry (dtype, shape, sha256).
-fn check_tensor(mount: &Mount, path: &str, t: &Value) {
-    let dims: Vec<u64> = t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
-    let dtype = t["dtype"].as_str().unwrap();
-    let raw = mount.read(&format!("{path}.raw"));
-    assert_eq!(oracle_digest(&raw, dtype, &dims), t["sha256"].as_str().unwrap(), "bytes of {path}");
-    let shape: Vec<String> = dims.iter().map(u64::to_string).collect();
-    assert_eq!(mount.text(&format!("{path}.shape")), format!("{}\n", shape.join(",")), "shape of {path}");
-    assert_eq!(mount.text(&format!("{path}.dtype")), format!("{dtype}\n"), "dtype of {path}");
-}
-
 fn info(mount: &Mount, rel: &str) -> Value {
     serde_json::from_slice(&mount.read(rel)).unwrap()
 }

@@ -223,25 +223,24 @@ fn bad_stdin() {
     );
 }
 
-/// Writes a zip with python's zipfile: (member name, bytes or a fixture member, deflate?).
+/// Writes a zip of (member name, bytes or `@member` of a fixture archive, deflate?).
 fn make_zip(path: &Path, members: &[(&str, &str, bool)]) {
-    let script = r#"
-import sys, zipfile
-out, rest = sys.argv[1], sys.argv[2:]
-src = zipfile.ZipFile(sys.argv[-1])
-with zipfile.ZipFile(out, "w") as z:
-    for i in range(0, len(rest) - 1, 3):
-        name, content, deflate = rest[i:i + 3]
-        data = src.read(content[1:]) if content.startswith("@") else content.encode()
-        z.writestr(name, data, compress_type=zipfile.ZIP_DEFLATED if deflate == "1" else zipfile.ZIP_STORED)
-"#;
-    let mut cmd = Command::new("python3");
-    cmd.arg("-c").arg(script).arg(path);
-    for (name, content, deflate) in members {
-        cmd.arg(name).arg(content).arg(if *deflate { "1" } else { "0" });
-    }
-    let out = cmd.arg(fixture("keras3/k3_mixed.keras")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut source = zip::ZipArchive::new(std::fs::File::open(fixture("keras3/k3_mixed.keras")).unwrap()).unwrap();
+    let members: Vec<(&str, Vec<u8>, bool)> = members
+        .iter()
+        .map(|&(name, content, deflate)| {
+            let bytes = match content.strip_prefix('@') {
+                Some(member) => {
+                    let mut bytes = Vec::new();
+                    std::io::Read::read_to_end(&mut source.by_name(member).unwrap(), &mut bytes).unwrap();
+                    bytes
+                }
+                None => content.as_bytes().to_vec(),
+            };
+            (name, bytes, deflate)
+        })
+        .collect();
+    write_zip(path, &members);
 }
 
 /// Sets the uncompressed size that the central directory declares for every member.

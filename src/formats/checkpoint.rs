@@ -23,7 +23,7 @@ const MAX_SHARDS: i32 = 100_000;
 /// String tensors are materialised at mount; bigger ones are skipped rather than loaded.
 const MAX_STRING_TENSOR: u64 = 64 << 20;
 /// Budget for all string tensors of one mount together.
-const MAX_STRING_TOTAL: u64 = 256 << 20;
+pub(super) const MAX_STRING_TOTAL: u64 = 256 << 20;
 
 /// If `path` names a checkpoint (its `.index` file or its prefix), the prefix.
 pub fn prefix_of(path: &Path) -> Option<PathBuf> {
@@ -100,18 +100,42 @@ fn latest_in_state_file(dir: &Path) -> Option<String> {
     (!name.is_empty()).then(|| name.to_string())
 }
 
-fn json_bytes(value: &Value) -> Vec<u8> {
-    let mut text = serde_json::to_vec_pretty(value).unwrap_or_default();
-    text.push(b'\n');
-    text
-}
-
 /// Reads the checkpoint at `prefix` into `model` below `under`; returns its info fields.
 fn load(prefix: &Path, under: &[&str], model: &mut Model, budget: &mut u64) -> Result<Map<String, Value>, OpenError> {
-    let index_file = index_path(prefix);
-    let index = SourceFile::open(&index_file)
-        .map_err(|e| OpenError::unreadable(format!("{}: {}", index_file.display(), io_reason(&e))))?;
-    let entries = bundle::read_table(&Blob::File(Arc::new(index)))?;
+    let mut beside = |suffix: &str| {
+        let mut name = prefix.as_os_str().to_owned();
+        name.push(suffix);
+        let path = PathBuf::from(name);
+        SourceFile::open(&path)
+            .map(|f| Blob::File(Arc::new(f)))
+            .map_err(|e| format!("{}: {}", path.display(), io_reason(&e)))
+    };
+    let bundle = load_bundle(&mut beside, under, model, budget)?;
+    if let Some(graph) = &bundle.graph {
+        add_keras_view(graph, &bundle.variables, under, model);
+    }
+    Ok(bundle.info)
+}
+
+/// Opens one file of a bundle by its suffix after the prefix (`.index`,
+/// `.data-00000-of-00001`); the error is the file's name and why.
+pub(super) type BundleFiles<'a> = dyn FnMut(&str) -> Result<Blob, String> + 'a;
+
+/// A bundle read into a model.
+pub(super) struct Bundle {
+    /// `info.json` fields.
+    pub info: Map<String, Value>,
+    /// The `variables/` tensor of each key.
+    pub variables: HashMap<String, Tensor>,
+    /// The TF2 object graph, if the bundle has one and it decodes.
+    pub graph: Option<TrackableObjectGraph>,
+}
+
+/// Reads a bundle into `model`: `variables/` below `under`, and `object_graph.json`; the Keras
+/// view is left to the caller, which may know more (a SavedModel's Keras metadata).
+pub(super) fn load_bundle(files: &mut BundleFiles, under: &[&str], model: &mut Model, budget: &mut u64) -> Result<Bundle, OpenError> {
+    let index = files(".index").map_err(OpenError::unreadable)?;
+    let entries = bundle::read_table(&index)?;
     let header = match entries.first() {
         Some((key, value)) if key.is_empty() => BundleHeaderProto::decode(value.as_slice())
             .map_err(|e| OpenError::corrupt(format!("bundle header is damaged: {e}")))?,
@@ -123,13 +147,15 @@ fn load(prefix: &Path, under: &[&str], model: &mut Model, budget: &mut u64) -> R
     if !(1..=MAX_SHARDS).contains(&header.num_shards) {
         return Err(OpenError::corrupt(format!("bundle header claims {} data files", header.num_shards)));
     }
-    let shards = open_shards(prefix, header.num_shards)?;
+    let count = header.num_shards;
+    let shards = (0..count)
+        .map(|i| files(&format!(".data-{i:05}-of-{count:05}")).map_err(|why| OpenError::corrupt(format!("data file {why}"))))
+        .collect::<Result<Vec<Blob>, OpenError>>()?;
     let by_key: HashMap<&[u8], &[u8]> = entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
     let reader = EntryReader { shards: &shards, by_key: &by_key };
 
     let mut skipped = Vec::new();
-    // The `variables/` tensor of each key, for the Keras view.
-    let mut by_name: HashMap<String, Tensor> = HashMap::new();
+    let mut variables: HashMap<String, Tensor> = HashMap::new();
     let mut object_graph = None;
     // Key "" is the header; keys starting with 0 are slices, reached through their full entry.
     for (key, value) in entries.iter().filter(|(k, _)| k.first().is_some_and(|&b| b != 0)) {
@@ -150,7 +176,7 @@ fn load(prefix: &Path, under: &[&str], model: &mut Model, budget: &mut u64) -> R
         let rel = split_path(name.strip_suffix(VARIABLE_SUFFIX).unwrap_or(&name));
         let tensor = Tensor { path: path_of(&[under, &["variables"]].concat(), &rel), ..tensor };
         model.tensors.push(tensor.clone());
-        by_name.insert(name, tensor);
+        variables.insert(name, tensor);
     }
 
     let mut info = Map::new();
@@ -160,34 +186,22 @@ fn load(prefix: &Path, under: &[&str], model: &mut Model, budget: &mut u64) -> R
         json!(if graph.is_some() { "tf2-object-based" } else { "tf1-name-based" }),
     );
     info.insert("shards".into(), json!(header.num_shards));
-    match graph {
+    let graph = match graph {
         Some(Ok(graph)) => {
-            model.add_file(path_of(under, &["object_graph.json".into()]), json_bytes(&graph.to_json()));
-            add_keras_view(&graph, &by_name, under, model);
+            model.add_json(path_of(under, &["object_graph.json".into()]), &graph.to_json());
+            Some(graph)
         }
         Some(Err(why)) => {
             log::warn!("object graph not decoded: {why}");
             info.insert("object_graph_error".into(), json!(why));
+            None
         }
-        None => {}
-    }
+        None => None,
+    };
     if !skipped.is_empty() {
         info.insert("skipped".into(), Value::Array(skipped));
     }
-    Ok(info)
-}
-
-fn open_shards(prefix: &Path, count: i32) -> Result<Vec<Blob>, OpenError> {
-    (0..count)
-        .map(|i| {
-            let mut name = prefix.as_os_str().to_owned();
-            name.push(format!(".data-{i:05}-of-{count:05}"));
-            let path = PathBuf::from(name);
-            SourceFile::open(&path)
-                .map(|f| Blob::File(Arc::new(f)))
-                .map_err(|e| OpenError::corrupt(format!("data file {}: {}", path.display(), io_reason(&e))))
-        })
-        .collect()
+    Ok(Bundle { info, variables, graph })
 }
 
 /// Turns bundle entries into tensors, checking them against the data files.
@@ -510,41 +524,41 @@ impl TensorBytes for Sliced {
 
 /// `trackable_object_graph.proto` (FORMATS.md 3.7), the fields wfs shows.
 #[derive(Clone, PartialEq, prost::Message)]
-struct TrackableObjectGraph {
+pub(super) struct TrackableObjectGraph {
     #[prost(message, repeated, tag = "1")]
-    nodes: Vec<TrackableObject>,
+    pub nodes: Vec<TrackableObject>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct TrackableObject {
+pub(super) struct TrackableObject {
     #[prost(message, repeated, tag = "1")]
-    children: Vec<ObjectReference>,
+    pub children: Vec<ObjectReference>,
     #[prost(message, repeated, tag = "2")]
-    attributes: Vec<SerializedTensor>,
+    pub attributes: Vec<SerializedTensor>,
     #[prost(message, repeated, tag = "3")]
-    slot_variables: Vec<SlotVariableReference>,
+    pub slot_variables: Vec<SlotVariableReference>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct ObjectReference {
+pub(super) struct ObjectReference {
     #[prost(int32, tag = "1")]
-    node_id: i32,
+    pub node_id: i32,
     #[prost(string, tag = "2")]
-    local_name: String,
+    pub local_name: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct SerializedTensor {
+pub(super) struct SerializedTensor {
     #[prost(string, tag = "1")]
-    name: String,
+    pub name: String,
     #[prost(string, tag = "2")]
-    full_name: String,
+    pub full_name: String,
     #[prost(string, tag = "3")]
-    checkpoint_key: String,
+    pub checkpoint_key: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct SlotVariableReference {
+pub(super) struct SlotVariableReference {
     #[prost(int32, tag = "1")]
     original_variable_node_id: i32,
     #[prost(string, tag = "2")]
@@ -589,7 +603,7 @@ fn read_object_graph(bytes: &dyn TensorBytes) -> Result<TrackableObjectGraph, St
 /// only through an optimizer object, and names scoped by such a variable's first component
 /// (`Adam/m/dense/kernel`). Keys alone cannot tell, since Keras 3 may key a layer weight
 /// `optimizer/_trainable_variables/2` when the optimizer's path to it was found first.
-fn add_keras_view(graph: &TrackableObjectGraph, variables: &HashMap<String, Tensor>, under: &[&str], model: &mut Model) {
+pub(super) fn add_keras_view(graph: &TrackableObjectGraph, variables: &HashMap<String, Tensor>, under: &[&str], model: &mut Model) {
     let model_side = reachable_avoiding_optimizers(graph);
     let is_variable = |a: &&SerializedTensor| a.name == "VARIABLE_VALUE" && !a.checkpoint_key.contains("/.OPTIMIZER_SLOT/");
     let optimizer_scopes: Vec<&str> = graph
@@ -600,16 +614,22 @@ fn add_keras_view(graph: &TrackableObjectGraph, variables: &HashMap<String, Tens
         .flat_map(|(_, n)| n.attributes.iter().filter(is_variable))
         .filter_map(|a| a.full_name.split_once('/').map(|(scope, _)| scope))
         .collect();
+    // Keras 3 exports track every variable twice (`variables/N` and `_all_variables/N`), as
+    // distinct nodes of one name: the first stands for both.
+    let mut shown: HashMap<&str, (DType, &[u64])> = HashMap::new();
     for (i, node) in graph.nodes.iter().enumerate().filter(|(i, _)| model_side[*i]) {
         for attr in node.attributes.iter().filter(is_variable) {
             let parts = split_path(&attr.full_name);
             if parts.len() < 2 || optimizer_scopes.contains(&parts[0].as_str()) {
                 continue;
             }
-            if let Some(t) = variables.get(&attr.checkpoint_key) {
-                log::debug!("node {i}: {} is layers/{}", attr.checkpoint_key, attr.full_name);
-                model.tensors.push(Tensor { path: path_of(&[under, &["layers"]].concat(), &parts), ..t.clone() });
+            let Some(t) = variables.get(&attr.checkpoint_key) else { continue };
+            if shown.get(attr.full_name.as_str()).is_some_and(|&(dtype, shape)| dtype == t.dtype && shape == t.shape) {
+                continue;
             }
+            shown.insert(&attr.full_name, (t.dtype, &t.shape));
+            log::debug!("node {i}: {} is layers/{}", attr.checkpoint_key, attr.full_name);
+            model.tensors.push(Tensor { path: path_of(&[under, &["layers"]].concat(), &parts), ..t.clone() });
         }
     }
 }

@@ -6,6 +6,7 @@
 //! Keras's own creation order for built-in layers (FORMATS.md 2.3), else the index stays.
 
 use super::ReadOptions;
+use super::archive::Archive;
 use super::h5::{self, H5Context};
 use super::keras_h5::{add_layer_dir, layer_name, push_dataset};
 use crate::error::OpenError;
@@ -15,15 +16,11 @@ use crate::source::{Blob, SourceFile};
 use hdf5::{Dataset, Group, LocationType};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
 /// Deepest object nesting followed (guards against hostile files).
 const MAX_DEPTH: usize = 64;
-/// Most bytes inflated into memory at mount over all deflated members of one archive (stored
-/// members, the norm, are read in place). Deflated `.keras` files are rare rewrites.
-const MAX_INFLATED: u64 = 2 << 30;
 /// Largest JSON document read (config.json, metadata.json, a sharded weights index).
 const MAX_JSON: u64 = 64 << 20;
 
@@ -42,20 +39,19 @@ pub fn read_weights_file(file: &hdf5::File, ctx: &H5Context) -> Model {
 }
 
 /// A `.keras` archive.
-pub fn read_archive(archive: &Blob, options: &ReadOptions) -> Result<Model, OpenError> {
-    let mut zip = zip::ZipArchive::new(archive.reader())
-        .map_err(|e| OpenError::corrupt(format!("not a readable zip archive: {e}")))?;
-    let mut budget = MAX_INFLATED;
+pub fn read_archive(mut zip: Archive, options: &ReadOptions) -> Result<Model, OpenError> {
     let Some(weights_index) = zip.index_for_name("model.weights.h5") else {
         return Err(if zip.index_for_name("model.weights.npz").is_some() {
             OpenError::UnknownFormat("Keras archive with .npz weights (pickled), which wfs cannot read".into())
         } else {
-            OpenError::UnknownFormat("zip archive without model.weights.h5: not a Keras .keras file".into())
+            OpenError::UnknownFormat(
+                "zip archive without model.weights.h5 or saved_model.pb: neither a Keras .keras file nor a SavedModel".into(),
+            )
         });
     };
     let mut model = Model { format: "keras".into(), ..Model::default() };
     if let Some(i) = zip.index_for_name("metadata.json") {
-        let metadata: Value = serde_json::from_slice(&json_member(&mut zip, archive, i, &mut budget)?)
+        let metadata: Value = serde_json::from_slice(&zip.read_member(i, MAX_JSON)?)
             .map_err(|e| OpenError::corrupt(format!("metadata.json is not JSON: {e}")))?;
         for key in ["keras_version", "date_saved"] {
             if let Some(v) = metadata.get(key) {
@@ -65,7 +61,7 @@ pub fn read_archive(archive: &Blob, options: &ReadOptions) -> Result<Model, Open
     }
     let config = match zip.index_for_name("config.json") {
         Some(i) => {
-            let text = json_member(&mut zip, archive, i, &mut budget)?;
+            let text = zip.read_member(i, MAX_JSON)?;
             let config: Value = serde_json::from_slice(&text)
                 .map_err(|e| OpenError::corrupt(format!("config.json is not JSON: {e}")))?;
             if let Some(class) = config.get("class_name") {
@@ -76,17 +72,15 @@ pub fn read_archive(archive: &Blob, options: &ReadOptions) -> Result<Model, Open
         }
         None => None,
     };
-    let weights = member_blob(&mut zip, archive, weights_index, &mut budget)?;
+    let weights = zip.member(weights_index)?;
     let file = h5::open_blob(&weights)?;
     read_weights(&[(&file, &H5Context { blob: weights, cache: options.cache.clone() })], config.as_ref(), &mut model);
-    for i in 0..zip.len() {
-        let name = match zip.by_index_raw(i) {
-            Ok(f) if f.is_file() && f.name().starts_with("assets/") => f.name().to_string(),
-            _ => continue,
-        };
-        let blob = member_blob(&mut zip, archive, i, &mut budget)?;
-        let len = blob.len();
-        model.files.push(ModelFile { path: split_path(&name), bytes: Arc::new(Extent { blob, offset: 0, len }) });
+    for (i, name) in zip.file_names() {
+        if name.starts_with("assets/") {
+            let blob = zip.member(i)?;
+            let len = blob.len();
+            model.files.push(ModelFile { path: split_path(&name), bytes: Arc::new(Extent { blob, offset: 0, len }) });
+        }
     }
     Ok(model)
 }
@@ -135,57 +129,6 @@ pub fn read_sharded(index: &Blob, dir: Option<&Path>, options: &ReadOptions) -> 
     let refs: Vec<(&hdf5::File, &H5Context)> = shards.iter().map(|(f, c)| (f, c)).collect();
     read_weights(&refs, None, &mut model);
     Ok(model)
-}
-
-type Zip = zip::ZipArchive<crate::source::BlobReader>;
-
-fn json_member(zip: &mut Zip, archive: &Blob, index: usize, budget: &mut u64) -> Result<Vec<u8>, OpenError> {
-    let blob = member_blob(zip, archive, index, budget)?;
-    if blob.len() > MAX_JSON {
-        return Err(OpenError::corrupt(format!("archive member {index} is too large for a JSON document")));
-    }
-    blob.read_vec(0, blob.len()).map_err(|e| OpenError::unreadable(e.to_string()))
-}
-
-/// A member's bytes: a stored member is a slice of the archive (read in place), a deflated one
-/// is inflated into memory, within `budget`.
-fn member_blob(zip: &mut Zip, archive: &Blob, index: usize, budget: &mut u64) -> Result<Blob, OpenError> {
-    let corrupt = |e: zip::result::ZipError| OpenError::corrupt(format!("damaged zip archive: {e}"));
-    let member = zip.by_index_raw(index).map_err(corrupt)?;
-    let name = member.name().to_string();
-    let size = member.size();
-    match member.compression() {
-        zip::CompressionMethod::Stored => {
-            if member.compressed_size() != size {
-                return Err(OpenError::corrupt(format!("zip member {name}: stored size differs from its length")));
-            }
-            archive
-                .slice(member.data_start(), size)
-                .map_err(|_| OpenError::corrupt(format!("zip member {name} extends past the end of the archive")))
-        }
-        zip::CompressionMethod::Deflated => {
-            drop(member);
-            if size > *budget {
-                return Err(OpenError::corrupt(format!(
-                    "zip member {name} claims {size} bytes inflated, over wfs's {} GiB limit for compressed members",
-                    MAX_INFLATED >> 30
-                )));
-            }
-            let mut out = Vec::with_capacity(size.min(1 << 26) as usize);
-            // One byte past the declared size detects (and bounds) a member that inflates further.
-            zip.by_index(index)
-                .map_err(corrupt)?
-                .take(size + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| OpenError::corrupt(format!("zip member {name}: {e}")))?;
-            if out.len() as u64 != size {
-                return Err(OpenError::corrupt(format!("zip member {name} does not inflate to its declared size")));
-            }
-            *budget -= size;
-            Ok(Blob::Memory(Arc::new(out)))
-        }
-        other => Err(OpenError::UnknownFormat(format!("zip member {name} uses {other} compression, which wfs cannot read"))),
-    }
 }
 
 /// One variable: `vars/<name>` of shard `shard`.

@@ -89,9 +89,7 @@ pub(super) fn add_layer_dir(model: &mut Model, name: &str, entry: Option<&Value>
     let dir = vec!["layers".to_string(), name.to_string()];
     model.dirs.push(dir.clone());
     if let Some(entry) = entry {
-        let mut text = serde_json::to_vec_pretty(entry).unwrap_or_default();
-        text.push(b'\n');
-        model.add_file(path_of(&["layers", name], &["config.json".into()]), text);
+        model.add_json(path_of(&["layers", name], &["config.json".into()]), entry);
     }
     if let Some(index) = index {
         model.links.push(ModelLink { path: vec!["layers".into(), index.to_string()], target: dir });

@@ -1,10 +1,12 @@
 //! One reader per source format, chosen by content (never by file name).
 
+pub mod archive;
 pub mod bundle;
 pub mod checkpoint;
 pub mod h5;
 pub mod keras3;
 pub mod keras_h5;
+pub mod savedmodel;
 
 use crate::cache::ChunkCache;
 use crate::error::OpenError;
@@ -65,6 +67,9 @@ pub fn open_path(path: &Path, options: &ReadOptions) -> Result<Model, OpenError>
     }
     let meta = std::fs::metadata(path).map_err(|e| OpenError::unreadable(io_reason(&e)))?;
     if meta.is_dir() {
+        if savedmodel::is_savedmodel_dir(path) {
+            return savedmodel::open_dir(path);
+        }
         return checkpoint::open_dir(path)?
             .ok_or_else(|| OpenError::UnknownFormat("directory holds no model wfs can read".into()));
     }
@@ -85,7 +90,13 @@ fn open_blob(blob: &Blob, dir: Option<&Path>, options: &ReadOptions) -> Result<M
             let file = h5::open_blob(blob)?;
             keras_h5::read(&file, &h5::H5Context { blob: blob.clone(), cache: options.cache.clone() })
         }
-        Sniffed::Zip => keras3::read_archive(blob, options),
+        Sniffed::Zip => {
+            let mut archive = archive::Archive::open(blob)?;
+            match savedmodel::root_in(&mut archive) {
+                Some(root) => savedmodel::read_archive(archive, root),
+                None => keras3::read_archive(archive, options),
+            }
+        }
         Sniffed::Json => keras3::read_sharded(blob, dir, options),
         Sniffed::GitLfsPointer => Err(OpenError::UnknownFormat(
             "this is a Git LFS pointer, not the model itself (run `git lfs pull`)".into(),

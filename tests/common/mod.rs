@@ -154,3 +154,27 @@ print(len(expected.files))
     let out = Command::new("python3").arg("-c").arg(script).arg(&mount.point).arg(npz).output().unwrap();
     assert!(out.status.success(), "numpy check failed: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// One tensor's `.raw`, `.shape` and `.dtype` against an oracle entry (dtype, shape, sha256).
+pub fn check_tensor(mount: &Mount, path: &str, t: &Value) {
+    let dims: Vec<u64> = t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
+    let dtype = t["dtype"].as_str().unwrap();
+    let raw = mount.read(&format!("{path}.raw"));
+    assert_eq!(oracle_digest(&raw, dtype, &dims), t["sha256"].as_str().unwrap(), "bytes of {path}");
+    let shape: Vec<String> = dims.iter().map(u64::to_string).collect();
+    assert_eq!(mount.text(&format!("{path}.shape")), format!("{}\n", shape.join(",")), "shape of {path}");
+    assert_eq!(mount.text(&format!("{path}.dtype")), format!("{dtype}\n"), "dtype of {path}");
+}
+
+/// Writes a zip archive of (member name, bytes, deflate?), names taken as they are (hostile ones
+/// included).
+pub fn write_zip(path: &Path, members: &[(&str, Vec<u8>, bool)]) {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    for (name, bytes, deflate) in members {
+        let method = if *deflate { zip::CompressionMethod::Deflated } else { zip::CompressionMethod::Stored };
+        zip.start_file(*name, zip::write::SimpleFileOptions::default().compression_method(method)).unwrap();
+        zip.write_all(bytes).unwrap();
+    }
+    zip.finish().unwrap();
+}

@@ -1,0 +1,91 @@
+//! Zip archives (`.keras` files, zipped SavedModels), never extracted: a stored member is read in
+//! place as a slice of the archive, a deflated one is inflated into memory within a budget.
+
+use crate::error::OpenError;
+use crate::source::{Blob, BlobReader};
+use std::io::Read;
+use std::sync::Arc;
+
+/// Most bytes inflated into memory at mount over all deflated members of one archive (stored
+/// members, the norm, are read in place). Deflated model archives are rare rewrites.
+const MAX_INFLATED: u64 = 2 << 30;
+
+/// An open zip archive and what is left of its inflation budget.
+pub struct Archive {
+    zip: zip::ZipArchive<BlobReader>,
+    blob: Blob,
+    budget: u64,
+}
+
+impl Archive {
+    pub fn open(blob: &Blob) -> Result<Archive, OpenError> {
+        let zip = zip::ZipArchive::new(blob.reader())
+            .map_err(|e| OpenError::corrupt(format!("not a readable zip archive: {e}")))?;
+        Ok(Archive { zip, blob: blob.clone(), budget: MAX_INFLATED })
+    }
+
+    pub fn index_for_name(&self, name: &str) -> Option<usize> {
+        self.zip.index_for_name(name)
+    }
+
+    /// The names of the archive's files (not directories), with their indexes.
+    pub fn file_names(&mut self) -> Vec<(usize, String)> {
+        (0..self.zip.len())
+            .filter_map(|i| match self.zip.by_index_raw(i) {
+                Ok(f) if f.is_file() => Some((i, f.name().to_string())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A member read whole into memory (a JSON document, a protobuf), refused above `max` bytes.
+    pub fn read_member(&mut self, index: usize, max: u64) -> Result<Vec<u8>, OpenError> {
+        let blob = self.member(index)?;
+        if blob.len() > max {
+            return Err(OpenError::corrupt(format!("archive member {index} is too large ({} bytes)", blob.len())));
+        }
+        blob.read_vec(0, blob.len()).map_err(|e| OpenError::unreadable(e.to_string()))
+    }
+
+    /// A member's bytes: a stored member is a slice of the archive (read in place), a deflated
+    /// one is inflated into memory, within the budget.
+    pub fn member(&mut self, index: usize) -> Result<Blob, OpenError> {
+        let corrupt = |e: zip::result::ZipError| OpenError::corrupt(format!("damaged zip archive: {e}"));
+        let member = self.zip.by_index_raw(index).map_err(corrupt)?;
+        let name = member.name().to_string();
+        let size = member.size();
+        match member.compression() {
+            zip::CompressionMethod::Stored => {
+                if member.compressed_size() != size {
+                    return Err(OpenError::corrupt(format!("zip member {name}: stored size differs from its length")));
+                }
+                self.blob
+                    .slice(member.data_start(), size)
+                    .map_err(|_| OpenError::corrupt(format!("zip member {name} extends past the end of the archive")))
+            }
+            zip::CompressionMethod::Deflated => {
+                drop(member);
+                if size > self.budget {
+                    return Err(OpenError::corrupt(format!(
+                        "zip member {name} claims {size} bytes inflated, over wfs's {} GiB limit for compressed members",
+                        MAX_INFLATED >> 30
+                    )));
+                }
+                let mut out = Vec::with_capacity(size.min(1 << 26) as usize);
+                // One byte past the declared size detects (and bounds) a member that inflates further.
+                self.zip
+                    .by_index(index)
+                    .map_err(corrupt)?
+                    .take(size + 1)
+                    .read_to_end(&mut out)
+                    .map_err(|e| OpenError::corrupt(format!("zip member {name}: {e}")))?;
+                if out.len() as u64 != size {
+                    return Err(OpenError::corrupt(format!("zip member {name} does not inflate to its declared size")));
+                }
+                self.budget -= size;
+                Ok(Blob::Memory(Arc::new(out)))
+            }
+            other => Err(OpenError::UnknownFormat(format!("zip member {name} uses {other} compression, which wfs cannot read"))),
+        }
+    }
+}
