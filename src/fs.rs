@@ -1,10 +1,18 @@
 //! Filesystem operations over a `Tree`, independent of FUSE so they can be tested directly.
 
+use crate::cache::ChunkCache;
 use crate::dtype::DType;
 use crate::error::ReadError;
 use crate::model::TensorBytes;
 use crate::tree::{Content, Ino, Node, Tree};
 use std::ffi::OsStr;
+use std::sync::Arc;
+
+/// Hidden extended attributes of the mount root (not listed by `listxattr`) with counters for
+/// benchmarks and diagnosis, as decimal text: chunks decoded since mount, and bytes of decoded
+/// chunks the cache holds now. Reading them costs one atomic load or one lock: they never grow.
+pub const XATTR_DECODES: &str = "user.wfs.decodes";
+pub const XATTR_CACHE_BYTES: &str = "user.wfs.cache_bytes";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -24,11 +32,33 @@ pub struct Attr {
 
 pub struct Fs {
     pub tree: Tree,
+    /// The chunk cache the readers share, for the counters on the root (see `XATTR_DECODES`).
+    cache: Option<Arc<ChunkCache>>,
 }
 
 impl Fs {
     pub fn new(tree: Tree) -> Self {
-        Fs { tree }
+        Fs { tree, cache: None }
+    }
+
+    /// Reports `cache`'s counters as hidden extended attributes of the root.
+    pub fn with_cache(mut self, cache: Arc<ChunkCache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The value of extended attribute `name` of `ino`: only the root's hidden counters exist.
+    pub fn getxattr(&self, ino: Ino, name: &OsStr) -> Result<Vec<u8>, i32> {
+        if self.tree.node(ino).is_none() {
+            return Err(libc::ENOENT);
+        }
+        let cache = self.cache.as_ref().filter(|_| ino == crate::tree::ROOT).ok_or(libc::ENODATA)?;
+        let value = match name.to_str() {
+            Some(XATTR_DECODES) => cache.decodes(),
+            Some(XATTR_CACHE_BYTES) => cache.held_bytes(),
+            _ => return Err(libc::ENODATA),
+        };
+        Ok(value.to_string().into_bytes())
     }
 
     pub fn attr(&self, ino: Ino) -> Option<Attr> {
@@ -144,7 +174,6 @@ fn read_npy(
 mod tests {
     use super::*;
     use crate::model::{InMemory, Model, Tensor};
-    use std::sync::Arc;
 
     fn fs_with(dtype: DType, data: Vec<u8>, shape: Vec<u64>) -> Fs {
         let mut model = Model::default();
@@ -191,5 +220,17 @@ mod tests {
         assert_eq!(fs.lookup(file, OsStr::new("x")).unwrap_err(), libc::ENOTDIR);
         assert_eq!(fs.lookup(1, OsStr::new("nope")).unwrap_err(), libc::ENOENT);
         assert_eq!(fs.read(1, 0, 1).unwrap_err(), libc::EISDIR);
+    }
+
+    #[test]
+    fn root_counters_are_hidden_xattrs() {
+        let fs = fs_with(DType::U8, vec![1], vec![1]);
+        assert_eq!(fs.getxattr(1, OsStr::new(XATTR_DECODES)).unwrap_err(), libc::ENODATA);
+        let fs = fs.with_cache(Arc::new(ChunkCache::new(100)));
+        assert_eq!(fs.getxattr(1, OsStr::new(XATTR_DECODES)).unwrap(), b"0");
+        assert_eq!(fs.getxattr(1, OsStr::new(XATTR_CACHE_BYTES)).unwrap(), b"0");
+        let file = fs.tree.resolve("t.npy").unwrap();
+        assert_eq!(fs.getxattr(file, OsStr::new(XATTR_DECODES)).unwrap_err(), libc::ENODATA);
+        assert_eq!(fs.getxattr(1, OsStr::new("user.other")).unwrap_err(), libc::ENODATA);
     }
 }

@@ -135,9 +135,9 @@ fn run(command: Command) -> Result<(), Failure> {
                 }
             }
             let cache = Arc::new(ChunkCache::new(cache_size));
-            let model = formats::open_path(&source, &ReadOptions { cache }).map_err(|e| open_failure(&shown, e))?;
+            let model = formats::open_path(&source, &ReadOptions { cache: cache.clone() }).map_err(|e| open_failure(&shown, e))?;
             let tree = Tree::build(model, &source.display().to_string());
-            daemon::mount(Fs::new(tree), settings, || detach_stdio(log_file.as_deref())).map_err(mount_failure)
+            daemon::mount(Fs::new(tree).with_cache(cache), settings, || detach_stdio(log_file.as_deref())).map_err(mount_failure)
         }
         Command::Umount { mountpoint } => daemon::umount(&mountpoint).map_err(mount_failure),
     }
