@@ -462,9 +462,9 @@ def machine():
             cpu = line.split(":", 1)[1].strip()
             break
     mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
-    fs = subprocess.run(["df", "-T", "--output=fstype", str(Path(tempfile.gettempdir()))],
-                        capture_output=True, text=True).stdout.split()[-1]
-    return f"{os.cpu_count()} CPUs ({cpu}), {human(mem)} RAM, kernel {os.uname().release}, temp dir on {fs}"
+    fs = subprocess.run(["df", "--output=fstype", str(Path(tempfile.gettempdir()))],
+                        capture_output=True, text=True).stdout.split()[-1:] or ["?"]
+    return f"{os.cpu_count()} CPUs ({cpu}), {human(mem)} RAM, kernel {os.uname().release}, temp dir on {fs[0]}"
 
 
 def main():

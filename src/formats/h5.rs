@@ -240,8 +240,11 @@ unsafe fn describe(ds: &Dataset, path: Vec<String>, ctx: &H5Context) -> Result<T
                 }
                 chunk.truncate(rank);
                 let chunk_bytes = Tensor::raw_size(dtype, &chunk).filter(|&b| b <= 1 << 32).ok_or_else(|| Skipped("chunk too large".into()))?;
+                let file = ds.file().map_err(|e| Skipped(format!("cannot find the dataset's file: {e}")))?;
+                let token = ds.loc_info().map_err(|e| Skipped(format!("cannot locate the dataset: {e}")))?.token;
                 Arc::new(Chunked {
-                    dataset: ds.clone(),
+                    file,
+                    token,
                     file_type: Arc::new(Id(hdf5_sys::h5t::H5Tcopy(ty.0), H5Tclose)),
                     blob: ctx.blob.clone(),
                     cache: ctx.cache.clone(),
@@ -357,7 +360,11 @@ struct ChunkLocation {
 /// A chunked dataset: only the chunks a read touches are decoded, and they are kept in the
 /// shared cache.
 struct Chunked {
-    dataset: Dataset,
+    /// The file and the dataset's address in it. The dataset itself is opened only while its
+    /// chunk index is built or libhdf5 decodes a chunk: libhdf5 spends ~70 KiB on every open
+    /// chunked dataset, which for thousands of tensors would dwarf the chunk cache.
+    file: hdf5::File,
+    token: hdf5::LocationToken,
     file_type: Arc<Id>,
     blob: Blob,
     cache: Arc<ChunkCache>,
@@ -378,18 +385,26 @@ unsafe impl Send for Chunked {}
 unsafe impl Sync for Chunked {}
 
 impl Chunked {
+    /// Runs `f` on the dataset's id, opened for the call, under libhdf5's lock.
+    fn with_dataset<T>(&self, f: impl FnOnce(hid_t) -> Result<T, String>) -> Result<T, String> {
+        locked(|| {
+            let dataset = self.file.open_by_token(self.token).map_err(|e| format!("cannot reopen the dataset: {e}"))?;
+            f(dataset.id())
+        })
+    }
+
     fn grid(&self) -> Vec<u64> {
         self.shape.iter().zip(&self.chunk).map(|(s, c)| s.div_ceil(*c)).collect()
     }
 
     fn chunk_index(&self) -> Result<&HashMap<u64, ChunkLocation>, ReadError> {
         self.index
-            .get_or_init(|| locked(|| self.build_index()))
+            .get_or_init(|| self.with_dataset(|id| self.build_index(id)))
             .as_ref()
             .map_err(|e| ReadError::Corrupt(e.clone()))
     }
 
-    fn build_index(&self) -> Result<HashMap<u64, ChunkLocation>, String> {
+    fn build_index(&self, dataset: hid_t) -> Result<HashMap<u64, ChunkLocation>, String> {
         struct Visit<'a> {
             chunked: &'a Chunked,
             grid: Vec<u64>,
@@ -417,7 +432,7 @@ impl Chunked {
             0
         }
         let mut v = Visit { chunked: self, grid: self.grid(), out: HashMap::new(), bad: None };
-        let status = unsafe { H5Dchunk_iter(self.dataset.id(), H5P_DEFAULT, Some(visit), (&mut v as *mut Visit).cast()) };
+        let status = unsafe { H5Dchunk_iter(dataset, H5P_DEFAULT, Some(visit), (&mut v as *mut Visit).cast()) };
         if let Some(bad) = v.bad {
             return Err(bad);
         }
@@ -472,7 +487,8 @@ impl Chunked {
         let start: Vec<u64> = coords.iter().zip(&self.chunk).map(|(c, n)| c * n).collect();
         let count: Vec<u64> = start.iter().zip(&self.chunk).zip(&self.shape).map(|((s, c), n)| (*c).min(n - s)).collect();
         let clipped = count.iter().product::<u64>() as usize * self.elem;
-        let data = locked(|| unsafe { read_selection(self.dataset.id(), self.file_type.0, Some((&start, &count)), clipped) })
+        let data = self
+            .with_dataset(|id| unsafe { read_selection(id, self.file_type.0, Some((&start, &count)), clipped) })
             .map_err(ReadError::Corrupt)?;
         // Place the clipped box into a full-shape chunk, one innermost row at a time.
         let mut out = vec![0u8; self.chunk_bytes as usize];
