@@ -111,28 +111,40 @@ impl Fs {
 
     /// Reads up to `size` bytes at `offset`; short only at end of file.
     pub fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>, i32> {
+        let mut buf = Vec::new();
+        let len = self.read_into(ino, offset, size, &mut buf)?;
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    /// Like `read`, into the first bytes of `buf` (grown as needed, never shrunk, so that one
+    /// buffer serves many reads without allocating); returns how many bytes were read.
+    pub fn read_into(&self, ino: Ino, offset: u64, size: u32, buf: &mut Vec<u8>) -> Result<usize, i32> {
         let (content, file_size) = match self.tree.node(ino) {
             Some(Node::File { content, size }) => (content, *size),
             Some(Node::Dir { .. }) => return Err(libc::EISDIR),
             _ => return Err(libc::ENOENT),
         };
         if offset >= file_size {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         let len = (file_size - offset).min(u64::from(size)) as usize;
-        let mut buf = vec![0u8; len];
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        let out = &mut buf[..len];
         let result = match content {
-            Content::Bytes(bytes) => bytes.read_at(offset, &mut buf),
+            Content::Bytes(bytes) => bytes.read_at(offset, out),
             Content::Npy { header, tensor } => {
                 let tensor = &self.tree.tensors[*tensor];
-                read_npy(header, tensor.dtype, tensor.bytes.as_ref(), offset, &mut buf)
+                read_npy(header, tensor.dtype, tensor.bytes.as_ref(), offset, out)
             }
         };
         result.map_err(|e| {
             log::warn!("read of inode {ino} at {offset}: {e}");
             e.errno()
         })?;
-        Ok(buf)
+        Ok(len)
     }
 }
 

@@ -129,10 +129,14 @@ impl Filesystem for WfsFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(ino.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(Errno::from_i32(e)),
+        // One buffer per serving thread, reused: no allocation (and no page faults) per read.
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        BUF.with_borrow_mut(|buf| match self.fs.read_into(ino.0, offset, size, buf) {
+            Ok(len) => reply.data(&buf[..len]),
+            Err(e) => reply.error(Errno::from_i32(e)),
+        })
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

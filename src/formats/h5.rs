@@ -351,6 +351,15 @@ unsafe fn filters(dcpl: hid_t) -> Vec<Filter> {
     }
 }
 
+thread_local! {
+    /// Per-thread buffers for decoding chunks (see `Chunked::load`).
+    static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Scratch buffers larger than this are freed after use rather than kept for the next chunk
+/// (h5py's automatic chunks are at most 1 MiB).
+const MAX_SCRATCH_BYTES: usize = 1 << 20;
+
 struct ChunkLocation {
     addr: u64,
     size: u64,
@@ -443,11 +452,11 @@ impl Chunked {
     }
 
     /// The decoded bytes of chunk `number`, always of the full chunk shape.
-    fn load(&self, number: u64) -> Result<Vec<u8>, ReadError> {
+    fn load(&self, number: u64) -> Result<Arc<[u8]>, ReadError> {
         let Some(loc) = self.chunk_index()?.get(&number) else {
             let mut out = vec![0u8; self.chunk_bytes as usize];
             fill_from(&self.fill, 0, &mut out);
-            return Ok(out);
+            return Ok(out.into());
         };
         let active: Vec<Filter> = self
             .filters
@@ -457,22 +466,40 @@ impl Chunked {
             .map(|(_, f)| *f)
             .collect();
         if active.iter().any(|f| matches!(f, Filter::Other(_))) {
-            return self.load_with_libhdf5(number);
+            return self.load_with_libhdf5(number).map(Arc::from);
         }
-        let mut data = self.blob.read_vec(loc.addr, loc.size)?;
+        // The stored bytes and each filter's output go to two buffers kept per thread; only the
+        // result, which the cache keeps, is allocated.
+        SCRATCH.with_borrow_mut(|(data, spare)| {
+            let result = self.decode(loc, &active, data, spare);
+            if data.capacity().max(spare.capacity()) > MAX_SCRATCH_BYTES {
+                (*data, *spare) = (Vec::new(), Vec::new());
+            }
+            result
+        })
+    }
+
+    /// Reads chunk `loc` into `data` and undoes `active` filters, using `spare` for outputs.
+    fn decode(&self, loc: &ChunkLocation, active: &[Filter], data: &mut Vec<u8>, spare: &mut Vec<u8>) -> Result<Arc<[u8]>, ReadError> {
+        data.resize(loc.size as usize, 0);
+        self.blob.read_at(loc.addr, data)?;
         for filter in active.iter().rev() {
-            data = match filter {
-                Filter::Deflate => inflate(&data, self.chunk_bytes)?,
-                Filter::Shuffle => unshuffle(&data, self.elem),
-                Filter::Fletcher32 => strip_fletcher32(data)?,
-                Filter::Lzf => lzf_decompress(&data, self.chunk_bytes as usize)?,
+            match filter {
+                Filter::Deflate => inflate(data, self.chunk_bytes, spare)?,
+                Filter::Shuffle => unshuffle(data, self.elem, spare),
+                Filter::Fletcher32 => {
+                    strip_fletcher32(data)?;
+                    continue;
+                }
+                Filter::Lzf => lzf_decompress(data, self.chunk_bytes as usize, spare)?,
                 Filter::Other(_) => unreachable!(),
-            };
+            }
+            std::mem::swap(data, spare);
         }
         if data.len() as u64 != self.chunk_bytes {
             return Err(ReadError::Corrupt(format!("chunk decodes to {} bytes, expected {}", data.len(), self.chunk_bytes)));
         }
-        Ok(data)
+        Ok(Arc::from(data.as_slice()))
     }
 
     /// Decodes one chunk through libhdf5 (filters wfs does not implement), under its lock.
@@ -561,24 +588,28 @@ impl TensorBytes for Chunked {
     }
 }
 
-fn inflate(data: &[u8], expected: u64) -> Result<Vec<u8>, ReadError> {
+/// Inflates a zlib stream into `out` (replacing its contents).
+fn inflate(data: &[u8], expected: u64, out: &mut Vec<u8>) -> Result<(), ReadError> {
     use std::io::Read;
-    let mut out = Vec::with_capacity(expected as usize);
+    out.clear();
+    out.reserve(expected as usize + 1);
     // Reading one byte past the expected size detects (and bounds) a chunk that inflates too far.
     flate2::read::ZlibDecoder::new(data)
         .take(expected + 1)
-        .read_to_end(&mut out)
+        .read_to_end(out)
         .map_err(|e| ReadError::Corrupt(format!("gzip chunk: {e}")))?;
-    Ok(out)
+    Ok(())
 }
 
-/// Undoes HDF5's shuffle filter: byte k of every element was stored in plane k.
-fn unshuffle(data: &[u8], elem: usize) -> Vec<u8> {
+/// Undoes HDF5's shuffle filter into `out`: byte k of every element was stored in plane k.
+fn unshuffle(data: &[u8], elem: usize, out: &mut Vec<u8>) {
+    out.clear();
     if elem <= 1 {
-        return data.to_vec();
+        out.extend_from_slice(data);
+        return;
     }
+    out.resize(data.len(), 0);
     let count = data.len() / elem;
-    let mut out = vec![0u8; data.len()];
     for k in 0..elem {
         let plane = &data[k * count..(k + 1) * count];
         for (i, &b) in plane.iter().enumerate() {
@@ -587,11 +618,10 @@ fn unshuffle(data: &[u8], elem: usize) -> Vec<u8> {
     }
     // Bytes past the last whole element are stored unshuffled.
     out[count * elem..].copy_from_slice(&data[count * elem..]);
-    out
 }
 
 /// Drops the Fletcher-32 checksum HDF5 appends to a chunk, verifying it.
-fn strip_fletcher32(mut data: Vec<u8>) -> Result<Vec<u8>, ReadError> {
+fn strip_fletcher32(data: &mut Vec<u8>) -> Result<(), ReadError> {
     if data.len() < 4 {
         return Err(ReadError::Corrupt("chunk shorter than its checksum".into()));
     }
@@ -603,7 +633,7 @@ fn strip_fletcher32(mut data: Vec<u8>) -> Result<Vec<u8>, ReadError> {
         return Err(ReadError::Corrupt("Fletcher-32 checksum mismatch".into()));
     }
     data.truncate(body_len);
-    Ok(data)
+    Ok(())
 }
 
 /// HDF5's Fletcher-32 (H5_checksum_fletcher32): 16-bit big-endian words, odd byte padded.
@@ -624,9 +654,10 @@ fn fletcher32(data: &[u8]) -> u32 {
 }
 
 /// LZF decompression (h5py's lzf filter, id 32000).
-fn lzf_decompress(input: &[u8], expected: usize) -> Result<Vec<u8>, ReadError> {
+fn lzf_decompress(input: &[u8], expected: usize, out: &mut Vec<u8>) -> Result<(), ReadError> {
     let bad = || ReadError::Corrupt("invalid LZF chunk".into());
-    let mut out: Vec<u8> = Vec::with_capacity(expected);
+    out.clear();
+    out.reserve(expected);
     let mut i = 0;
     while i < input.len() {
         let ctrl = input[i] as usize;
@@ -658,7 +689,7 @@ fn lzf_decompress(input: &[u8], expected: usize) -> Result<Vec<u8>, ReadError> {
             return Err(bad());
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// What lies below a group: subgroup paths and datasets with their paths.
@@ -717,15 +748,19 @@ mod tests {
     #[test]
     fn unshuffle_restores_elements() {
         // elements 0x0102, 0x0304 (LE) shuffled: low bytes plane then high bytes plane
-        assert_eq!(unshuffle(&[0x02, 0x04, 0x01, 0x03], 2), vec![0x02, 0x01, 0x04, 0x03]);
+        let mut out = vec![9; 9];
+        unshuffle(&[0x02, 0x04, 0x01, 0x03], 2, &mut out);
+        assert_eq!(out, vec![0x02, 0x01, 0x04, 0x03]);
     }
 
     #[test]
     fn lzf_literal_and_backref() {
         // literal "ab", then a back-reference of length 4 at distance 2 -> "ababab"
         let data = [0x01, b'a', b'b', 0x40, 0x01];
-        assert_eq!(lzf_decompress(&data, 6).unwrap(), b"ababab");
-        assert!(lzf_decompress(&[0x40, 0x05], 6).is_err());
+        let mut out = vec![9; 9];
+        lzf_decompress(&data, 6, &mut out).unwrap();
+        assert_eq!(out, b"ababab");
+        assert!(lzf_decompress(&[0x40, 0x05], 6, &mut out).is_err());
     }
 
     #[test]
@@ -734,7 +769,10 @@ mod tests {
         let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
         enc.write_all(&vec![0u8; 10_000]).unwrap();
         let z = enc.finish().unwrap();
-        assert_eq!(inflate(&z, 10_000).unwrap().len(), 10_000);
-        assert_eq!(inflate(&z, 100).unwrap().len(), 101);
+        let mut out = vec![9; 20_000];
+        inflate(&z, 10_000, &mut out).unwrap();
+        assert_eq!(out, vec![0u8; 10_000]);
+        inflate(&z, 100, &mut out).unwrap();
+        assert_eq!(out.len(), 101);
     }
 }
