@@ -173,7 +173,7 @@ mod tests {
     #[test]
     fn errors_are_not_cached() {
         let cache = ChunkCache::new(1000);
-        assert!(cache.get_or_load((1, 1), || Err(ReadError::OutOfBounds)).is_err());
+        assert!(cache.get_or_load((1, 1), || Err::<Vec<u8>, _>(ReadError::OutOfBounds)).is_err());
         assert_eq!(cache.get_or_load((1, 1), || Ok(vec![5])).unwrap()[0], 5);
     }
 }
