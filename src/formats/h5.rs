@@ -208,29 +208,47 @@ unsafe fn describe(ds: &Dataset, path: Vec<String>, ctx: &H5Context) -> Result<T
         let (dtype, big_endian) = classify(ty.0, ds).map_err(|why| Skipped(format!("unsupported element type: {why}")))?;
         let shape: Vec<u64> = ds.shape().iter().map(|&d| d as u64).collect();
         let len = Tensor::raw_size(dtype, &shape).ok_or_else(|| Skipped("shape too large".into()))?;
+        let in_file = |addr: haddr_t| -> Result<Arc<dyn TensorBytes>, Skipped> {
+            let fits = addr.checked_add(len).is_some_and(|end| end <= ctx.blob.len());
+            if !fits || H5Dget_storage_size(ds.id()) < len {
+                return Err(Skipped(format!("data at offset {addr} (+{len} bytes) lies outside the file")));
+            }
+            Ok(Arc::new(Extent { blob: ctx.blob.clone(), offset: addr, len }))
+        };
+        // A defined offset means contiguous data in this file (libhdf5 gives none for chunked,
+        // compact, external or unallocated data): that is all such a dataset needs, and copying
+        // its creation property list would cost more than the rest of this function.
+        let addr = H5Dget_offset(ds.id());
+        let stored = if addr != haddr_t::MAX && len > 0 {
+            in_file(addr)?
+        } else {
+            stored_bytes(ds, ty.0, dtype, &shape, len, ctx)?
+        };
+        let bytes: Arc<dyn TensorBytes> = if big_endian && dtype.swap_unit() > 1 {
+            Arc::new(ByteSwapped { inner: stored, unit: dtype.swap_unit() })
+        } else {
+            stored
+        };
+        Ok(Tensor { path, dtype, shape, bytes })
+    }
+}
+
+/// The bytes of a dataset that is not contiguous in the file, from its creation property list.
+unsafe fn stored_bytes(ds: &Dataset, ty: hid_t, dtype: DType, shape: &[u64], len: u64, ctx: &H5Context) -> Result<Arc<dyn TensorBytes>, Skipped> {
+    unsafe {
         let dcpl = Id(hdf5_sys::h5d::H5Dget_create_plist(ds.id()), H5Pclose);
         if H5Pget_external_count(dcpl.0) > 0 {
             return Err(Skipped("data in external files".into()));
         }
-        let fill = fill_value(dcpl.0, ty.0, dtype.size());
+        let fill = fill_value(dcpl.0, ty, dtype.size());
         let stored: Arc<dyn TensorBytes> = match H5Pget_layout(dcpl.0) {
-            H5D_layout_t::H5D_CONTIGUOUS => {
-                let addr = H5Dget_offset(ds.id());
-                if addr == haddr_t::MAX || len == 0 {
-                    Arc::new(Filled { fill, len })
-                } else {
-                    let fits = addr.checked_add(len).is_some_and(|end| end <= ctx.blob.len());
-                    if !fits || H5Dget_storage_size(ds.id()) < len {
-                        return Err(Skipped(format!("data at offset {addr} (+{len} bytes) lies outside the file")));
-                    }
-                    Arc::new(Extent { blob: ctx.blob.clone(), offset: addr, len })
-                }
-            }
+            // Only unallocated (or empty) contiguous data reaches here.
+            H5D_layout_t::H5D_CONTIGUOUS => Arc::new(Filled { fill, len }),
             H5D_layout_t::H5D_COMPACT => {
                 if len > MAX_INLINE_BYTES {
                     return Err(Skipped("compact dataset larger than the format allows".into()));
                 }
-                Arc::new(InMemory(read_selection(ds.id(), ty.0, None, len as usize).map_err(Skipped)?.into()))
+                Arc::new(InMemory(read_selection(ds.id(), ty, None, len as usize).map_err(Skipped)?.into()))
             }
             H5D_layout_t::H5D_CHUNKED => {
                 let rank = shape.len();
@@ -245,11 +263,11 @@ unsafe fn describe(ds: &Dataset, path: Vec<String>, ctx: &H5Context) -> Result<T
                 Arc::new(Chunked {
                     file,
                     token,
-                    file_type: Arc::new(Id(hdf5_sys::h5t::H5Tcopy(ty.0), H5Tclose)),
+                    file_type: Arc::new(Id(hdf5_sys::h5t::H5Tcopy(ty), H5Tclose)),
                     blob: ctx.blob.clone(),
                     cache: ctx.cache.clone(),
                     cache_id: ctx.cache.new_id(),
-                    shape: shape.clone(),
+                    shape: shape.to_vec(),
                     chunk,
                     elem: dtype.size(),
                     chunk_bytes,
@@ -261,12 +279,7 @@ unsafe fn describe(ds: &Dataset, path: Vec<String>, ctx: &H5Context) -> Result<T
             }
             other => return Err(Skipped(format!("{other:?} storage"))),
         };
-        let bytes: Arc<dyn TensorBytes> = if big_endian && dtype.swap_unit() > 1 {
-            Arc::new(ByteSwapped { inner: stored, unit: dtype.swap_unit() })
-        } else {
-            stored
-        };
-        Ok(Tensor { path, dtype, shape, bytes })
+        Ok(stored)
     }
 }
 

@@ -77,10 +77,17 @@ fn push(ds: &hdf5::Dataset, path: Vec<String>, ctx: &H5Context, model: &mut Mode
 fn read_layers(weights: &Group, config: Option<&Value>, ctx: &H5Context, model: &mut Model, skipped: &mut Vec<Value>) {
     let layer_names = h5::string_list_attr(weights, "layer_names").unwrap_or_default();
     let entries = config.map(layer_entries).unwrap_or_default();
+    // Name -> first config entry of that name (a linear search per layer made mounts quadratic).
+    let mut by_name = std::collections::HashMap::new();
+    for entry in &entries {
+        if let Some(name) = layer_name(entry) {
+            by_name.entry(name).or_insert(entry);
+        }
+    }
     for (index, name) in layer_names.iter().enumerate() {
         let dir = vec!["layers".to_string(), name.clone()];
         model.dirs.push(dir.clone());
-        if let Some(entry) = entries.iter().find(|e| layer_name(e) == Some(name.as_str())) {
+        if let Some(entry) = by_name.get(name.as_str()) {
             let mut text = serde_json::to_vec_pretty(entry).unwrap_or_default();
             text.push(b'\n');
             model.add_file(path_of(&["layers", name], &["config.json".into()]), text);
