@@ -3,7 +3,7 @@
 use crate::fs::{Attr, Fs, Kind};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use std::ffi::OsStr;
@@ -71,12 +71,20 @@ impl Filesystem for WfsFuse {
     /// - FUSE_ASYNC_READ (fuser's default): several reads of one file in flight at once;
     /// - FUSE_PARALLEL_DIROPS: lookups and readdirs of one directory run concurrently;
     /// - FUSE_CACHE_SYMLINKS: `layers/<i>` targets never change;
+    /// - FUSE_DO_READDIRPLUS (+ _AUTO): a directory listing carries every entry's attributes, so
+    ///   walking the tree (`ls -R`, `cp -r`, `find`) needs no LOOKUP round trip per entry;
     /// - no FUSE_AUTO_INVAL_DATA / WRITEBACK_CACHE: nothing is ever written or invalidated.
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         if let Err(max) = config.set_max_readahead(u32::MAX) {
             let _ = config.set_max_readahead(max);
         }
-        for flag in [InitFlags::FUSE_PARALLEL_DIROPS, InitFlags::FUSE_CACHE_SYMLINKS] {
+        let flags = [
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+        ];
+        for flag in flags {
             let _ = config.add_capabilities(flag);
         }
         if let Some(ready) = self.ready.take() {
@@ -152,6 +160,21 @@ impl Filesystem for WfsFuse {
             Ok(entries) => {
                 for (i, (child, kind, name)) in entries.iter().enumerate() {
                     if reply.add(INodeNo(*child), offset + i as u64 + 1, file_type(*kind), name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(Errno::from_i32(e)),
+        }
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        match self.fs.readdir(ino.0, offset) {
+            Ok(entries) => {
+                for (i, (child, _, name)) in entries.iter().enumerate() {
+                    let Some(attr) = self.fs.attr(*child) else { continue };
+                    if reply.add(INodeNo(*child), offset + i as u64 + 1, name, &TTL, &self.file_attr(&attr), Generation(0)) {
                         break;
                     }
                 }
