@@ -299,11 +299,21 @@ with h5py.File(sys.argv[1], "r") as f:
 """
 
 
-def fig_extract(w, src, work, label, runs, res):
-    out = work / "out"
-    wfs_t, py_t = [], []
+COPY_NPY = """import shutil, sys
+from pathlib import Path
+m, out = Path(sys.argv[1]), Path(sys.argv[2])
+for row in (m / "tensors.tsv").read_text().splitlines()[1:]:
+    rel = row.split("\t")[0]
+    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(m / rel, out / rel)
+"""
+
+
+def fig_extract(w, src, out_root, label, runs, res):
+    out = Path(tempfile.mkdtemp(prefix="wfs-bench-out-", dir=out_root))
+    wfs_t, npy_t, py_t = [], [], []
     for _ in range(runs):
-        for side in ("wfs", "h5py"):
+        for side in ("wfs", "npy", "h5py"):
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
             drop_caches()
@@ -311,12 +321,19 @@ def fig_extract(w, src, work, label, runs, res):
                 w.mount(src)
                 wfs_t.append(timed(["cp", "-r", str(w.mnt / "layers"), str(out)]))
                 w.umount()
+            elif side == "npy":
+                w.mount(src)
+                npy_t.append(timed([sys.executable, "-c", COPY_NPY, str(w.mnt), str(out)]))
+                w.umount()
             else:
                 py_t.append(timed([sys.executable, "-c", EXTRACT, str(src), str(out)]))
     shutil.rmtree(out, ignore_errors=True)
-    a, b = median(wfs_t), median(py_t)
-    res.add(3, f"extract all, {label}, cold: `cp -r MNT/layers` (.npy+.raw+.shape+.dtype) vs h5py+np.save (.npy)",
+    a, n, b = median(wfs_t), median(npy_t), median(py_t)
+    res.add(3, f"extract all, {label}, cold, into {out_root}: `cp -r MNT/layers` (4 files per tensor: "
+               f".npy+.raw+.shape+.dtype, 2x the bytes) vs h5py script np.save-ing each dataset (.npy)",
             ms(a), ms(b), f"{b / a:.2f}x faster", ">= 2x", b / a >= 2)
+    res.add(3, f"extract all, {label}, cold: like for like, only the .npy files copied (Python shutil.copyfile "
+               f"from the mount) vs the same h5py script", ms(n), ms(b), f"{b / n:.2f}x faster", "(info)", None)
 
 
 def fig_random(w, srcs, big, runs, res, reads=300):
@@ -353,9 +370,10 @@ def fig_random(w, srcs, big, runs, res, reads=300):
             os.close(fd)
             w.umount()
         d, p, b = median(per_decodes), median(per_read), median(base)
+        target = "<= 1 decode/read" if touched <= 1 else f"<= chunks touched ({touched:.0f}); 1 is impossible here"
         res.add(4, f"random 4 KiB pread, {label}, chunks {chunk}: chunks decoded per read "
                    f"(a read's bytes lie in {touched:.2f} chunks)", f"{d:.2f}", f"{touched:.2f} chunks touched",
-                "", "<= 1 decode/read", d <= 1.0)
+                "", target, d <= max(1.0, touched))
         res.add(4, f"random 4 KiB pread, {label}: time per read (source in page cache)", ms(p),
                 f"h5py `ds[r, c:c+1024]` {ms(b)}", f"{b / p:.2f}x faster", "", None)
 
@@ -476,12 +494,15 @@ def main():
     ap.add_argument("--wfs", help="wfs binary (default: build and use target/release/wfs)")
     ap.add_argument("--workdir", help="keep generated inputs here and reuse them across runs")
     ap.add_argument("--only", help="comma-separated figure numbers to run (default all)")
+    ap.add_argument("--out-dir", help="where figure 3 extracts to (default /dev/shm: tmpfs, so that the "
+                    "destination disk, not the reader, is not what is measured)")
     args = ap.parse_args()
     if args.quick:
         args.size, args.runs = "64M", 3
     total = parse_size(args.size)
     only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 7))
 
+    out_root = Path(args.out_dir or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()))
     exe = locate_wfs(args.wfs)
     tmp = Path(tempfile.mkdtemp(prefix="wfs-bench-"))
     work = Path(args.workdir).resolve() if args.workdir else tmp
@@ -500,8 +521,8 @@ def main():
             log("figure 2: sequential read"); fig_sequential(w, src["plain"], work, big, args.runs, res)
         if 3 in only:
             log("figure 3: extract everything")
-            fig_extract(w, src["plain"], work, "contiguous", args.runs, res)
-            fig_extract(w, src["gzip"], work, "gzip", args.runs, res)
+            fig_extract(w, src["plain"], out_root, "contiguous", args.runs, res)
+            fig_extract(w, src["gzip"], out_root, "gzip", args.runs, res)
         if 4 in only:
             log("figure 4: random 4 KiB reads in a gzip-chunked tensor")
             fig_random(w, [("gzip, row chunks", src["gzip"]), ("gzip, h5py auto chunks", src["auto"])],
