@@ -623,14 +623,25 @@ fn unshuffle(data: &[u8], elem: usize, out: &mut Vec<u8>) {
     }
     out.resize(data.len(), 0);
     let count = data.len() / elem;
-    for k in 0..elem {
-        let plane = &data[k * count..(k + 1) * count];
-        for (i, &b) in plane.iter().enumerate() {
-            out[i * elem + k] = b;
+    let (planes, tail) = data.split_at(count * elem);
+    let (whole, out_tail) = out.split_at_mut(count * elem);
+    if elem == 4 {
+        // The common case (float32), without per-byte index arithmetic.
+        let (p0, rest) = planes.split_at(count);
+        let (p1, rest) = rest.split_at(count);
+        let (p2, p3) = rest.split_at(count);
+        for ((((o, &a), &b), &c), &d) in whole.chunks_exact_mut(4).zip(p0).zip(p1).zip(p2).zip(p3) {
+            o.copy_from_slice(&[a, b, c, d]);
+        }
+    } else {
+        for (k, plane) in planes.chunks_exact(count.max(1)).enumerate().take(elem) {
+            for (o, &b) in whole.chunks_exact_mut(elem).zip(plane) {
+                o[k] = b;
+            }
         }
     }
     // Bytes past the last whole element are stored unshuffled.
-    out[count * elem..].copy_from_slice(&data[count * elem..]);
+    out_tail.copy_from_slice(tail);
 }
 
 /// Drops the Fletcher-32 checksum HDF5 appends to a chunk, verifying it.
@@ -764,6 +775,13 @@ mod tests {
         let mut out = vec![9; 9];
         unshuffle(&[0x02, 0x04, 0x01, 0x03], 2, &mut out);
         assert_eq!(out, vec![0x02, 0x01, 0x04, 0x03]);
+        // 4-byte elements 0x03020100 and 0x13121110, planes low to high, plus a trailing byte
+        unshuffle(&[0x00, 0x10, 0x01, 0x11, 0x02, 0x12, 0x03, 0x13, 0xEE], 4, &mut out);
+        assert_eq!(out, vec![0x00, 0x01, 0x02, 0x03, 0x10, 0x11, 0x12, 0x13, 0xEE]);
+        unshuffle(&[0x00, 0x10, 0x01, 0x11, 0x02, 0x12], 3, &mut out);
+        assert_eq!(out, vec![0x00, 0x01, 0x02, 0x10, 0x11, 0x12]);
+        unshuffle(&[7, 8], 4, &mut out);
+        assert_eq!(out, vec![7, 8]);
     }
 
     #[test]
