@@ -51,11 +51,12 @@ impl ChunkCache {
         self.inner.lock().unwrap().bytes
     }
 
-    /// Returns the chunk for `key`, decoding it with `load` if it is not cached.
-    pub fn get_or_load(
+    /// Returns the chunk for `key`, decoding it with `load` if it is not cached. `load` may
+    /// return an `Arc<[u8]>` to spare the copy that turning a `Vec<u8>` into one costs.
+    pub fn get_or_load<T: Into<Arc<[u8]>>>(
         &self,
         key: Key,
-        load: impl FnOnce() -> Result<Vec<u8>, ReadError>,
+        load: impl FnOnce() -> Result<T, ReadError>,
     ) -> Result<Arc<[u8]>, ReadError> {
         let slot = {
             let mut inner = self.inner.lock().unwrap();
@@ -172,7 +173,7 @@ mod tests {
     #[test]
     fn errors_are_not_cached() {
         let cache = ChunkCache::new(1000);
-        assert!(cache.get_or_load((1, 1), || Err(ReadError::OutOfBounds)).is_err());
+        assert!(cache.get_or_load((1, 1), || Err::<Vec<u8>, _>(ReadError::OutOfBounds)).is_err());
         assert_eq!(cache.get_or_load((1, 1), || Ok(vec![5])).unwrap()[0], 5);
     }
 }

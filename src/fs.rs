@@ -1,10 +1,18 @@
 //! Filesystem operations over a `Tree`, independent of FUSE so they can be tested directly.
 
+use crate::cache::ChunkCache;
 use crate::dtype::DType;
 use crate::error::ReadError;
 use crate::model::TensorBytes;
 use crate::tree::{Content, Ino, Node, Tree};
 use std::ffi::OsStr;
+use std::sync::Arc;
+
+/// Hidden extended attributes of the mount root (not listed by `listxattr`) with counters for
+/// benchmarks and diagnosis, as decimal text: chunks decoded since mount, and bytes of decoded
+/// chunks the cache holds now. Reading them costs one atomic load or one lock: they never grow.
+pub const XATTR_DECODES: &str = "user.wfs.decodes";
+pub const XATTR_CACHE_BYTES: &str = "user.wfs.cache_bytes";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -24,11 +32,37 @@ pub struct Attr {
 
 pub struct Fs {
     pub tree: Tree,
+    /// The chunk cache the readers share, for the counters on the root (see `XATTR_DECODES`).
+    cache: Option<Arc<ChunkCache>>,
 }
 
 impl Fs {
     pub fn new(tree: Tree) -> Self {
-        Fs { tree }
+        Fs { tree, cache: None }
+    }
+
+    /// Reports `cache`'s counters as hidden extended attributes of the root.
+    pub fn with_cache(mut self, cache: Arc<ChunkCache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The value of extended attribute `name` of `ino`: one of `xattrs`, or one of the root's
+    /// hidden counters.
+    pub fn getxattr(&self, ino: Ino, name: &OsStr) -> Result<Vec<u8>, i32> {
+        if self.tree.node(ino).is_none() {
+            return Err(libc::ENOENT);
+        }
+        if let Some((_, value)) = self.xattrs(ino).into_iter().find(|(n, _)| OsStr::new(n) == name) {
+            return Ok(value);
+        }
+        let cache = self.cache.as_ref().filter(|_| ino == crate::tree::ROOT).ok_or(libc::ENODATA)?;
+        let value = match name.to_str() {
+            Some(XATTR_DECODES) => cache.decodes(),
+            Some(XATTR_CACHE_BYTES) => cache.held_bytes(),
+            _ => return Err(libc::ENODATA),
+        };
+        Ok(value.to_string().into_bytes())
     }
 
     pub fn attr(&self, ino: Ino) -> Option<Attr> {
@@ -106,28 +140,40 @@ impl Fs {
 
     /// Reads up to `size` bytes at `offset`; short only at end of file.
     pub fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>, i32> {
+        let mut buf = Vec::new();
+        let len = self.read_into(ino, offset, size, &mut buf)?;
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    /// Like `read`, into the first bytes of `buf` (grown as needed, never shrunk, so that one
+    /// buffer serves many reads without allocating); returns how many bytes were read.
+    pub fn read_into(&self, ino: Ino, offset: u64, size: u32, buf: &mut Vec<u8>) -> Result<usize, i32> {
         let (content, file_size) = match self.tree.node(ino) {
             Some(Node::File { content, size, .. }) => (content, *size),
             Some(Node::Dir { .. }) => return Err(libc::EISDIR),
             _ => return Err(libc::ENOENT),
         };
         if offset >= file_size {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         let len = (file_size - offset).min(u64::from(size)) as usize;
-        let mut buf = vec![0u8; len];
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        let out = &mut buf[..len];
         let result = match content {
-            Content::Bytes(bytes) => bytes.read_at(offset, &mut buf),
+            Content::Bytes(bytes) => bytes.read_at(offset, out),
             Content::Npy { header, tensor } => {
                 let tensor = &self.tree.tensors[*tensor];
-                read_npy(header, tensor.dtype, tensor.bytes.as_ref(), offset, &mut buf)
+                read_npy(header, tensor.dtype, tensor.bytes.as_ref(), offset, out)
             }
         };
         result.map_err(|e| {
             log::warn!("read of inode {ino} at {offset}: {e}");
             e.errno()
         })?;
-        Ok(buf)
+        Ok(len)
     }
 }
 
@@ -169,7 +215,6 @@ fn read_npy(
 mod tests {
     use super::*;
     use crate::model::{InMemory, Model, Tensor};
-    use std::sync::Arc;
 
     fn fs_with(dtype: DType, data: Vec<u8>, shape: Vec<u64>) -> Fs {
         let mut model = Model::default();
@@ -229,5 +274,17 @@ mod tests {
         assert_eq!(fs.lookup(file, OsStr::new("x")).unwrap_err(), libc::ENOTDIR);
         assert_eq!(fs.lookup(1, OsStr::new("nope")).unwrap_err(), libc::ENOENT);
         assert_eq!(fs.read(1, 0, 1).unwrap_err(), libc::EISDIR);
+    }
+
+    #[test]
+    fn root_counters_are_hidden_xattrs() {
+        let fs = fs_with(DType::U8, vec![1], vec![1]);
+        assert_eq!(fs.getxattr(1, OsStr::new(XATTR_DECODES)).unwrap_err(), libc::ENODATA);
+        let fs = fs.with_cache(Arc::new(ChunkCache::new(100)));
+        assert_eq!(fs.getxattr(1, OsStr::new(XATTR_DECODES)).unwrap(), b"0");
+        assert_eq!(fs.getxattr(1, OsStr::new(XATTR_CACHE_BYTES)).unwrap(), b"0");
+        let file = fs.tree.resolve("t.npy").unwrap();
+        assert_eq!(fs.getxattr(file, OsStr::new(XATTR_DECODES)).unwrap_err(), libc::ENODATA);
+        assert_eq!(fs.getxattr(1, OsStr::new("user.other")).unwrap_err(), libc::ENODATA);
     }
 }

@@ -3,7 +3,7 @@
 use crate::fs::{Attr, Fs, Kind};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use std::ffi::OsStr;
@@ -125,12 +125,20 @@ impl Filesystem for WfsFuse {
     /// - FUSE_ASYNC_READ (fuser's default): several reads of one file in flight at once;
     /// - FUSE_PARALLEL_DIROPS: lookups and readdirs of one directory run concurrently;
     /// - FUSE_CACHE_SYMLINKS: `layers/<i>` targets never change;
+    /// - FUSE_DO_READDIRPLUS (+ _AUTO): a directory listing carries every entry's attributes, so
+    ///   walking the tree (`ls -R`, `cp -r`, `find`) needs no LOOKUP round trip per entry;
     /// - no FUSE_AUTO_INVAL_DATA / WRITEBACK_CACHE: nothing is ever written or invalidated.
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         if let Err(max) = config.set_max_readahead(u32::MAX) {
             let _ = config.set_max_readahead(max);
         }
-        for flag in [InitFlags::FUSE_PARALLEL_DIROPS, InitFlags::FUSE_CACHE_SYMLINKS] {
+        let flags = [
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+        ];
+        for flag in flags {
             let _ = config.add_capabilities(flag);
         }
         if let Some(ready) = self.ready.take() {
@@ -189,10 +197,14 @@ impl Filesystem for WfsFuse {
         reply: ReplyData,
     ) {
         self.note(0);
-        match self.fs.read(ino.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(Errno::from_i32(e)),
+        // One buffer per serving thread, reused: no allocation (and no page faults) per read.
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        BUF.with_borrow_mut(|buf| match self.fs.read_into(ino.0, offset, size, buf) {
+            Ok(len) => reply.data(&buf[..len]),
+            Err(e) => reply.error(Errno::from_i32(e)),
+        })
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -231,6 +243,21 @@ impl Filesystem for WfsFuse {
         }
     }
 
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        match self.fs.readdir(ino.0, offset) {
+            Ok(entries) => {
+                for (i, (child, _, name)) in entries.iter().enumerate() {
+                    let Some(attr) = self.fs.attr(*child) else { continue };
+                    if reply.add(INodeNo(*child), offset + i as u64 + 1, name, &TTL, &self.file_attr(&attr), Generation(0)) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(Errno::from_i32(e)),
+        }
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let files = self.fs.tree.len() as u64;
         reply.statfs(0, 0, 0, files, 0, 4096, 255, 4096);
@@ -244,10 +271,9 @@ impl Filesystem for WfsFuse {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let attrs = self.fs.xattrs(ino.0);
-        match attrs.iter().find(|(n, _)| OsStr::new(n) == name) {
-            Some((_, value)) => reply_sized(reply, size, value),
-            None => reply.error(Errno::from_i32(libc::ENODATA)),
+        match self.fs.getxattr(ino.0, name) {
+            Ok(value) => reply_sized(reply, size, &value),
+            Err(e) => reply.error(Errno::from_i32(e)),
         }
     }
 

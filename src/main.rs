@@ -208,20 +208,23 @@ fn mount_helper_args(args: &[std::ffi::OsString]) -> Option<Vec<std::ffi::OsStri
 
 type Failure = (u8, String);
 
-/// Opens SOURCE and builds its tree; also returns the source's modification time.
-fn open_tree(args: &SourceArgs) -> Result<(Tree, Option<SystemTime>), Failure> {
-    let read_options = ReadOptions { cache: Arc::new(ChunkCache::new(args.cache_size)) };
-    if args.source.as_os_str() == "-" {
+/// Opens SOURCE and builds its filesystem; also returns the source's modification time.
+fn open_fs(args: &SourceArgs) -> Result<(Fs, Option<SystemTime>), Failure> {
+    let cache = Arc::new(ChunkCache::new(args.cache_size));
+    let read_options = ReadOptions { cache: cache.clone() };
+    let (model, shown, modified) = if args.source.as_os_str() == "-" {
         let bytes = read_stdin(args.stdin_limit)?;
         let model = formats::open_bytes(bytes, &read_options).map_err(|e| open_failure("standard input", e))?;
-        return Ok((Tree::build(model, "-"), None));
-    }
-    let shown = args.source.display().to_string();
-    let source = formats::canonical_source(&args.source)
-        .map_err(|e| (exit::SOURCE_UNREADABLE, format!("{shown}: {}", formats::io_reason(&e))))?;
-    let modified = std::fs::metadata(&source).and_then(|m| m.modified()).ok();
-    let model = formats::open_path(&source, &read_options).map_err(|e| open_failure(&shown, e))?;
-    Ok((Tree::build(model, &source.display().to_string()), modified))
+        (model, "-".to_string(), None)
+    } else {
+        let shown = args.source.display().to_string();
+        let source = formats::canonical_source(&args.source)
+            .map_err(|e| (exit::SOURCE_UNREADABLE, format!("{shown}: {}", formats::io_reason(&e))))?;
+        let modified = std::fs::metadata(&source).and_then(|m| m.modified()).ok();
+        let model = formats::open_path(&source, &read_options).map_err(|e| open_failure(&shown, e))?;
+        (model, source.display().to_string(), modified)
+    };
+    Ok((Fs::new(Tree::build(model, &shown)).with_cache(cache), modified))
 }
 
 fn run(command: Command) -> Result<(), Failure> {
@@ -240,15 +243,15 @@ fn run(command: Command) -> Result<(), Failure> {
             };
             apply_options(&mut settings, &options).map_err(|m| (exit::USAGE, m))?;
             settings.mountpoint = daemon::prepare_mountpoint(&mountpoint).map_err(mount_failure)?;
-            let (tree, modified) = open_tree(&source)?;
+            let (fs, modified) = open_fs(&source)?;
             if let Some(t) = modified {
                 settings.owner.time = t;
             }
-            daemon::mount(Fs::new(tree), settings, || detach_stdio(log_file.as_deref())).map_err(mount_failure)
+            daemon::mount(fs, settings, || detach_stdio(log_file.as_deref())).map_err(mount_failure)
         }
         Command::Umount { mountpoint } => daemon::umount(&mountpoint).map_err(mount_failure),
         Command::Ls { source, path, recursive, long, tensors } => {
-            let fs = Fs::new(open_tree(&source)?.0);
+            let fs = open_fs(&source)?.0;
             let target = if tensors { "tensors.tsv" } else { path.as_str() };
             let ino = tools::resolve(&fs, target).ok_or_else(|| not_in_tree(&path))?;
             let mut out = std::io::stdout().lock();
@@ -261,7 +264,7 @@ fn run(command: Command) -> Result<(), Failure> {
             result.or_else(ignore_closed_pipe).map_err(|e| (exit::OTHER, format!("{path}: {e}")))
         }
         Command::Cat { source, path } => {
-            let fs = Fs::new(open_tree(&source)?.0);
+            let fs = open_fs(&source)?.0;
             let ino = tools::resolve(&fs, &path).ok_or_else(|| not_in_tree(&path))?;
             tools::copy_file(&fs, ino, &mut std::io::stdout().lock())
                 .map(|_| ())
@@ -269,7 +272,7 @@ fn run(command: Command) -> Result<(), Failure> {
                 .map_err(|e| (exit::OTHER, format!("{path}: {e}")))
         }
         Command::Export { source, dir, path } => {
-            let fs = Fs::new(open_tree(&source)?.0);
+            let fs = open_fs(&source)?.0;
             let ino = tools::resolve(&fs, &path).ok_or_else(|| not_in_tree(&path))?;
             let tty = std::io::stderr().is_terminal();
             let mut progress = |done: tools::Exported, total: u64| {
@@ -285,7 +288,7 @@ fn run(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Info { source } => {
-            let fs = Fs::new(open_tree(&source)?.0);
+            let fs = open_fs(&source)?.0;
             let ino = tools::resolve(&fs, "info.json").ok_or_else(|| not_in_tree("info.json"))?;
             tools::copy_file(&fs, ino, &mut std::io::stdout().lock()).map(|_| ()).or_else(ignore_closed_pipe).map_err(|e| (exit::OTHER, e.to_string()))
         }

@@ -318,29 +318,47 @@ unsafe fn describe(ds: &Dataset, path: Vec<String>, ctx: &H5Context) -> Result<T
         let (dtype, big_endian) = classify(ty.0, ds).map_err(|why| Skipped(format!("unsupported element type: {why}")))?;
         let shape: Vec<u64> = ds.shape().iter().map(|&d| d as u64).collect();
         let len = Tensor::raw_size(dtype, &shape).ok_or_else(|| Skipped("shape too large".into()))?;
+        let in_file = |addr: haddr_t| -> Result<Arc<dyn TensorBytes>, Skipped> {
+            let fits = addr.checked_add(len).is_some_and(|end| end <= ctx.blob.len());
+            if !fits || H5Dget_storage_size(ds.id()) < len {
+                return Err(Skipped(format!("data at offset {addr} (+{len} bytes) lies outside the file")));
+            }
+            Ok(Arc::new(Extent { blob: ctx.blob.clone(), offset: addr, len }))
+        };
+        // A defined offset means contiguous data in this file (libhdf5 gives none for chunked,
+        // compact, external or unallocated data): that is all such a dataset needs, and copying
+        // its creation property list would cost more than the rest of this function.
+        let addr = H5Dget_offset(ds.id());
+        let stored = if addr != haddr_t::MAX && len > 0 {
+            in_file(addr)?
+        } else {
+            stored_bytes(ds, ty.0, dtype, &shape, len, ctx)?
+        };
+        let bytes: Arc<dyn TensorBytes> = if big_endian && dtype.swap_unit() > 1 {
+            Arc::new(ByteSwapped { inner: stored, unit: dtype.swap_unit() })
+        } else {
+            stored
+        };
+        Ok(Tensor { path, dtype, shape, bytes })
+    }
+}
+
+/// The bytes of a dataset that is not contiguous in the file, from its creation property list.
+unsafe fn stored_bytes(ds: &Dataset, ty: hid_t, dtype: DType, shape: &[u64], len: u64, ctx: &H5Context) -> Result<Arc<dyn TensorBytes>, Skipped> {
+    unsafe {
         let dcpl = Id(hdf5_sys::h5d::H5Dget_create_plist(ds.id()), H5Pclose);
         if H5Pget_external_count(dcpl.0) > 0 {
             return Err(Skipped("data in external files".into()));
         }
-        let fill = fill_value(dcpl.0, ty.0, dtype.size());
+        let fill = fill_value(dcpl.0, ty, dtype.size());
         let stored: Arc<dyn TensorBytes> = match H5Pget_layout(dcpl.0) {
-            H5D_layout_t::H5D_CONTIGUOUS => {
-                let addr = H5Dget_offset(ds.id());
-                if addr == haddr_t::MAX || len == 0 {
-                    Arc::new(Filled { fill, len })
-                } else {
-                    let fits = addr.checked_add(len).is_some_and(|end| end <= ctx.blob.len());
-                    if !fits || H5Dget_storage_size(ds.id()) < len {
-                        return Err(Skipped(format!("data at offset {addr} (+{len} bytes) lies outside the file")));
-                    }
-                    Arc::new(Extent { blob: ctx.blob.clone(), offset: addr, len })
-                }
-            }
+            // Only unallocated (or empty) contiguous data reaches here.
+            H5D_layout_t::H5D_CONTIGUOUS => Arc::new(Filled { fill, len }),
             H5D_layout_t::H5D_COMPACT => {
                 if len > MAX_INLINE_BYTES {
                     return Err(Skipped("compact dataset larger than the format allows".into()));
                 }
-                Arc::new(InMemory(read_selection(ds.id(), ty.0, None, len as usize).map_err(Skipped)?.into()))
+                Arc::new(InMemory(read_selection(ds.id(), ty, None, len as usize).map_err(Skipped)?.into()))
             }
             H5D_layout_t::H5D_CHUNKED => {
                 let rank = shape.len();
@@ -350,13 +368,16 @@ unsafe fn describe(ds: &Dataset, path: Vec<String>, ctx: &H5Context) -> Result<T
                 }
                 chunk.truncate(rank);
                 let chunk_bytes = Tensor::raw_size(dtype, &chunk).filter(|&b| b <= 1 << 32).ok_or_else(|| Skipped("chunk too large".into()))?;
+                let file = ds.file().map_err(|e| Skipped(format!("cannot find the dataset's file: {e}")))?;
+                let token = ds.loc_info().map_err(|e| Skipped(format!("cannot locate the dataset: {e}")))?.token;
                 let chunked = Chunked {
-                    dataset: ds.clone(),
-                    file_type: Arc::new(Id(hdf5_sys::h5t::H5Tcopy(ty.0), H5Tclose)),
+                    file,
+                    token,
+                    file_type: Arc::new(Id(hdf5_sys::h5t::H5Tcopy(ty), H5Tclose)),
                     blob: ctx.blob.clone(),
                     cache: ctx.cache.clone(),
                     cache_id: ctx.cache.new_id(),
-                    shape: shape.clone(),
+                    shape: shape.to_vec(),
                     chunk,
                     elem: dtype.size(),
                     chunk_bytes,
@@ -375,12 +396,7 @@ unsafe fn describe(ds: &Dataset, path: Vec<String>, ctx: &H5Context) -> Result<T
             }
             other => return Err(Skipped(format!("{other:?} storage"))),
         };
-        let bytes: Arc<dyn TensorBytes> = if big_endian && dtype.swap_unit() > 1 {
-            Arc::new(ByteSwapped { inner: stored, unit: dtype.swap_unit() })
-        } else {
-            stored
-        };
-        Ok(Tensor { path, dtype, shape, bytes })
+        Ok(stored)
     }
 }
 
@@ -465,6 +481,15 @@ unsafe fn filters(dcpl: hid_t) -> Vec<Filter> {
     }
 }
 
+thread_local! {
+    /// Per-thread buffers for decoding chunks (see `Chunked::load`).
+    static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Scratch buffers larger than this are freed after use rather than kept for the next chunk
+/// (h5py's automatic chunks are at most 1 MiB).
+const MAX_SCRATCH_BYTES: usize = 1 << 20;
+
 struct ChunkLocation {
     addr: u64,
     size: u64,
@@ -474,7 +499,11 @@ struct ChunkLocation {
 /// A chunked dataset: only the chunks a read touches are decoded, and they are kept in the
 /// shared cache.
 struct Chunked {
-    dataset: Dataset,
+    /// The file and the dataset's address in it. The dataset itself is opened only while its
+    /// chunk index is built or libhdf5 decodes a chunk: libhdf5 spends ~70 KiB on every open
+    /// chunked dataset, which for thousands of tensors would dwarf the chunk cache.
+    file: hdf5::File,
+    token: hdf5::LocationToken,
     file_type: Arc<Id>,
     blob: Blob,
     cache: Arc<ChunkCache>,
@@ -495,18 +524,26 @@ unsafe impl Send for Chunked {}
 unsafe impl Sync for Chunked {}
 
 impl Chunked {
+    /// Runs `f` on the dataset's id, opened for the call, under libhdf5's lock.
+    fn with_dataset<T>(&self, f: impl FnOnce(hid_t) -> Result<T, String>) -> Result<T, String> {
+        locked(|| {
+            let dataset = self.file.open_by_token(self.token).map_err(|e| format!("cannot reopen the dataset: {e}"))?;
+            f(dataset.id())
+        })
+    }
+
     fn grid(&self) -> Vec<u64> {
         self.shape.iter().zip(&self.chunk).map(|(s, c)| s.div_ceil(*c)).collect()
     }
 
     fn chunk_index(&self) -> Result<&HashMap<u64, ChunkLocation>, ReadError> {
         self.index
-            .get_or_init(|| locked(|| self.build_index()))
+            .get_or_init(|| self.with_dataset(|id| self.build_index(id)))
             .as_ref()
             .map_err(|e| ReadError::Corrupt(e.clone()))
     }
 
-    fn build_index(&self) -> Result<HashMap<u64, ChunkLocation>, String> {
+    fn build_index(&self, dataset: hid_t) -> Result<HashMap<u64, ChunkLocation>, String> {
         struct Visit<'a> {
             chunked: &'a Chunked,
             grid: Vec<u64>,
@@ -534,7 +571,7 @@ impl Chunked {
             0
         }
         let mut v = Visit { chunked: self, grid: self.grid(), out: HashMap::new(), bad: None };
-        let status = unsafe { H5Dchunk_iter(self.dataset.id(), H5P_DEFAULT, Some(visit), (&mut v as *mut Visit).cast()) };
+        let status = unsafe { H5Dchunk_iter(dataset, H5P_DEFAULT, Some(visit), (&mut v as *mut Visit).cast()) };
         if let Some(bad) = v.bad {
             return Err(bad);
         }
@@ -545,11 +582,11 @@ impl Chunked {
     }
 
     /// The decoded bytes of chunk `number`, always of the full chunk shape.
-    fn load(&self, number: u64) -> Result<Vec<u8>, ReadError> {
+    fn load(&self, number: u64) -> Result<Arc<[u8]>, ReadError> {
         let Some(loc) = self.chunk_index()?.get(&number) else {
             let mut out = vec![0u8; self.chunk_bytes as usize];
             fill_from(&self.fill, 0, &mut out);
-            return Ok(out);
+            return Ok(out.into());
         };
         let active: Vec<Filter> = self
             .filters
@@ -559,22 +596,40 @@ impl Chunked {
             .map(|(_, f)| *f)
             .collect();
         if active.iter().any(|f| matches!(f, Filter::Other(_))) {
-            return self.load_with_libhdf5(number);
+            return self.load_with_libhdf5(number).map(Arc::from);
         }
-        let mut data = self.blob.read_vec(loc.addr, loc.size)?;
+        // The stored bytes and each filter's output go to two buffers kept per thread; only the
+        // result, which the cache keeps, is allocated.
+        SCRATCH.with_borrow_mut(|(data, spare)| {
+            let result = self.decode(loc, &active, data, spare);
+            if data.capacity().max(spare.capacity()) > MAX_SCRATCH_BYTES {
+                (*data, *spare) = (Vec::new(), Vec::new());
+            }
+            result
+        })
+    }
+
+    /// Reads chunk `loc` into `data` and undoes `active` filters, using `spare` for outputs.
+    fn decode(&self, loc: &ChunkLocation, active: &[Filter], data: &mut Vec<u8>, spare: &mut Vec<u8>) -> Result<Arc<[u8]>, ReadError> {
+        data.resize(loc.size as usize, 0);
+        self.blob.read_at(loc.addr, data)?;
         for filter in active.iter().rev() {
-            data = match filter {
-                Filter::Deflate => inflate(&data, self.chunk_bytes)?,
-                Filter::Shuffle => unshuffle(&data, self.elem),
-                Filter::Fletcher32 => strip_fletcher32(data)?,
-                Filter::Lzf => lzf_decompress(&data, self.chunk_bytes as usize)?,
+            match filter {
+                Filter::Deflate => inflate(data, self.chunk_bytes, spare)?,
+                Filter::Shuffle => unshuffle(data, self.elem, spare),
+                Filter::Fletcher32 => {
+                    strip_fletcher32(data)?;
+                    continue;
+                }
+                Filter::Lzf => lzf_decompress(data, self.chunk_bytes as usize, spare)?,
                 Filter::Other(_) => unreachable!(),
-            };
+            }
+            std::mem::swap(data, spare);
         }
         if data.len() as u64 != self.chunk_bytes {
             return Err(ReadError::Corrupt(format!("chunk decodes to {} bytes, expected {}", data.len(), self.chunk_bytes)));
         }
-        Ok(data)
+        Ok(Arc::from(data.as_slice()))
     }
 
     /// Decodes one chunk through libhdf5 (filters wfs does not implement), under its lock.
@@ -589,7 +644,8 @@ impl Chunked {
         let start: Vec<u64> = coords.iter().zip(&self.chunk).map(|(c, n)| c * n).collect();
         let count: Vec<u64> = start.iter().zip(&self.chunk).zip(&self.shape).map(|((s, c), n)| (*c).min(n - s)).collect();
         let clipped = count.iter().product::<u64>() as usize * self.elem;
-        let data = locked(|| unsafe { read_selection(self.dataset.id(), self.file_type.0, Some((&start, &count)), clipped) })
+        let data = self
+            .with_dataset(|id| unsafe { read_selection(id, self.file_type.0, Some((&start, &count)), clipped) })
             .map_err(ReadError::Corrupt)?;
         // Place the clipped box into a full-shape chunk, one innermost row at a time.
         let mut out = vec![0u8; self.chunk_bytes as usize];
@@ -662,37 +718,51 @@ impl TensorBytes for Chunked {
     }
 }
 
-fn inflate(data: &[u8], expected: u64) -> Result<Vec<u8>, ReadError> {
+/// Inflates a zlib stream into `out` (replacing its contents).
+fn inflate(data: &[u8], expected: u64, out: &mut Vec<u8>) -> Result<(), ReadError> {
     use std::io::Read;
-    let mut out = Vec::with_capacity(expected as usize);
+    out.clear();
+    out.reserve(expected as usize + 1);
     // Reading one byte past the expected size detects (and bounds) a chunk that inflates too far.
     flate2::read::ZlibDecoder::new(data)
         .take(expected + 1)
-        .read_to_end(&mut out)
+        .read_to_end(out)
         .map_err(|e| ReadError::Corrupt(format!("gzip chunk: {e}")))?;
-    Ok(out)
+    Ok(())
 }
 
-/// Undoes HDF5's shuffle filter: byte k of every element was stored in plane k.
-fn unshuffle(data: &[u8], elem: usize) -> Vec<u8> {
+/// Undoes HDF5's shuffle filter into `out`: byte k of every element was stored in plane k.
+fn unshuffle(data: &[u8], elem: usize, out: &mut Vec<u8>) {
+    out.clear();
     if elem <= 1 {
-        return data.to_vec();
+        out.extend_from_slice(data);
+        return;
     }
+    out.resize(data.len(), 0);
     let count = data.len() / elem;
-    let mut out = vec![0u8; data.len()];
-    for k in 0..elem {
-        let plane = &data[k * count..(k + 1) * count];
-        for (i, &b) in plane.iter().enumerate() {
-            out[i * elem + k] = b;
+    let (planes, tail) = data.split_at(count * elem);
+    let (whole, out_tail) = out.split_at_mut(count * elem);
+    if elem == 4 {
+        // The common case (float32), without per-byte index arithmetic.
+        let (p0, rest) = planes.split_at(count);
+        let (p1, rest) = rest.split_at(count);
+        let (p2, p3) = rest.split_at(count);
+        for ((((o, &a), &b), &c), &d) in whole.chunks_exact_mut(4).zip(p0).zip(p1).zip(p2).zip(p3) {
+            o.copy_from_slice(&[a, b, c, d]);
+        }
+    } else {
+        for (k, plane) in planes.chunks_exact(count.max(1)).enumerate().take(elem) {
+            for (o, &b) in whole.chunks_exact_mut(elem).zip(plane) {
+                o[k] = b;
+            }
         }
     }
     // Bytes past the last whole element are stored unshuffled.
-    out[count * elem..].copy_from_slice(&data[count * elem..]);
-    out
+    out_tail.copy_from_slice(tail);
 }
 
 /// Drops the Fletcher-32 checksum HDF5 appends to a chunk, verifying it.
-fn strip_fletcher32(mut data: Vec<u8>) -> Result<Vec<u8>, ReadError> {
+fn strip_fletcher32(data: &mut Vec<u8>) -> Result<(), ReadError> {
     if data.len() < 4 {
         return Err(ReadError::Corrupt("chunk shorter than its checksum".into()));
     }
@@ -704,7 +774,7 @@ fn strip_fletcher32(mut data: Vec<u8>) -> Result<Vec<u8>, ReadError> {
         return Err(ReadError::Corrupt("Fletcher-32 checksum mismatch".into()));
     }
     data.truncate(body_len);
-    Ok(data)
+    Ok(())
 }
 
 /// HDF5's Fletcher-32 (H5_checksum_fletcher32): 16-bit big-endian words, odd byte padded.
@@ -725,9 +795,10 @@ fn fletcher32(data: &[u8]) -> u32 {
 }
 
 /// LZF decompression (h5py's lzf filter, id 32000).
-fn lzf_decompress(input: &[u8], expected: usize) -> Result<Vec<u8>, ReadError> {
+fn lzf_decompress(input: &[u8], expected: usize, out: &mut Vec<u8>) -> Result<(), ReadError> {
     let bad = || ReadError::Corrupt("invalid LZF chunk".into());
-    let mut out: Vec<u8> = Vec::with_capacity(expected);
+    out.clear();
+    out.reserve(expected);
     let mut i = 0;
     while i < input.len() {
         let ctrl = input[i] as usize;
@@ -759,7 +830,7 @@ fn lzf_decompress(input: &[u8], expected: usize) -> Result<Vec<u8>, ReadError> {
             return Err(bad());
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// What lies below a group: subgroup paths and datasets with their paths.
@@ -852,15 +923,26 @@ mod tests {
     #[test]
     fn unshuffle_restores_elements() {
         // elements 0x0102, 0x0304 (LE) shuffled: low bytes plane then high bytes plane
-        assert_eq!(unshuffle(&[0x02, 0x04, 0x01, 0x03], 2), vec![0x02, 0x01, 0x04, 0x03]);
+        let mut out = vec![9; 9];
+        unshuffle(&[0x02, 0x04, 0x01, 0x03], 2, &mut out);
+        assert_eq!(out, vec![0x02, 0x01, 0x04, 0x03]);
+        // 4-byte elements 0x03020100 and 0x13121110, planes low to high, plus a trailing byte
+        unshuffle(&[0x00, 0x10, 0x01, 0x11, 0x02, 0x12, 0x03, 0x13, 0xEE], 4, &mut out);
+        assert_eq!(out, vec![0x00, 0x01, 0x02, 0x03, 0x10, 0x11, 0x12, 0x13, 0xEE]);
+        unshuffle(&[0x00, 0x10, 0x01, 0x11, 0x02, 0x12], 3, &mut out);
+        assert_eq!(out, vec![0x00, 0x01, 0x02, 0x10, 0x11, 0x12]);
+        unshuffle(&[7, 8], 4, &mut out);
+        assert_eq!(out, vec![7, 8]);
     }
 
     #[test]
     fn lzf_literal_and_backref() {
         // literal "ab", then a back-reference of length 4 at distance 2 -> "ababab"
         let data = [0x01, b'a', b'b', 0x40, 0x01];
-        assert_eq!(lzf_decompress(&data, 6).unwrap(), b"ababab");
-        assert!(lzf_decompress(&[0x40, 0x05], 6).is_err());
+        let mut out = vec![9; 9];
+        lzf_decompress(&data, 6, &mut out).unwrap();
+        assert_eq!(out, b"ababab");
+        assert!(lzf_decompress(&[0x40, 0x05], 6, &mut out).is_err());
     }
 
     #[test]
@@ -869,7 +951,10 @@ mod tests {
         let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
         enc.write_all(&vec![0u8; 10_000]).unwrap();
         let z = enc.finish().unwrap();
-        assert_eq!(inflate(&z, 10_000).unwrap().len(), 10_000);
-        assert_eq!(inflate(&z, 100).unwrap().len(), 101);
+        let mut out = vec![9; 20_000];
+        inflate(&z, 10_000, &mut out).unwrap();
+        assert_eq!(out, vec![0u8; 10_000]);
+        inflate(&z, 100, &mut out).unwrap();
+        assert_eq!(out.len(), 101);
     }
 }

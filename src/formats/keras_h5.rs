@@ -101,8 +101,15 @@ pub(super) fn add_layer_dir(model: &mut Model, name: &str, entry: Option<&Value>
 fn read_layers(weights: &Group, config: Option<&Value>, ctx: &H5Context, model: &mut Model, skipped: &mut Vec<Value>) {
     let layer_names = h5::string_list_attr(weights, "layer_names").unwrap_or_default();
     let entries = config.map(layer_entries).unwrap_or_default();
+    // Name -> first config entry of that name (a linear search per layer made mounts quadratic).
+    let mut by_name = std::collections::HashMap::new();
+    for entry in &entries {
+        if let Some(name) = layer_name(entry) {
+            by_name.entry(name).or_insert(entry);
+        }
+    }
     for (index, name) in layer_names.iter().enumerate() {
-        let entry = entries.iter().find(|e| layer_name(e) == Some(name.as_str()));
+        let entry = by_name.get(name.as_str()).copied();
         add_layer_dir(model, name, entry, Some(index));
         if let Some(group) = h5::locked(|| weights.group(name).ok()) {
             read_weight_list(&group, &["layers", name], Some(name), ctx, model, skipped);

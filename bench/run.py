@@ -1,0 +1,569 @@
+#!/usr/bin/env python3
+"""wfs benchmark: generates its own inputs, then measures wfs against a baseline taken in the
+same run. Every figure is the median of N runs; ratios compare medians. See bench/README.md.
+
+    sudo python3 bench/run.py            # full size (~1 GiB inputs), 5 runs per figure
+    sudo python3 bench/run.py --quick    # ~1 minute smoke run (64 MiB inputs, 3 runs)
+
+Needs Python 3 with h5py and numpy, fusermount3/FUSE, and root for dropping the page cache
+(`echo 3 > /proc/sys/vm/drop_caches`) before cold runs; without root, "cold" runs are warm and
+the report says so.
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def parse_size(s):
+    s = s.strip().upper().removesuffix("IB").removesuffix("B")
+    mult = {"K": 1 << 10, "M": MiB, "G": GiB}.get(s[-1:], 1)
+    return int(float(s.rstrip("KMG")) * mult)
+
+
+def human(n):
+    return f"{n / GiB:.2f} GiB" if n >= GiB else f"{n / MiB:.1f} MiB"
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+CAN_DROP = os.geteuid() == 0 and os.access("/proc/sys/vm/drop_caches", os.W_OK)
+
+
+def drop_caches():
+    """Empties the kernel page cache (source file, plain file, and unmounted FUSE files)."""
+    os.sync()
+    if CAN_DROP:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+
+
+def timed(cmd, **kw):
+    """Seconds a command takes (spawn included), failing loudly."""
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, **kw)
+    return time.perf_counter() - t
+
+
+def warm(path):
+    """Pulls a file into the page cache."""
+    with open(path, "rb") as f:
+        while f.read(8 * MiB):
+            pass
+
+
+# ----------------------------------------------------------------------------- wfs
+
+def locate_wfs(explicit):
+    if explicit:
+        return Path(explicit).resolve()
+    exe = REPO / "target" / "release" / "wfs"
+    if shutil.which("cargo"):
+        log("building wfs (cargo build --release; first build compiles HDF5, ~2 min) ...")
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
+    if not exe.exists():
+        sys.exit(f"bench: {exe} not found and cargo is not available; pass --wfs PATH")
+    return exe
+
+
+class Wfs:
+    def __init__(self, exe, root):
+        self.exe = str(exe)
+        self.mnt = root / "mnt"
+
+    def mount(self, source, *extra):
+        subprocess.run([self.exe, "mount", str(source), str(self.mnt), *extra], check=True)
+        return self.mnt
+
+    def umount(self):
+        subprocess.run([self.exe, "umount", str(self.mnt)], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def decodes(self):
+        return int(os.getxattr(self.mnt, "user.wfs.decodes"))
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def plan(total, n_tensors, seed=1):
+    """Keras-style layers: (layer, [(weight name, shape)]) totalling about `total` bytes of float32
+    in about `n_tensors` tensors: one large tensor (1/4), four medium ones (1/16 each), and the rest
+    (1/2) spread over dense / conv / batch-norm layers of log-normally mixed sizes."""
+    rng = random.Random(seed)
+    elems = lambda b: max(1, b // 4)
+    layers = []
+    big_cols = 4096 if total >= 256 * MiB else 1024
+    layers.append(("embedding", [("embedding/embeddings:0", (elems(total // 4) // big_cols, big_cols))]))
+    med_cols = 2048 if total >= 256 * MiB else 512
+    for i in range(4):
+        layers.append((f"big_dense_{i}", [(f"big_dense_{i}/kernel:0", (elems(total // 16) // med_cols, med_cols)),
+                                          (f"big_dense_{i}/bias:0", (med_cols,))]))
+    rest = total // 2
+    kinds = []
+    count = 9
+    while count < n_tensors:
+        kind = ("dense", "conv2d", "batch_normalization")[len(kinds) % 3]
+        kinds.append(kind)
+        count += 4 if kind == "batch_normalization" else 2
+    weights = [rng.lognormvariate(0, 1.2) for _ in kinds]
+    scale = rest / sum(weights)
+    for i, (kind, w) in enumerate(zip(kinds, weights)):
+        name = f"{kind}_{i}"
+        b = max(64, int(w * scale))
+        if kind == "dense":
+            cols = 256 if b >= 256 * 1024 else 64
+            layers.append((name, [(f"{name}/kernel:0", (max(1, elems(b) // cols), cols)), (f"{name}/bias:0", (cols,))]))
+        elif kind == "conv2d":
+            cout = 128 if b >= 256 * 1024 else 32
+            cin = max(1, elems(b) // (9 * cout))
+            layers.append((name, [(f"{name}/kernel:0", (3, 3, cin, cout)), (f"{name}/bias:0", (cout,))]))
+        else:
+            n = max(1, elems(b) // 4)
+            layers.append((name, [(f"{name}/{v}:0", (n,)) for v in ("gamma", "beta", "moving_mean", "moving_variance")]))
+    return layers
+
+
+def row_chunks(shape, target=256 * 1024):
+    """Chunks of whole rows (last dimension complete), about `target` bytes, a multiple of 4 KiB
+    where possible: a 4 KiB-aligned read of the tensor's bytes then lies in one chunk."""
+    if len(shape) < 2:
+        return (min(shape[0], target // 4),) if shape[0] else None
+    row = int(np.prod(shape[1:])) * 4
+    return (max(1, min(shape[0], target // row)),) + tuple(shape[1:])
+
+
+def write_keras_h5(path, layers, gzip, seed=2, chunks=row_chunks):
+    """A Keras legacy full-model .h5 (FORMATS.md 1): root attrs model_config / keras_version /
+    backend, /model_weights with layer_names, one group per layer with weight_names."""
+    rng = np.random.default_rng(seed)
+    config = {"class_name": "Sequential", "config": {"name": "bench", "layers": [
+        {"class_name": "Dense", "config": {"name": name}} for name, _ in layers]}}
+    with h5py.File(path, "w", libver="earliest") as f:
+        f.attrs["model_config"] = json.dumps(config).encode()
+        f.attrs["keras_version"] = "2.15.0"
+        f.attrs["backend"] = "tensorflow"
+        mw = f.create_group("model_weights")
+        mw.attrs["layer_names"] = np.array([n.encode() for n, _ in layers])
+        mw.attrs["backend"] = b"tensorflow"
+        mw.attrs["keras_version"] = b"2.15.0"
+        for name, weights in layers:
+            g = mw.create_group(name)
+            g.attrs["weight_names"] = np.array([w.encode() for w, _ in weights])
+            for wname, shape in weights:
+                data = (rng.standard_normal(int(np.prod(shape)), dtype=np.float32) * 0.05).reshape(shape)
+                kw = {}
+                if gzip:
+                    kw = dict(compression="gzip", compression_opts=1, shuffle=True, chunks=chunks(shape))
+                g.create_dataset(wname, data=data, **kw)
+
+
+def make_inputs(work, total, n_tensors):
+    layers = plan(total, n_tensors)
+    n = sum(len(w) for _, w in layers)
+    src = {"plain": work / "model.h5", "gzip": work / "model_gzip.h5", "auto": work / "big_autochunk.h5"}
+    stamp = work / "inputs.json"
+    want = {"total": total, "tensors": n, "version": 3}
+    if stamp.exists() and json.loads(stamp.read_text()) == want and all(p.exists() for p in src.values()):
+        log(f"reusing inputs in {work}")
+    else:
+        t = time.perf_counter()
+        log(f"generating {n} tensors, {human(total)} per file, in {work} ...")
+        write_keras_h5(src["plain"], layers, gzip=False)
+        write_keras_h5(src["gzip"], layers, gzip=True)
+        # The large tensor alone, gzip with h5py's automatic chunk shape (what users get).
+        write_keras_h5(src["auto"], layers[:1], gzip=True, chunks=lambda s: True)
+        stamp.write_text(json.dumps(want))
+        log(f"  done in {time.perf_counter() - t:.0f} s")
+    big = layers[0][1][0]
+    meds = [l[1][0] for l in layers[1:5]]
+    return src, layers, n, big, meds
+
+
+# ----------------------------------------------------------------------------- figures
+
+class Results:
+    def __init__(self):
+        self.rows = []
+
+    def add(self, figure, what, value, baseline, ratio, target, ok):
+        self.rows.append((figure, what, value, baseline, ratio, target, ok))
+        mark = {True: "met", False: "MISSED", None: "-"}[ok]
+        log(f"  [{figure}] {what}: {value} | baseline {baseline} | {ratio} | target {target}: {mark}")
+
+    def table(self):
+        out = ["| # | measurement | wfs | baseline (same run) | ratio | target | |",
+               "|---|---|---|---|---|---|---|"]
+        for figure, what, value, baseline, ratio, target, ok in self.rows:
+            mark = {True: "met", False: "**missed**", None: ""}[ok]
+            out.append(f"| {figure} | {what} | {value} | {baseline} | {ratio} | {target} | {mark} |")
+        return "\n".join(out)
+
+
+def ms(s):
+    return f"{s * 1000:.1f} ms" if s < 10 else f"{s:.1f} s"
+
+
+def mbs(nbytes, s):
+    return f"{nbytes / MiB / s:.0f} MiB/s"
+
+
+def fig_mount(w, src, n, runs, res):
+    lister = ("import h5py,sys\nf=h5py.File(sys.argv[1],'r')\nnames=[]\n"
+              "f.visititems(lambda n,o: names.append(n) if isinstance(o,h5py.Dataset) else None)\n"
+              "print(len(names))\n")
+    mount_t, ready_t, py_t = [], [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        w.mount(src)
+        t_mounted = time.perf_counter()
+        subprocess.run(["ls", "-R", str(w.mnt)], check=True, stdout=subprocess.DEVNULL)
+        t_ready = time.perf_counter()
+        w.umount()
+        mount_t.append(t_mounted - t)
+        ready_t.append(t_ready - t)
+        py_t.append(timed([sys.executable, "-c", lister, str(src)], stdout=subprocess.DEVNULL))
+    m, r, p = median(mount_t), median(ready_t), median(py_t)
+    res.add(1, f"`wfs mount` returns ({n} tensors, source in page cache)", ms(m), "", "", "< 50 ms", m < 0.05)
+    res.add(1, "`wfs mount` + `ls -R` done vs h5py listing script", ms(r), ms(p), f"{p / r:.1f}x faster",
+            ">= 10x", p / r >= 10)
+
+
+def fig_sequential(w, src, work, big, runs, res):
+    (wname, shape) = big
+    nbytes = int(np.prod(shape)) * 4
+    rel = f"layers/embedding/{wname.split('/', 1)[1].removesuffix(':0')}.raw"
+    plain = work / "big.plain"
+    if not plain.exists() or plain.stat().st_size != nbytes:
+        with h5py.File(src, "r") as f:
+            f[f"model_weights/embedding/{wname}"][()].tofile(plain)
+    reader = ("import h5py,sys\nf=h5py.File(sys.argv[1],'r')\nf[sys.argv[2]][()]\n")
+    cat = lambda p: timed(["cat", str(p)], stdout=subprocess.DEVNULL)
+    cold, warm_, hot, h5c, h5w, plain_cold, shm_hot = [], [], [], [], [], [], []
+    shm = Path("/dev/shm/wfs-bench-big.plain") if os.path.isdir("/dev/shm") else None
+    if shm:
+        shutil.copyfile(plain, shm)
+    for _ in range(runs):
+        if shm:
+            warm(shm)
+            shm_hot.append(cat(shm))
+        drop_caches()
+        plain_cold.append(cat(plain))
+        drop_caches()
+        w.mount(src)
+        cold.append(cat(w.mnt / rel))
+        warm_.append(cat(w.mnt / rel))
+        w.umount()
+        warm(plain)
+        hot.append(cat(plain))
+        drop_caches()
+        h5c.append(timed([sys.executable, "-c", reader, str(src), f"model_weights/embedding/{wname}"]))
+        h5w.append(timed([sys.executable, "-c", reader, str(src), f"model_weights/embedding/{wname}"]))
+    c, wm, h, hc, hw, pc = map(median, (cold, warm_, hot, h5c, h5w, plain_cold))
+    what = f"{human(nbytes)} tensor `.raw`"
+    if shm:
+        shm.unlink()
+        t = median(shm_hot)
+        res.add(2, f"(limit) warm read of {what} vs hot `cat` of the plain file on tmpfs (4 KiB pages, like the "
+                   f"FUSE page cache; ext4 uses large folios)", mbs(nbytes, wm), mbs(nbytes, t), f"{t / wm:.0%}", "", None)
+    res.add(2, f"first read (cold) of {what}", mbs(nbytes, c), f"hot `cat` of plain file {mbs(nbytes, h)}",
+            f"{h / c:.0%}", ">= 20%", h / c >= 0.2)
+    res.add(2, f"(limit) first read (cold) of {what} vs cold `cat` of the plain file (the disk)", mbs(nbytes, c),
+            mbs(nbytes, pc), f"{pc / c:.0%}", "", None)
+    res.add(2, f"first read (cold) of {what} vs h5py `f[p][()]` cold (fresh interpreter)", ms(c), ms(hc),
+            f"{hc / c:.2f}x faster", "> 1x", hc / c > 1)
+    res.add(2, f"warm read (kernel cache) of {what}", mbs(nbytes, wm), f"hot `cat` of plain file {mbs(nbytes, h)}",
+            f"{h / wm:.0%}", ">= 50%", h / wm >= 0.5)
+    res.add(2, "(info) h5py `f[p][()]` with source in page cache", ms(hw), f"wfs warm {ms(wm)}",
+            f"{hw / wm:.2f}x", "", None)
+
+
+EXTRACT = """import h5py, numpy as np, os, sys
+out = sys.argv[2]
+def save(name, obj):
+    if isinstance(obj, h5py.Dataset):
+        p = os.path.join(out, name)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        np.save(p + ".npy", obj[()])
+with h5py.File(sys.argv[1], "r") as f:
+    f["model_weights"].visititems(save)
+"""
+
+
+COPY_NPY = """import shutil, sys
+from pathlib import Path
+m, out = Path(sys.argv[1]), Path(sys.argv[2])
+for row in (m / "tensors.tsv").read_text().splitlines()[1:]:
+    rel = row.split("\t")[0]
+    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(m / rel, out / rel)
+"""
+
+
+def fig_extract(w, src, out_root, label, runs, res):
+    out = Path(tempfile.mkdtemp(prefix="wfs-bench-out-", dir=out_root))
+    wfs_t, npy_t, py_t = [], [], []
+    for _ in range(runs):
+        for side in ("wfs", "npy", "h5py"):
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            drop_caches()
+            if side == "wfs":
+                w.mount(src)
+                wfs_t.append(timed(["cp", "-r", str(w.mnt / "layers"), str(out)]))
+                w.umount()
+            elif side == "npy":
+                w.mount(src)
+                npy_t.append(timed([sys.executable, "-c", COPY_NPY, str(w.mnt), str(out)]))
+                w.umount()
+            else:
+                py_t.append(timed([sys.executable, "-c", EXTRACT, str(src), str(out)]))
+    shutil.rmtree(out, ignore_errors=True)
+    a, n, b = median(wfs_t), median(npy_t), median(py_t)
+    res.add(3, f"extract all, {label}, cold, into {out_root}: `cp -r MNT/layers` (4 files per tensor: "
+               f".npy+.raw+.shape+.dtype, 2x the bytes) vs h5py script np.save-ing each dataset (.npy)",
+            ms(a), ms(b), f"{b / a:.2f}x faster", ">= 2x", b / a >= 2)
+    res.add(3, f"extract all, {label}, cold: like for like, only the .npy files copied (Python shutil.copyfile "
+               f"from the mount) vs the same h5py script", ms(n), ms(b), f"{b / n:.2f}x faster", "(info)", None)
+
+
+def fig_random(w, srcs, big, runs, res, reads=300):
+    (wname, shape) = big
+    rel = f"layers/embedding/{wname.split('/', 1)[1].removesuffix(':0')}.raw"
+    nbytes = int(np.prod(shape)) * 4
+    rng = random.Random(3)
+    offsets = [rng.randrange(0, nbytes // 4096) * 4096 for _ in range(reads)]
+    cols = shape[-1]
+    for label, src in srcs:
+        with h5py.File(src, "r") as f:
+            ds = f[f"model_weights/embedding/{wname}"]
+            chunk = ds.chunks
+            # h5py baseline: the same 4 KiB (1024 float32 of one row) per read, in one process.
+            base = []
+            for _ in range(runs):
+                t = time.perf_counter()
+                for o in offsets:
+                    e = o // 4
+                    ds[e // cols, e % cols:e % cols + 1024]
+                base.append((time.perf_counter() - t) / reads)
+        touched = sum((((o // 4) % cols + 1023) // chunk[-1]) - (((o // 4) % cols) // chunk[-1]) + 1 for o in offsets) / reads
+        warm(src)
+        per_read, per_decodes = [], []
+        for _ in range(runs):
+            w.mount(src)
+            fd = os.open(w.mnt / rel, os.O_RDONLY)
+            d0 = w.decodes()
+            t = time.perf_counter()
+            for o in offsets:
+                os.pread(fd, 4096, o)
+            per_read.append((time.perf_counter() - t) / reads)
+            per_decodes.append((w.decodes() - d0) / reads)
+            os.close(fd)
+            w.umount()
+        d, p, b = median(per_decodes), median(per_read), median(base)
+        target = "<= 1 decode/read" if touched <= 1 else f"<= chunks touched ({touched:.0f}); 1 is impossible here"
+        res.add(4, f"random 4 KiB pread, {label}, chunks {chunk}: chunks decoded per read "
+                   f"(a read's bytes lie in {touched:.2f} chunks)", f"{d:.2f}", f"{touched:.2f} chunks touched",
+                "", target, d <= max(1.0, touched))
+        res.add(4, f"random 4 KiB pread, {label}: time per read (source in page cache)", ms(p),
+                f"h5py `ds[r, c:c+1024]` {ms(b)}", f"{b / p:.2f}x faster", "", None)
+
+
+def vm_hwm(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def read_all(paths, threads=4):
+    todo = list(paths)
+    lock = threading.Lock()
+
+    def work():
+        while True:
+            with lock:
+                if not todo:
+                    return
+                p = todo.pop()
+            with open(p, "rb", buffering=0) as f:
+                while f.read(MiB):
+                    pass
+
+    ts = [threading.Thread(target=work) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
+def tensor_files(mnt, ext):
+    rows = (mnt / "tensors.tsv").read_text().splitlines()[1:]
+    return [mnt / (r.split("\t")[0].removesuffix(".npy") + ext) for r in rows]
+
+
+def fig_rss(w, src, runs, res, cache=64 * MiB):
+    peaks = []
+    h5_peaks = []
+    for _ in range(runs):
+        proc = subprocess.Popen([w.exe, "mount", str(src), str(w.mnt), "-f", "--cache-size", str(cache)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(500):
+            if os.path.ismount(w.mnt):
+                break
+            time.sleep(0.01)
+        files = tensor_files(w.mnt, ".raw") + tensor_files(w.mnt, ".npy")
+        read_all(files)
+        peaks.append(vm_hwm(proc.pid))
+        w.umount()
+        proc.wait(timeout=30)
+        out = subprocess.run([sys.executable, "-c", EXTRACT.replace("np.save(p + \".npy\", obj[()])", "obj[()]")
+                              + "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)",
+                              str(src), "/nonexistent"], check=True, capture_output=True, text=True)
+        h5_peaks.append(int(out.stdout.split()[-1]) * 1024)
+    p, h = median(peaks), median(h5_peaks)
+    res.add(5, f"daemon peak RSS (VmHWM), `--cache-size {cache // MiB}M`, all .raw+.npy of gzip model read by 4 threads",
+            human(p), f"h5py reading every dataset: {human(h)}", "", f"<= {human(cache + 64 * MiB)}",
+            p <= cache + 64 * MiB)
+
+
+def fig_concurrent(w, src, label, meds, runs, res):
+    rels = [f"layers/big_dense_{i}/kernel.raw" for i in range(4)]
+    nbytes = sum(int(np.prod(s)) * 4 for _, s in meds)
+    seq, par = [], []
+    for _ in range(runs):
+        drop_caches()
+        w.mount(src)
+        t = time.perf_counter()
+        for r in rels:
+            subprocess.run(["cat", str(w.mnt / r)], check=True, stdout=subprocess.DEVNULL)
+        seq.append(time.perf_counter() - t)
+        w.umount()
+        drop_caches()
+        w.mount(src)
+        t = time.perf_counter()
+        ps = [subprocess.Popen(["cat", str(w.mnt / r)], stdout=subprocess.DEVNULL) for r in rels]
+        for p in ps:
+            p.wait()
+        par.append(time.perf_counter() - t)
+        w.umount()
+    s, p = median(seq), median(par)
+    res.add(6, f"4 readers of 4 different {human(nbytes // 4)} tensors, {label}, cold: concurrent vs one after another",
+            f"{ms(p)} ({mbs(nbytes, p)})", f"{ms(s)} ({mbs(nbytes, s)})", f"{s / p:.2f}x faster", "> 1x", s / p > 1)
+
+
+def checkpoint_supported(w):
+    """Tries a committed TF2 checkpoint fixture: does this wfs mount checkpoints at all?"""
+    fixture = REPO / "tests" / "fixtures" / "ckpt" / "tf2_keras" / "ckpt-1"
+    r = subprocess.run([w.exe, "mount", str(fixture), str(w.mnt)], capture_output=True, text=True)
+    if r.returncode == 0:
+        w.umount()
+        return True, ""
+    return False, r.stderr.strip()
+
+
+# ----------------------------------------------------------------------------- main
+
+def machine():
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    fs = subprocess.run(["df", "--output=fstype", str(Path(tempfile.gettempdir()))],
+                        capture_output=True, text=True).stdout.split()[-1:] or ["?"]
+    return f"{os.cpu_count()} CPUs ({cpu}), {human(mem)} RAM, kernel {os.uname().release}, temp dir on {fs[0]}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="1G", help="bytes of tensors per generated model (default 1G)")
+    ap.add_argument("--tensors", type=int, default=1000, help="tensors per generated model (default 1000)")
+    ap.add_argument("--runs", type=int, default=5, help="runs per figure; the median is reported (default 5)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: --size 64M --runs 3")
+    ap.add_argument("--wfs", help="wfs binary (default: build and use target/release/wfs)")
+    ap.add_argument("--workdir", help="keep generated inputs here and reuse them across runs")
+    ap.add_argument("--only", help="comma-separated figure numbers to run (default all)")
+    ap.add_argument("--out-dir", help="where figure 3 extracts to (default /dev/shm: tmpfs, so that the "
+                    "destination disk, not the reader, is not what is measured)")
+    args = ap.parse_args()
+    if args.quick:
+        args.size, args.runs = "64M", 3
+    total = parse_size(args.size)
+    only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 7))
+
+    out_root = Path(args.out_dir or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()))
+    exe = locate_wfs(args.wfs)
+    tmp = Path(tempfile.mkdtemp(prefix="wfs-bench-"))
+    work = Path(args.workdir).resolve() if args.workdir else tmp
+    work.mkdir(parents=True, exist_ok=True)
+    w = Wfs(exe, tmp)
+    res = Results()
+    started = time.perf_counter()
+    try:
+        if not CAN_DROP:
+            log("WARNING: not root: cannot drop the page cache; 'cold' figures are warm")
+        src, layers, n, big, meds = make_inputs(work, total, args.tensors)
+        warm(src["plain"])
+        if 1 in only:
+            log("figure 1: mount to ready"); fig_mount(w, src["plain"], n, args.runs, res)
+        if 2 in only:
+            log("figure 2: sequential read"); fig_sequential(w, src["plain"], work, big, args.runs, res)
+        if 3 in only:
+            log("figure 3: extract everything")
+            fig_extract(w, src["plain"], out_root, "contiguous", args.runs, res)
+            fig_extract(w, src["gzip"], out_root, "gzip", args.runs, res)
+        if 4 in only:
+            log("figure 4: random 4 KiB reads in a gzip-chunked tensor")
+            fig_random(w, [("gzip, row chunks", src["gzip"]), ("gzip, h5py auto chunks", src["auto"])],
+                       big, args.runs, res)
+        if 5 in only:
+            log("figure 5: peak RSS"); fig_rss(w, src["gzip"], args.runs, res)
+        if 6 in only:
+            log("figure 6: concurrent readers")
+            fig_concurrent(w, src["plain"], "contiguous", meds, args.runs, res)
+            fig_concurrent(w, src["gzip"], "gzip", meds, args.runs, res)
+        ok, why = checkpoint_supported(w)
+        if not ok:
+            res.add("(c)", "10,000-variable TF checkpoint: skipped, this wfs cannot mount TF checkpoints "
+                    f"(`wfs mount` of tests/fixtures/ckpt/tf2_keras/ckpt-1: {why})", "-", "-", "", "", None)
+        else:
+            res.add("(c)", "10,000-variable TF checkpoint: skipped, wfs mounts checkpoints but this benchmark "
+                    "has no checkpoint generator yet (no TensorFlow here)", "-", "-", "", "", None)
+    finally:
+        w.umount()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"wfs benchmark: {' '.join(sys.argv[1:]) or '(defaults)'}; inputs {human(total)} x {n} tensors; "
+          f"median of {args.runs} runs; {time.perf_counter() - started:.0f} s")
+    print(f"machine: {machine()}{'' if CAN_DROP else '; page cache NOT dropped (not root)'}")
+    print()
+    print(res.table())
+
+
+if __name__ == "__main__":
+    main()
