@@ -67,13 +67,7 @@ impl Fs {
 
     pub fn attr(&self, ino: Ino) -> Option<Attr> {
         let (kind, size, perm, nlink) = match self.tree.node(ino)? {
-            Node::Dir { entries, .. } => {
-                let subdirs = entries
-                    .iter()
-                    .filter(|(_, i)| matches!(self.tree.node(*i), Some(Node::Dir { .. })))
-                    .count();
-                (Kind::Dir, 0, 0o555, 2 + subdirs as u32)
-            }
+            Node::Dir { subdirs, .. } => (Kind::Dir, 0, 0o555, 2 + subdirs),
             Node::File { size, .. } => (Kind::File, *size, 0o444, 1),
             Node::Symlink(target) => (Kind::Symlink, target.len() as u64, 0o777, 1),
         };
@@ -91,18 +85,24 @@ impl Fs {
         self.attr(ino).ok_or(libc::ENOENT)
     }
 
-    /// Directory entries after `offset` entries, `.` and `..` first.
-    pub fn readdir(&self, ino: Ino, offset: u64) -> Result<Vec<(Ino, Kind, String)>, i32> {
+    /// Directory entries after `offset` entries, `.` and `..` first. Lazy: the kernel reads a
+    /// large directory in many small batches, each starting at an offset.
+    pub fn readdir(&self, ino: Ino, offset: u64) -> Result<impl Iterator<Item = (Ino, Kind, &str)>, i32> {
         let Some(Node::Dir { entries, .. }) = self.tree.node(ino) else {
             return Err(libc::ENOTDIR);
         };
         let parent = self.tree.parent(ino).unwrap_or(ino);
-        let dots = [(ino, Kind::Dir, ".".to_string()), (parent, Kind::Dir, "..".to_string())];
-        let rest = entries.iter().map(|(name, child)| {
-            let kind = self.attr(*child).map_or(Kind::File, |a| a.kind);
-            (*child, kind, name.clone())
+        let dots = [(ino, Kind::Dir, "."), (parent, Kind::Dir, "..")];
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        let rest = entries.iter().skip(skip.saturating_sub(2)).map(|(name, child)| {
+            let kind = match self.tree.node(*child) {
+                Some(Node::Dir { .. }) => Kind::Dir,
+                Some(Node::Symlink(_)) => Kind::Symlink,
+                _ => Kind::File,
+            };
+            (*child, kind, name.as_str())
         });
-        Ok(dots.into_iter().chain(rest).skip(offset as usize).collect())
+        Ok(dots.into_iter().skip(skip.min(2)).chain(rest))
     }
 
     pub fn readlink(&self, ino: Ino) -> Result<&str, i32> {

@@ -232,8 +232,8 @@ impl Filesystem for WfsFuse {
         self.note(0);
         match self.fs.readdir(ino.0, offset) {
             Ok(entries) => {
-                for (i, (child, kind, name)) in entries.iter().enumerate() {
-                    if reply.add(INodeNo(*child), offset + i as u64 + 1, file_type(*kind), name) {
+                for (i, (child, kind, name)) in entries.enumerate() {
+                    if reply.add(INodeNo(child), offset + i as u64 + 1, file_type(kind), name) {
                         break;
                     }
                 }
@@ -246,9 +246,9 @@ impl Filesystem for WfsFuse {
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         match self.fs.readdir(ino.0, offset) {
             Ok(entries) => {
-                for (i, (child, _, name)) in entries.iter().enumerate() {
-                    let Some(attr) = self.fs.attr(*child) else { continue };
-                    if reply.add(INodeNo(*child), offset + i as u64 + 1, name, &TTL, &self.file_attr(&attr), Generation(0)) {
+                for (i, (child, _, name)) in entries.enumerate() {
+                    let Some(attr) = self.fs.attr(child) else { continue };
+                    if reply.add(INodeNo(child), offset + i as u64 + 1, name, &TTL, &self.file_attr(&attr), Generation(0)) {
                         break;
                     }
                 }

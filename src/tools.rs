@@ -85,9 +85,8 @@ fn count_files(fs: &Fs, ino: Ino) -> u64 {
     fs.readdir(ino, 2)
         .map(|entries| {
             entries
-                .iter()
                 .map(|(child, kind, _)| match kind {
-                    Kind::Dir => count_files(fs, *child),
+                    Kind::Dir => count_files(fs, child),
                     Kind::File => 1,
                     Kind::Symlink => 0,
                 })

@@ -20,7 +20,8 @@ pub enum Content {
 }
 
 pub enum Node {
-    Dir { entries: Vec<(String, Ino)>, index: HashMap<String, Ino> },
+    /// `subdirs`: how many entries are directories (for `nlink`).
+    Dir { entries: Vec<(String, Ino)>, index: HashMap<String, Ino>, subdirs: u32 },
     /// `tensor`: the tensor this file is one of the four files of.
     File { content: Content, size: u64, tensor: Option<usize> },
     Symlink(String),
@@ -52,7 +53,7 @@ impl Tree {
     /// Builds the whole tree. `source` is what `info.json` reports as the source.
     pub fn build(model: Model, source: &str) -> Tree {
         let mut tree = Tree {
-            nodes: vec![Node::Dir { entries: Vec::new(), index: HashMap::new() }],
+            nodes: vec![Node::Dir { entries: Vec::new(), index: HashMap::new(), subdirs: 0 }],
             parents: vec![ROOT],
             names: vec![String::new()],
             tensors: Vec::new(),
@@ -158,12 +159,14 @@ impl Tree {
 
     fn insert(&mut self, parent: Ino, name: String, node: Node) -> Ino {
         let ino = self.nodes.len() as Ino + 1;
+        let is_dir = matches!(node, Node::Dir { .. });
         self.nodes.push(node);
         self.parents.push(parent);
         self.names.push(name.clone());
-        if let Node::Dir { entries, index } = &mut self.nodes[(parent - 1) as usize] {
+        if let Node::Dir { entries, index, subdirs } = &mut self.nodes[(parent - 1) as usize] {
             entries.push((name.clone(), ino));
             index.insert(name, ino);
+            *subdirs += u32::from(is_dir);
         }
         ino
     }
@@ -195,7 +198,7 @@ impl Tree {
         let parent = self.make_dirs(known, &dir[..dir.len() - 1]);
         let name = &dir[dir.len() - 1];
         let safe = self.unique_name(parent, &sanitize(name), &[""]);
-        let ino = self.insert(parent, safe, Node::Dir { entries: Vec::new(), index: HashMap::new() });
+        let ino = self.insert(parent, safe, Node::Dir { entries: Vec::new(), index: HashMap::new(), subdirs: 0 });
         known.insert(dir.to_vec(), (ino, self.path_of(ino)));
         ino
     }
