@@ -99,7 +99,7 @@ fn export_into(fs: &Fs, ino: Ino, dir: &Path, done: &mut Exported, total: u64, p
     std::fs::create_dir_all(dir)?;
     for (child, kind, name) in fs.readdir(ino, 2).map_err(io::Error::from_raw_os_error)? {
         // Names in the tree are already safe components: no `/`, `.` or `..`.
-        let path = dir.join(&name);
+        let path = dir.join(name);
         match kind {
             Kind::Dir => export_into(fs, child, &path, done, total, progress)?,
             Kind::Symlink => {
