@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, and integration tests that mount real model files through FUSE.
+# Ends with one summary line, "N passed, N failed", over all test binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests/setup.sh
-cargo test --release "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --release "$@" 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"
