@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
         assert_ne!(safe, sanitize(b), "{a:?} and {b:?} collide");
     }
     let max = 16 + data.first().copied().unwrap_or(0) as usize;
-    assert!(sanitize_within(a, max).len() <= max.max(safe.len().min(max)));
+    assert!(sanitize_within(a, max).len() <= max, "{a:?} within {max}");
     for part in split_path(a) {
         assert!(!part.is_empty() && !part.contains('/'));
     }
