@@ -12,6 +12,8 @@ pub mod daemon;
 pub mod dtype;
 pub mod error;
 pub mod formats;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod fs;
 pub mod fuse;
 pub mod logger;

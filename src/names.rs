@@ -48,7 +48,9 @@ pub fn sanitize_within(name: &str, max: usize) -> String {
 /// Cuts `name` to at most `max` bytes on a char boundary, ending in `~` and 16 hex digits of
 /// the full name's hash so that different long names stay different.
 pub fn shorten(name: &str, max: usize) -> String {
-    let suffix = format!("~{:016x}", fnv1a(name.as_bytes()));
+    let mut suffix = format!("~{:016x}", fnv1a(name.as_bytes()));
+    // A limit below the suffix's own length keeps as much of the hash as fits.
+    suffix.truncate(max);
     let mut cut = max.saturating_sub(suffix.len());
     while !name.is_char_boundary(cut) {
         cut -= 1;
@@ -89,6 +91,14 @@ mod tests {
         let multibyte = "é".repeat(200);
         assert!(sanitize(&multibyte).len() <= 255);
         assert!(sanitize_within(&a, 249).len() <= 249);
+    }
+
+    /// Regression (found by fuzzing): a limit below the 17-byte hash suffix was exceeded.
+    #[test]
+    fn tiny_limits_are_honoured() {
+        for max in 1..20 {
+            assert!(sanitize_within(&"\u{0}".repeat(8), max).len() <= max, "{max}");
+        }
     }
 
     #[test]

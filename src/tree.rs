@@ -37,6 +37,7 @@ pub struct Tree {
 /// The top level of the mount or of one part: where its info.json and tensors.tsv go.
 struct TopLevel {
     raw: Vec<String>,
+    dir: Ino,
     /// Components of its safe path, stripped from the tensor paths its tensors.tsv lists.
     depth: usize,
     info: Map<String, Value>,
@@ -71,10 +72,16 @@ impl Tree {
         let mut tops = Vec::new();
         for (raw, info) in std::iter::once((Vec::new(), root_info)).chain(model.parts.iter().map(|p| (p.path.clone(), p.info.clone()))) {
             let dir = tree.make_dirs(&mut dir_paths, &raw);
+            // A part at the root or at another part's place would give a directory two
+            // info.json files: the first top level there keeps its own.
+            if tops.iter().any(|t: &TopLevel| t.dir == dir) {
+                log::warn!("part {raw:?} shares its directory with another top level; its info.json is dropped");
+                continue;
+            }
             let info_ino = tree.add_bytes(dir, "info.json", Vec::new(), None);
             let tsv_ino = tree.add_bytes(dir, "tensors.tsv", Vec::new(), None);
             let depth = tree.path_of(dir).len();
-            tops.push(TopLevel { raw, depth, info, info_ino, tsv_ino, tsv: String::from("path\tdtype\tshape\tbytes\n"), tensors: 0, bytes: 0 });
+            tops.push(TopLevel { raw, dir, depth, info, info_ino, tsv_ino, tsv: String::from("path\tdtype\tshape\tbytes\n"), tensors: 0, bytes: 0 });
         }
 
         for dir in &model.dirs {
@@ -362,5 +369,19 @@ mod tests {
         let mut buf = vec![0; *size as usize];
         b.read_at(0, &mut buf).unwrap();
         assert_eq!(String::from_utf8(buf).unwrap(), "path\tdtype\tshape\tbytes\nv/s.npy\tint64\t\t8\n");
+    }
+
+    /// Regression (found by the property tests): a part at the root, or two parts at one
+    /// place, gave a directory two `info.json` and two `tensors.tsv` entries.
+    #[test]
+    fn parts_sharing_a_directory_get_one_info_json() {
+        let mut model = Model::default();
+        for path in [vec![], vec!["a".to_string()], vec!["a".to_string()]] {
+            model.parts.push(crate::model::Part { path, info: Map::new() });
+        }
+        model.tensors.push(tensor(&["a", "x"], vec![0; 4], DType::F32, vec![1]));
+        let tree = Tree::build(model, "src");
+        crate::fuzzing::check_tree(&tree).unwrap();
+        assert!(tree.resolve("a/info.json").is_some() && tree.resolve("a/x.npy").is_some());
     }
 }

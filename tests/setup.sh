@@ -33,3 +33,8 @@ python3 -c 'import numpy' 2>/dev/null || pip_install numpy
 
 command -v cargo >/dev/null || { echo "setup: Rust (cargo) is required: https://rustup.rs" >&2; exit 1; }
 [ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing (load the fuse module or run with --device /dev/fuse)" >&2; exit 1; }
+
+# The fuzz smoke run (WFS_FUZZ_SMOKE=1, see tests/run.sh) needs cargo-fuzz.
+if [ "${WFS_FUZZ_SMOKE:-0}" = 1 ] && ! command -v cargo-fuzz >/dev/null; then
+  cargo install --locked cargo-fuzz
+fi

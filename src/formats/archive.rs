@@ -40,10 +40,14 @@ impl Archive {
 
     /// A member read whole into memory (a JSON document, a protobuf), refused above `max` bytes.
     pub fn read_member(&mut self, index: usize, max: u64) -> Result<Vec<u8>, OpenError> {
-        let blob = self.member(index)?;
-        if blob.len() > max {
-            return Err(OpenError::corrupt(format!("archive member {index} is too large ({} bytes)", blob.len())));
+        // The declared size is checked before inflating: a deflated member is otherwise
+        // inflated whole (up to the archive's budget) only to be refused.
+        let declared = self.zip.by_index_raw(index).map_err(|e| OpenError::corrupt(format!("damaged zip archive: {e}")))?.size();
+        if declared > max {
+            return Err(OpenError::corrupt(format!("archive member {index} is too large ({declared} bytes)")));
         }
+        // `member` holds a member to its declared size, so the check above bounds what is read.
+        let blob = self.member(index)?;
         blob.read_vec(0, blob.len()).map_err(|e| OpenError::unreadable(e.to_string()))
     }
 

@@ -6,7 +6,7 @@ use crate::error::OpenError;
 use crate::source::Blob;
 
 /// `kTableMagicNumber`, stored little-endian in the footer's last 8 bytes.
-const TABLE_MAGIC: u64 = 0xdb47_7524_8b80_fb57;
+pub(crate) const TABLE_MAGIC: u64 = 0xdb47_7524_8b80_fb57;
 const FOOTER_LEN: u64 = 48;
 const BLOCK_TRAILER_LEN: u64 = 5;
 /// Largest table block read into memory. TF's data blocks target 256 KiB, so anything near this

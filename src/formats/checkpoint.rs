@@ -23,7 +23,7 @@ const MAX_SHARDS: i32 = 100_000;
 /// String tensors are materialised at mount; bigger ones are skipped rather than loaded.
 const MAX_STRING_TENSOR: u64 = 64 << 20;
 /// Budget for all string tensors of one mount together.
-pub(super) const MAX_STRING_TOTAL: u64 = 256 << 20;
+pub(crate) const MAX_STRING_TOTAL: u64 = 256 << 20;
 
 /// If `path` names a checkpoint (its `.index` file or its prefix), the prefix.
 pub fn prefix_of(path: &Path) -> Option<PathBuf> {
@@ -110,7 +110,13 @@ fn load(prefix: &Path, under: &[&str], model: &mut Model, budget: &mut u64) -> R
             .map(|f| Blob::File(Arc::new(f)))
             .map_err(|e| format!("{}: {}", path.display(), io_reason(&e)))
     };
-    let bundle = load_bundle(&mut beside, under, model, budget)?;
+    load_from(&mut beside, under, model, budget)
+}
+
+/// Reads the bundle that `files` opens into `model` below `under`, with its Keras view; returns
+/// its info fields. Apart from [`load`], fuzzing uses it over bytes in memory.
+pub(crate) fn load_from(files: &mut BundleFiles, under: &[&str], model: &mut Model, budget: &mut u64) -> Result<Map<String, Value>, OpenError> {
+    let bundle = load_bundle(files, under, model, budget)?;
     if let Some(graph) = &bundle.graph {
         add_keras_view(graph, &bundle.variables, under, model);
     }
@@ -119,7 +125,7 @@ fn load(prefix: &Path, under: &[&str], model: &mut Model, budget: &mut u64) -> R
 
 /// Opens one file of a bundle by its suffix after the prefix (`.index`,
 /// `.data-00000-of-00001`); the error is the file's name and why.
-pub(super) type BundleFiles<'a> = dyn FnMut(&str) -> Result<Blob, String> + 'a;
+pub(crate) type BundleFiles<'a> = dyn FnMut(&str) -> Result<Blob, String> + 'a;
 
 /// A bundle read into a model.
 pub(super) struct Bundle {
@@ -246,15 +252,21 @@ impl EntryReader<'_> {
                 if size > MAX_STRING_TENSOR || size > *budget {
                     return Ok(Err(format!("string tensor of {size} bytes is too large to load")));
                 }
-                *budget -= size;
                 let checked = self.extent(name, entry)?;
                 let data = checked
                     .inner
                     .blob
                     .read_vec(checked.inner.offset, size)
                     .map_err(|e| OpenError::corrupt(format!("entry {name}: {e}")))?;
-                let strings = decode_strings(&data, count, checked.crc)
-                    .ok_or_else(|| OpenError::corrupt(format!("string tensor {name} is damaged")))?;
+                let strings = match decode_strings(&data, count, checked.crc, MAX_STRING_TENSOR.min(*budget)) {
+                    Ok(strings) => strings,
+                    Err(StringsError::Damaged) => return Err(OpenError::corrupt(format!("string tensor {name} is damaged"))),
+                    Err(StringsError::TooWide(padded)) => {
+                        return Ok(Err(format!("string tensor takes {padded} bytes as fixed-width strings, too many to load")));
+                    }
+                };
+                // What stays in memory is the fixed-width form, so that is what the budget pays.
+                *budget -= strings.padded.len() as u64;
                 let bytes: Arc<dyn TensorBytes> = if strings.intact {
                     Arc::new(InMemory(strings.padded.into()))
                 } else {
@@ -354,20 +366,35 @@ struct Strings {
     intact: bool,
 }
 
-/// Decodes a DT_STRING tensor; `None` if the layout does not add up.
-fn decode_strings(data: &[u8], count: u64, entry_crc: u32) -> Option<Strings> {
+#[derive(Debug, PartialEq)]
+enum StringsError {
+    /// The layout does not add up.
+    Damaged,
+    /// Fixed-width, the strings would take this many bytes, over the limit: one long string
+    /// among many short ones multiplies out (a hostile 2 MB tensor could ask for terabytes).
+    TooWide(u64),
+}
+
+/// Decodes a DT_STRING tensor whose fixed-width form takes at most `max_padded` bytes.
+fn decode_strings(data: &[u8], count: u64, entry_crc: u32, max_padded: u64) -> Result<Strings, StringsError> {
     // Every length takes at least one byte, so a bigger count cannot fit.
     if count > data.len() as u64 {
-        return None;
+        return Err(StringsError::Damaged);
+    }
+    // Each element takes at least one byte fixed-width.
+    if count > max_padded {
+        return Err(StringsError::TooWide(count));
     }
     let mut pos = 0;
-    let lengths: Vec<usize> =
-        (0..count).map(|_| usize::try_from(bundle::read_varint(data, &mut pos)?).ok()).collect::<Option<_>>()?;
-    let stored_crc = data.get(pos..pos.checked_add(4)?)?;
+    let lengths: Vec<usize> = (0..count)
+        .map(|_| usize::try_from(bundle::read_varint(data, &mut pos)?).ok())
+        .collect::<Option<_>>()
+        .ok_or(StringsError::Damaged)?;
+    let stored_crc = pos.checked_add(4).and_then(|end| data.get(pos..end)).ok_or(StringsError::Damaged)?;
     pos += 4;
-    let total: usize = lengths.iter().try_fold(0usize, |acc, &l| acc.checked_add(l))?;
-    if pos.checked_add(total)? != data.len() {
-        return None;
+    let total = lengths.iter().try_fold(0usize, |acc, &l| acc.checked_add(l));
+    if total.and_then(|t| pos.checked_add(t)) != Some(data.len()) {
+        return Err(StringsError::Damaged);
     }
     // TF checksums the lengths as fixed-width integers (u32 unless one needs more), then
     // carries on over the stored checksum and the string bytes for the entry's crc.
@@ -379,12 +406,16 @@ fn decode_strings(data: &[u8], count: u64, entry_crc: u32) -> Option<Strings> {
     let intact = stored_crc == bundle::mask(lengths_crc).to_le_bytes() && bundle::mask(full_crc) == entry_crc;
     // numpy gives empty strings width 1 (`|S1`), and a zero width would have no elements.
     let width = lengths.iter().copied().max().unwrap_or(0).max(1);
-    let mut padded = vec![0u8; width.checked_mul(lengths.len())?];
+    let padded_len = (width as u64).saturating_mul(count);
+    if padded_len > max_padded {
+        return Err(StringsError::TooWide(padded_len));
+    }
+    let mut padded = vec![0u8; padded_len as usize];
     for (i, len) in lengths.into_iter().enumerate() {
         padded[i * width..i * width + len].copy_from_slice(&data[pos..pos + len]);
         pos += len;
     }
-    Some(Strings { width, padded, intact })
+    Ok(Strings { width, padded, intact })
 }
 
 /// Tensors up to this size are checked whole on their first read, whatever its range: the
@@ -637,7 +668,8 @@ pub(super) fn add_keras_view(graph: &TrackableObjectGraph, variables: &HashMap<S
 /// Which nodes the root reaches without passing through a child named like an optimizer.
 fn reachable_avoiding_optimizers(graph: &TrackableObjectGraph) -> Vec<bool> {
     let mut seen = vec![false; graph.nodes.len()];
-    let mut queue = vec![0usize];
+    // An empty graph (a hostile or damaged checkpoint) has no root to start from.
+    let mut queue = if seen.is_empty() { Vec::new() } else { vec![0usize] };
     while let Some(id) = queue.pop() {
         if std::mem::replace(&mut seen[id], true) {
             continue;
@@ -661,16 +693,39 @@ mod tests {
     fn strings_become_fixed_width() {
         // FORMATS.md 3.5: ["hi", ""] and its entry crc.
         let data = [0x02, 0x00, 0x78, 0x27, 0x0b, 0x34, b'h', b'i'];
-        let s = decode_strings(&data, 2, 0xed48_9e9e).unwrap();
+        let decode = |data: &[u8], count, crc| decode_strings(data, count, crc, MAX_STRING_TENSOR);
+        let s = decode(&data, 2, 0xed48_9e9e).unwrap();
         assert_eq!((s.width, s.padded.as_slice(), s.intact), (2, b"hi\0\0".as_slice(), true));
-        assert!(!decode_strings(&data, 2, 0xed48_9e9f).unwrap().intact);
+        assert!(!decode(&data, 2, 0xed48_9e9f).unwrap().intact);
         let mut flipped = data;
         flipped[7] ^= 1;
-        assert!(!decode_strings(&flipped, 2, 0xed48_9e9e).unwrap().intact);
-        let empty = decode_strings(&[0x00, 1, 2, 3, 4], 1, 0).unwrap();
+        assert!(!decode(&flipped, 2, 0xed48_9e9e).unwrap().intact);
+        let empty = decode(&[0x00, 1, 2, 3, 4], 1, 0).unwrap();
         assert_eq!((empty.width, empty.padded), (1, vec![0]));
-        assert!(decode_strings(&[0x05, 1, 2, 3, 4, b'a'], 1, 0).is_none());
-        assert!(decode_strings(&[0x02], 1_000_000_000_000, 0).is_none());
+        assert_eq!(decode(&[0x05, 1, 2, 3, 4, b'a'], 1, 0).err(), Some(StringsError::Damaged));
+        assert_eq!(decode(&[0x02], 1_000_000_000_000, 0).err(), Some(StringsError::Damaged));
+    }
+
+    /// Regression: 100k empty strings and one of 100 kB once asked for 10 GB of padding.
+    #[test]
+    fn one_long_string_among_many_is_refused_not_allocated() {
+        let count = 100_001u64;
+        let mut data = vec![0u8; count as usize - 1];
+        data.extend_from_slice(&[0xa0, 0x8d, 0x06]); // varint 100_000
+        data.extend_from_slice(&[0; 4]);
+        data.extend(std::iter::repeat_n(b'x', 100_000));
+        assert_eq!(
+            decode_strings(&data, count, 0, MAX_STRING_TENSOR).err(),
+            Some(StringsError::TooWide(100_000 * count))
+        );
+    }
+
+    /// Regression: an object graph with no nodes (an empty string scalar) indexed node 0.
+    #[test]
+    fn empty_object_graph_has_no_keras_view() {
+        let mut model = Model::default();
+        add_keras_view(&TrackableObjectGraph::default(), &HashMap::new(), &[], &mut model);
+        assert!(model.tensors.is_empty());
     }
 
     /// A 3x4 float tensor cut into rows 0..2 x cols 0..4 and row 2 split at col 1.

@@ -408,7 +408,7 @@ const RNN_CELLS: &[&str] = &["rnn_cell", "simple_rnn_cell", "lstm_cell", "gru_ce
 
 /// Names of a built-in layer's own variables by index (FORMATS.md 2.3), `None` where unknown,
 /// and how many of them are trainable (they come first).
-fn variable_names(kind: Option<&str>, config: Option<&Value>, count: usize) -> (Vec<Option<String>>, usize) {
+pub(crate) fn variable_names(kind: Option<&str>, config: Option<&Value>, count: usize) -> (Vec<Option<String>>, usize) {
     let flag = |key: &str| config.and_then(|c| c.get(key)).and_then(Value::as_bool).unwrap_or(true);
     let kind = kind.unwrap_or_default();
     // Optional variables come last, so fewer stored than listed means the leading ones.

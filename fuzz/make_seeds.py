@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora (fuzz/corpus/<target>/seed-*) from the committed test fixtures.
+Multi-file inputs are parts joined by wfs::fuzzing::PART_SEPARATOR; a table entry part is a key
+length byte, the key and the value (see fuzz/fuzz_targets/checkpoint.rs)."""
+import os
+import shutil
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIX = os.path.join(HERE, "..", "tests", "fixtures")
+SEP = b"\xfe\xffWFS"
+
+
+def varint(b, i):
+    r = s = 0
+    while True:
+        c = b[i]
+        i += 1
+        r |= (c & 0x7F) << s
+        s += 7
+        if c < 0x80:
+            return r, i
+
+
+def block_entries(blk):
+    n = int.from_bytes(blk[-4:], "little")
+    end = len(blk) - 4 * (n + 1)
+    i, key = 0, b""
+    while i < end:
+        sh, i = varint(blk, i)
+        ns, i = varint(blk, i)
+        vl, i = varint(blk, i)
+        key = key[:sh] + blk[i:i + ns]
+        i += ns
+        yield key, blk[i:i + vl]
+        i += vl
+
+
+def table(path):
+    """Every entry of an uncompressed table (TensorFlow writes bundle indexes uncompressed)."""
+    b = open(path, "rb").read()
+    foot = b[-48:]
+    _, j = varint(foot, 0)
+    _, j = varint(foot, j)
+    io, j = varint(foot, j)
+    isz, j = varint(foot, j)
+    for _, h in block_entries(b[io:io + isz]):
+        do, k = varint(h, 0)
+        ds, k = varint(h, k)
+        yield from block_entries(b[do:do + ds])
+
+
+def entries(index):
+    return [bytes([len(k)]) + k + v for k, v in table(index) if len(k) < 256]
+
+
+def put(target, name, data):
+    d = os.path.join(HERE, "corpus", target)
+    os.makedirs(d, exist_ok=True)
+    open(os.path.join(d, "seed-" + name), "wb").write(data)
+
+
+def read(rel):
+    return open(os.path.join(FIX, rel), "rb").read()
+
+
+CKPTS = {
+    "tf1_saver": "ckpt/tf1_saver/model.ckpt-5",
+    "tf2_dtypes": "ckpt/tf2_dtypes/dtypes",
+    "tf2_keras": "ckpt/tf2_keras/ckpt-1",
+    "sharded": "ckpt/sharded/ckpt-1",
+}
+SAVED = {"tf_module": False, "tf1_builder": False, "k3_export": False}
+
+shutil.rmtree(os.path.join(HERE, "corpus"), ignore_errors=True)
+for name, prefix in CKPTS.items():
+    put("table", name, read(prefix + ".index"))
+    data = sorted(f for f in os.listdir(os.path.dirname(os.path.join(FIX, prefix))) if ".data-" in f)[0]
+    shard = read(os.path.join(os.path.dirname(prefix), data))
+    put("checkpoint", name, SEP.join([shard] + entries(os.path.join(FIX, prefix + ".index"))))
+for name in SAVED:
+    d = "savedmodel/" + name
+    meta = read(d + "/keras_metadata.pb") if os.path.exists(os.path.join(FIX, d, "keras_metadata.pb")) else b""
+    parts = [read(d + "/saved_model.pb"), meta, read(d + "/variables/variables.data-00000-of-00001")]
+    put("savedmodel", name, SEP.join(parts + entries(os.path.join(FIX, d, "variables/variables.index"))))
+# tfk_functional's saved_model.pb is 700 KB: its Keras metadata rides on tf_module's graph.
+tfk = "savedmodel/tfk_functional"
+put("savedmodel", "tfk_metadata", SEP.join([read("savedmodel/tf1_builder/saved_model.pb"), read(tfk + "/keras_metadata.pb"),
+    read(tfk + "/variables/variables.data-00000-of-00001")] + entries(os.path.join(FIX, tfk, "variables/variables.index"))))
+put("archive", "tf_module.zip", read("savedmodel/tf_module.zip"))
+put("archive", "tfk_deflated.zip", read("savedmodel/tfk_deflated.zip"))
+put("archive", "k3_deflated.keras", read("keras3/k3_deflated.keras"))
+for i, s in enumerate(["dense_1", "..", "a/b\tc%d", "x" * 300, "é" * 200 + "\u0001..", "kernel:0"]):
+    put("names", str(i), s.encode())
+for i, s in enumerate([
+    "dense_1\ndense_1/kernel:0\ndense_1/bias:0",
+    "lstm\nlstm/lstm_cell/kernel:0\nlstm/lstm_cell/recurrent_kernel:0\nlstm/lstm_cell/bias:0",
+    "BatchNormalization\ngamma\nbeta\nmoving_mean\n{\"scale\": false, \"center\": true}",
+    "dense_1\ndense_1_W:0\ndense_1_b:0",
+    "PReLU\nseq/p_re_lu/alpha",
+]):
+    put("keras_names", str(i), s.encode())
+put("npy", "f32", bytes([11]) + (2).to_bytes(8, "big") + (3).to_bytes(8, "big"))
+put("npy", "str", bytes([200]) + (7).to_bytes(8, "big"))
+put("tree", "0", b"tlayers/dense/kernel\ntlayers/dense/kernel\nf../config.json\nd.\npckpt-1\ntckpt-1/variables/x\nlayers/0>layers/dense\nllatest>ckpt-1\nt\n")

@@ -1,0 +1,234 @@
+//! Entry points and invariant checks for the fuzz targets in `fuzz/` and the property tests;
+//! not part of the library's API. Parsers that otherwise need files on disk run here over bytes
+//! in memory, and the checks say what every tree, name and `.npy` header must satisfy.
+
+use crate::error::OpenError;
+use crate::formats::checkpoint;
+use crate::model::Model;
+use crate::source::Blob;
+use crate::tree::{Node, ROOT, Tree};
+use serde_json::Value;
+use std::sync::Arc;
+
+/// A checkpoint from the bytes of its `.index` file and of its data file (every shard the
+/// header claims reads `data`), read as `wfs mount` reads one from disk.
+pub fn checkpoint(index: &[u8], data: &[u8]) -> Result<Model, OpenError> {
+    let index = Blob::Memory(Arc::new(index.to_vec()));
+    let data = Blob::Memory(Arc::new(data.to_vec()));
+    let mut files = |suffix: &str| if suffix == ".index" { Ok(index.clone()) } else { Ok(data.clone()) };
+    let mut model = Model::default();
+    let mut budget = checkpoint::MAX_STRING_TOTAL;
+    model.info = checkpoint::load_from(&mut files, &[], &mut model, &mut budget)?;
+    Ok(model)
+}
+
+/// Reads every tensor and file of a model whole, as a reader of the mount would, skipping any
+/// larger than `max` bytes. Read errors are expected on damaged input; panics are the bugs.
+pub fn read_all(model: &Model, max: u64) {
+    let contents = model.tensors.iter().map(|t| &t.bytes).chain(model.files.iter().map(|f| &f.bytes));
+    for bytes in contents.filter(|b| b.len() <= max) {
+        let mut buf = vec![0u8; bytes.len() as usize];
+        let _ = bytes.read_at(0, &mut buf);
+        if buf.len() > 1 {
+            let _ = bytes.read_at(1, &mut buf[1..]);
+        }
+    }
+}
+
+/// Keras 3's names for a built-in layer's variables by index (see `keras3::variable_names`).
+pub fn keras3_variable_names(kind: Option<&str>, config: Option<&Value>, count: usize) -> (Vec<Option<String>>, usize) {
+    crate::formats::keras3::variable_names(kind, config, count)
+}
+
+/// Why `name` is not a safe path component (TREE.md 3), if it is not.
+pub fn unsafe_name(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("empty")
+    } else if name == "." || name == ".." {
+        Some("a dot name")
+    } else if name.len() > 255 {
+        Some("over 255 bytes")
+    } else if name.contains('/') {
+        Some("contains '/'")
+    } else if name.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else {
+        None
+    }
+}
+
+/// Checks a built tree: every name safe and unique in its directory, and every symlink relative
+/// and resolving, without leaving the mount, to a directory of the tree.
+pub fn check_tree(tree: &Tree) -> Result<(), String> {
+    for ino in ROOT..=tree.len() as u64 {
+        match tree.node(ino) {
+            Some(Node::Dir { entries, index }) => {
+                if entries.len() != index.len() {
+                    return Err(format!("directory {ino} has duplicate names"));
+                }
+                if let Some((name, why)) = entries.iter().find_map(|(n, _)| unsafe_name(n).map(|why| (n, why))) {
+                    return Err(format!("name {name:?} in directory {ino} is {why}"));
+                }
+            }
+            Some(Node::Symlink(target)) => {
+                let parent = tree.parent(ino).ok_or("symlink without a parent")?;
+                resolve_link(tree, parent, target).map_err(|why| format!("symlink {ino} -> {target:?}: {why}"))?;
+            }
+            Some(Node::File { .. }) => {}
+            None => return Err(format!("inode {ino} is missing")),
+        }
+    }
+    Ok(())
+}
+
+fn resolve_link(tree: &Tree, from: u64, target: &str) -> Result<(), &'static str> {
+    if target.starts_with('/') {
+        return Err("absolute");
+    }
+    let mut at = from;
+    for part in target.split('/') {
+        at = match part {
+            "." | "" => at,
+            ".." if at == ROOT => return Err("leaves the mount"),
+            ".." => tree.parent(at).ok_or("dangling parent")?,
+            name => tree.lookup(at, name).ok_or("dangling")?,
+        };
+    }
+    match tree.node(at) {
+        Some(Node::Dir { .. }) => Ok(()),
+        _ => Err("does not name a directory"),
+    }
+}
+
+/// A `.npy` header read back by numpy's rules (`numpy.lib.format`): magic, version 1 or 2, the
+/// length field, a data section aligned to 64 bytes, a dict ending in `'\n'`. Returns the
+/// `descr` and the shape.
+pub fn parse_npy_header(bytes: &[u8]) -> Result<(String, Vec<u64>), String> {
+    let rest = bytes.strip_prefix(b"\x93NUMPY").ok_or("no magic")?;
+    let (len, dict) = match rest {
+        [1, 0, a, b, dict @ ..] => (usize::from(u16::from_le_bytes([*a, *b])), dict),
+        [2, 0, a, b, c, d, dict @ ..] => (u32::from_le_bytes([*a, *b, *c, *d]) as usize, dict),
+        _ => return Err("unknown version".into()),
+    };
+    if dict.len() != len {
+        return Err(format!("length field {len}, header holds {}", dict.len()));
+    }
+    if bytes.len() % 64 != 0 {
+        return Err(format!("data starts at {}, not a multiple of 64", bytes.len()));
+    }
+    let text = std::str::from_utf8(dict).map_err(|e| e.to_string())?;
+    let text = text.strip_suffix('\n').ok_or("no final newline")?.trim_end_matches(' ');
+    let body = text.strip_prefix("{'descr': '").ok_or("no descr")?;
+    let (descr, body) = body.split_once("', 'fortran_order': False, 'shape': (").ok_or("no shape")?;
+    let dims = body.strip_suffix("), }").ok_or("bad dict end")?;
+    let shape = dims
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| d.parse::<u64>().map_err(|e| format!("dimension {d:?}: {e}")))
+        .collect::<Result<Vec<u64>, String>>()?;
+    // numpy writes one element as `(n,)` and no elements as `()`.
+    if shape.len() == 1 && !dims.ends_with(',') {
+        return Err("a 1-d shape lacks its trailing comma".into());
+    }
+    Ok((descr.to_string(), shape))
+}
+
+/// A LevelDB-format table as TensorFlow writes a bundle's `.index`: `entries` (sorted, keys
+/// unique) in data blocks of `per_block` entries, prefix-compressed with a restart point every
+/// 16 entries, optionally Snappy-compressed, then an empty metaindex block, the index block and
+/// the footer. Lets fuzzing and tests build valid tables (checksums included) from any entries.
+pub fn write_table(entries: &[(Vec<u8>, Vec<u8>)], per_block: usize, snappy: bool) -> Vec<u8> {
+    use crate::formats::bundle::masked_crc32c;
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    fn block(entries: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let (mut out, mut restarts, mut prev): (Vec<u8>, Vec<u32>, &[u8]) = (Vec::new(), Vec::new(), &[]);
+        for (i, (key, value)) in entries.iter().enumerate() {
+            let shared = if i % 16 == 0 {
+                restarts.push(out.len() as u32);
+                0
+            } else {
+                prev.iter().zip(key.iter()).take_while(|(a, b)| a == b).count()
+            };
+            varint(&mut out, shared as u64);
+            varint(&mut out, (key.len() - shared) as u64);
+            varint(&mut out, value.len() as u64);
+            out.extend_from_slice(&key[shared..]);
+            out.extend_from_slice(value);
+            prev = key;
+        }
+        if restarts.is_empty() {
+            restarts.push(0);
+        }
+        for r in &restarts {
+            out.extend_from_slice(&r.to_le_bytes());
+        }
+        out.extend_from_slice(&(restarts.len() as u32).to_le_bytes());
+        out
+    }
+    // Appends a block with its trailer; returns its handle's bytes.
+    let put = |file: &mut Vec<u8>, contents: Vec<u8>, compress: bool| -> Vec<u8> {
+        let (contents, kind) = match compress {
+            true => (snap::raw::Encoder::new().compress_vec(&contents).unwrap_or(contents), 1u8),
+            false => (contents, 0u8),
+        };
+        let mut handle = Vec::new();
+        varint(&mut handle, file.len() as u64);
+        varint(&mut handle, contents.len() as u64);
+        file.extend_from_slice(&contents);
+        file.push(kind);
+        let crc = masked_crc32c(&file[file.len() - contents.len() - 1..]);
+        file.extend_from_slice(&crc.to_le_bytes());
+        handle
+    };
+    let mut file = Vec::new();
+    let mut index = Vec::new();
+    for chunk in entries.chunks(per_block.max(1)) {
+        let refs: Vec<(&[u8], &[u8])> = chunk.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+        let handle = put(&mut file, block(&refs), snappy);
+        index.push((chunk[chunk.len() - 1].0.clone(), handle));
+    }
+    let metaindex = put(&mut file, block(&[]), false);
+    let refs: Vec<(&[u8], &[u8])> = index.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+    let index_handle = put(&mut file, block(&refs), false);
+    let mut footer = [metaindex, index_handle].concat();
+    footer.resize(40, 0);
+    footer.extend_from_slice(&crate::formats::bundle::TABLE_MAGIC.to_le_bytes());
+    file.extend_from_slice(&footer);
+    file
+}
+
+/// Separates the parts of a fuzz input that stands for several files.
+pub const PART_SEPARATOR: &[u8] = b"\xfe\xffWFS";
+
+/// The parts of a fuzz input, split on [`PART_SEPARATOR`].
+pub fn split_parts(data: &[u8]) -> Vec<&[u8]> {
+    let mut parts = Vec::new();
+    let mut rest = data;
+    while let Some(at) = rest.windows(PART_SEPARATOR.len()).position(|w| w == PART_SEPARATOR) {
+        parts.push(&rest[..at]);
+        rest = &rest[at + PART_SEPARATOR.len()..];
+    }
+    parts.push(rest);
+    parts
+}
+
+/// Table entries from fuzz input parts, each a key length byte, the key, then the value;
+/// sorted and unique, as a table holds them.
+pub fn table_entries(parts: &[&[u8]]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let entries: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = parts
+        .iter()
+        .filter_map(|p| {
+            let (&len, rest) = p.split_first()?;
+            let (key, value) = rest.split_at_checked(usize::from(len))?;
+            Some((key.to_vec(), value.to_vec()))
+        })
+        .collect();
+    entries.into_iter().collect()
+}
