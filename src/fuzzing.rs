@@ -62,7 +62,7 @@ pub fn unsafe_name(name: &str) -> Option<&'static str> {
 pub fn check_tree(tree: &Tree) -> Result<(), String> {
     for ino in ROOT..=tree.len() as u64 {
         match tree.node(ino) {
-            Some(Node::Dir { entries, index }) => {
+            Some(Node::Dir { entries, index, .. }) => {
                 if entries.len() != index.len() {
                     return Err(format!("directory {ino} has duplicate names"));
                 }

@@ -253,4 +253,11 @@ fn concurrent_readers_with_a_tiny_cache_see_stable_bytes() {
     for t in threads {
         t.join().unwrap();
     }
+    // The cache held its bound throughout (it only ever shrinks back under it after a load).
+    let counter = |name: &str| -> u64 {
+        let out = Command::new("getfattr").args(["--only-values", "--absolute-names", "-n", name]).arg(&m.point).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+    };
+    assert!(counter("user.wfs.cache_bytes") <= 8 * 1024);
+    assert!(counter("user.wfs.decodes") > 0);
 }
