@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for WFS_FUZZ_SECONDS (default 20) from its committed seeds; any crash,
 # hang (> 10 s per input) or OOM (> 2 GiB) fails the script. CI's smoke run, and with a larger
-# WFS_FUZZ_SECONDS the long runs of fuzz/RELIABILITY.md. cargo-fuzz needs nightly flags; the
+# WFS_FUZZ_SECONDS the long runs of the README's Reliability section. cargo-fuzz needs nightly flags; the
 # stable toolchain accepts them with RUSTC_BOOTSTRAP=1.
 set -euo pipefail
 cd "$(dirname "$0")"
