@@ -68,3 +68,25 @@ fn split_name_attributes_and_empty_float64_lists() {
     }
     assert!(m.path("layers/layer_2").is_dir());
 }
+
+#[test]
+fn a_hundred_thousand_layer_names_mount_quickly() {
+    let started = std::time::Instant::now();
+    let m = Mount::new(&fixture("hostile/many_layers.h5"), &[]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert_eq!(std::fs::read_link(m.path("layers/99999")).unwrap().to_str(), Some("l099999"));
+    assert!(m.path("layers/l099999").is_dir());
+    assert_eq!(m.read("layers/0/w.raw"), [0f32, 1.0, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+    assert_eq!(std::fs::read_dir(m.path("layers")).unwrap().count(), 200_000);
+}
+
+#[test]
+fn groups_nested_too_deep_are_cut_and_reported() {
+    let m = Mount::new(&fixture("hostile/deep_groups.h5"), &[]);
+    assert_eq!(m.read("datasets/top.raw"), vec![0, 1]);
+    let info: Value = serde_json::from_slice(&m.read("info.json")).unwrap();
+    let skipped = info["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0]["reason"].as_str().unwrap().contains("too deep"));
+    assert_eq!(skipped[0]["path"].as_str().unwrap().matches('/').count(), 65);
+}

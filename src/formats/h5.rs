@@ -906,6 +906,7 @@ fn walk(group: &Group, prefix: &mut Vec<String>, depth: usize, seen: &mut std::c
                     walk(&child, prefix, depth - 1, seen, out);
                 }
             }
+            hdf5::LocationType::Group => out.unreadable.push((prefix.clone(), "groups nested too deep".into())),
             hdf5::LocationType::Dataset => match locked(|| group.dataset(&name)) {
                 Ok(ds) => out.datasets.push((prefix.clone(), ds)),
                 Err(e) => out.unreadable.push((prefix.clone(), first_line(&e.to_string()))),
