@@ -10,7 +10,6 @@ use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -131,7 +130,7 @@ fn pid_file(mountpoint: &Path) -> PathBuf {
 
 /// Mounts `fs` and serves it until unmounted. Without `foreground`, forks first: the parent
 /// returns once the mount is live (or with the child's error); the child serves.
-pub fn mount(fs: Fs, settings: MountSettings, on_daemonized: impl FnOnce()) -> Result<(), MountError> {
+pub fn mount(fs: &'static Fs, settings: MountSettings, on_daemonized: impl FnOnce()) -> Result<(), MountError> {
     if settings.foreground {
         return serve(fs, &settings, None::<(&mut std::fs::File, fn())>);
     }
@@ -180,7 +179,7 @@ pub fn mount(fs: Fs, settings: MountSettings, on_daemonized: impl FnOnce()) -> R
 
 type Status<'a, F> = Option<(&'a mut std::fs::File, F)>;
 
-fn serve(fs: Fs, settings: &MountSettings, status: Status<'_, impl FnOnce()>) -> Result<(), MountError> {
+fn serve(fs: &'static Fs, settings: &MountSettings, status: Status<'_, impl FnOnce()>) -> Result<(), MountError> {
     // Decoded chunks (long-lived, in the cache) and transient buffers come from several threads.
     // glibc raises its mmap threshold each time a large block is freed, after which chunks land
     // in per-thread arenas whose freed holes stay resident: peak RSS reached cache + 135 MiB
@@ -226,7 +225,7 @@ fn serve(fs: Fs, settings: &MountSettings, status: Status<'_, impl FnOnce()>) ->
     config.clone_fd = true;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let activity = Activity::new();
-    let handler = WfsFuse::new(Arc::new(fs), settings.owner, Some(ready_tx), activity.clone());
+    let handler = WfsFuse::new(fs, settings.owner, Some(ready_tx), activity.clone());
     let mut session = Session::new(handler, &settings.mountpoint, &config).map_err(|e| {
         MountError::Mountpoint(format!("{}: cannot mount: {}", settings.mountpoint.display(), crate::formats::io_reason(&e)))
     })?;

@@ -52,7 +52,7 @@ impl Activity {
 }
 
 pub struct WfsFuse {
-    fs: Arc<Fs>,
+    fs: &'static Fs,
     owner: Ownership,
     /// Told once the kernel handshake is done, i.e. when the mount is usable.
     ready: Option<Sender<()>>,
@@ -60,7 +60,7 @@ pub struct WfsFuse {
 }
 
 impl WfsFuse {
-    pub fn new(fs: Arc<Fs>, owner: Ownership, ready: Option<Sender<()>>, activity: Arc<Activity>) -> Self {
+    pub fn new(fs: &'static Fs, owner: Ownership, ready: Option<Sender<()>>, activity: Arc<Activity>) -> Self {
         WfsFuse { fs, owner, ready, activity }
     }
 
