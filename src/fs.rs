@@ -3,8 +3,9 @@
 use crate::cache::ChunkCache;
 use crate::dtype::DType;
 use crate::error::ReadError;
-use crate::model::TensorBytes;
-use crate::tree::{Content, Ino, Node, Tree};
+use crate::model::Tensor;
+use crate::npy;
+use crate::tree::{Content, Ino, Node, TensorFile, Tree, dtype_text, shape_text};
 use std::ffi::OsStr;
 use std::sync::Arc;
 
@@ -117,7 +118,7 @@ impl Fs {
     /// where its bytes lie in the source (`user.wfs.storage` is `decoded` when they do not lie
     /// there as-is).
     pub fn xattrs(&self, ino: Ino) -> Vec<(String, Vec<u8>)> {
-        let Some(Node::File { tensor: Some(id), .. }) = self.tree.node(ino) else {
+        let Some(Node::File { content: Content::Tensor(id, _), .. }) = self.tree.node(ino) else {
             return Vec::new();
         };
         let tensor = &self.tree.tensors[*id];
@@ -164,9 +165,14 @@ impl Fs {
         let out = &mut buf[..len];
         let result = match content {
             Content::Bytes(bytes) => bytes.read_at(offset, out),
-            Content::Npy { header, tensor } => {
-                let tensor = &self.tree.tensors[*tensor];
-                read_npy(header, tensor.dtype, tensor.bytes.as_ref(), offset, out)
+            Content::Tensor(id, kind) => {
+                let tensor = &self.tree.tensors[*id];
+                match kind {
+                    TensorFile::Raw => tensor.bytes.read_at(offset, out),
+                    TensorFile::Npy => read_npy(tensor, file_size, offset, out),
+                    TensorFile::Shape => copy_text(&shape_text(tensor), offset, out),
+                    TensorFile::DType => copy_text(&dtype_text(tensor), offset, out),
+                }
             }
         };
         result.map_err(|e| {
@@ -178,16 +184,21 @@ impl Fs {
 }
 
 /// Fills `buf` with `.npy` bytes at `offset`: header, then data (bfloat16 widened to float32).
-fn read_npy(
-    header: &[u8],
-    dtype: DType,
-    raw: &dyn TensorBytes,
-    offset: u64,
-    buf: &mut [u8],
-) -> Result<(), ReadError> {
-    let hlen = header.len() as u64;
+/// Copies the part of a small generated text at `offset`.
+fn copy_text(text: &str, offset: u64, out: &mut [u8]) -> Result<(), ReadError> {
+    let start = offset as usize;
+    out.copy_from_slice(&text.as_bytes()[start..start + out.len()]);
+    Ok(())
+}
+
+/// `npy_len` is the file's size: what follows the header is the data, so the header (made
+/// only when a read touches it) has `npy_len` minus the data's length bytes.
+fn read_npy(tensor: &Tensor, npy_len: u64, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+    let (dtype, raw) = (tensor.dtype, tensor.bytes.as_ref());
+    let hlen = npy_len - raw.len() / dtype.size() as u64 * dtype.npy_size() as u64;
     let mut filled = 0usize;
     if offset < hlen {
+        let header = npy::header(dtype, &tensor.shape);
         let n = ((hlen - offset) as usize).min(buf.len());
         buf[..n].copy_from_slice(&header[offset as usize..offset as usize + n]);
         filled = n;

@@ -13,17 +13,37 @@ pub const ROOT: Ino = 1;
 /// What a regular file holds.
 #[derive(Clone)]
 pub enum Content {
-    /// Bytes from a reader: configs, assets, and `.raw` files.
+    /// Bytes from a reader or made at mount: configs, assets, info.json, tensors.tsv.
     Bytes(Arc<dyn TensorBytes>),
-    /// A `.npy` file: the header, then the tensor's data (bfloat16 widened to float32).
-    Npy { header: Arc<[u8]>, tensor: usize },
+    /// One of the four files of tensor `.0`, made from the tensor on each read (so that a
+    /// model's millions of small files cost no memory of their own).
+    Tensor(usize, TensorFile),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TensorFile {
+    /// The npy header, then the data (bfloat16 widened to float32).
+    Npy,
+    /// The data as the source holds it (little-endian).
+    Raw,
+    Shape,
+    DType,
+}
+
+/// The text of a tensor's `.shape` file.
+pub fn shape_text(t: &Tensor) -> String {
+    format!("{}\n", t.shape.iter().map(u64::to_string).collect::<Vec<_>>().join(","))
+}
+
+/// The text of a tensor's `.dtype` file.
+pub fn dtype_text(t: &Tensor) -> String {
+    format!("{}\n", t.dtype.name())
 }
 
 pub enum Node {
     /// `subdirs`: how many entries are directories (for `nlink`).
     Dir { entries: Vec<(String, Ino)>, index: HashMap<String, Ino>, subdirs: u32 },
-    /// `tensor`: the tensor this file is one of the four files of.
-    File { content: Content, size: u64, tensor: Option<usize> },
+    File { content: Content, size: u64 },
     Symlink(String),
 }
 
@@ -60,8 +80,8 @@ impl Tree {
             tensors: Vec::new(),
         };
         // Safe names of every raw directory path seen, so links resolve to what was made.
-        let mut dir_paths: HashMap<Vec<String>, (Ino, Vec<String>)> = HashMap::new();
-        dir_paths.insert(Vec::new(), (ROOT, Vec::new()));
+        let mut dir_paths: HashMap<Vec<String>, Ino> = HashMap::new();
+        dir_paths.insert(Vec::new(), ROOT);
 
         // The mount's top level, then each part's (a checkpoint of a directory): each gets an
         // info.json and a tensors.tsv over the tensors below it, filled in once all are placed.
@@ -78,8 +98,8 @@ impl Tree {
                 log::warn!("part {raw:?} shares its directory with another top level; its info.json is dropped");
                 continue;
             }
-            let info_ino = tree.add_bytes(dir, "info.json", Vec::new(), None);
-            let tsv_ino = tree.add_bytes(dir, "tensors.tsv", Vec::new(), None);
+            let info_ino = tree.add_bytes(dir, "info.json", Vec::new());
+            let tsv_ino = tree.add_bytes(dir, "tensors.tsv", Vec::new());
             let depth = tree.path_of(dir).len();
             tops.push(TopLevel { raw, dir, depth, info, info_ino, tsv_ino, tsv: String::from("path\tdtype\tshape\tbytes\n"), tensors: 0, bytes: 0 });
         }
@@ -93,7 +113,7 @@ impl Tree {
             let name = name.first().map_or("%00", String::as_str);
             let safe = tree.unique_name(parent, &sanitize(name), &[""]);
             let size = file.bytes.len();
-            tree.insert(parent, safe, Node::File { content: Content::Bytes(file.bytes.clone()), size, tensor: None });
+            tree.insert(parent, safe, Node::File { content: Content::Bytes(file.bytes.clone()), size });
         }
         for tensor in model.tensors {
             let (dir, name) = tensor.path.split_at(tensor.path.len().saturating_sub(1));
@@ -101,27 +121,20 @@ impl Tree {
             let name = name.first().map_or("%00", String::as_str);
             let longest_suffix = TENSOR_SUFFIXES.iter().map(|s| s.len()).max().unwrap_or(0);
             let base = tree.unique_name(parent, &sanitize_within(name, 255 - longest_suffix), &TENSOR_SUFFIXES);
-            let shape_text = tensor.shape.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
             let id = tree.tensors.len();
-            let header: Arc<[u8]> = npy::header(tensor.dtype, &tensor.shape).into();
             let raw_len = tensor.bytes.len();
-            let npy_len = header.len() as u64 + raw_len / tensor.dtype.size() as u64 * tensor.dtype.npy_size() as u64;
-            tree.insert(
-                parent,
-                format!("{base}.npy"),
-                Node::File { content: Content::Npy { header, tensor: id }, size: npy_len, tensor: Some(id) },
-            );
-            tree.insert(
-                parent,
-                format!("{base}.raw"),
-                Node::File { content: Content::Bytes(tensor.bytes.clone()), size: raw_len, tensor: Some(id) },
-            );
-            tree.add_bytes(parent, &format!("{base}.shape"), format!("{shape_text}\n").into_bytes(), Some(id));
-            tree.add_bytes(parent, &format!("{base}.dtype"), format!("{}\n", tensor.dtype.name()).into_bytes(), Some(id));
+            let header_len = npy::header(tensor.dtype, &tensor.shape).len() as u64;
+            let npy_len = header_len + raw_len / tensor.dtype.size() as u64 * tensor.dtype.npy_size() as u64;
+            let shape = shape_text(&tensor);
+            let sizes = [npy_len, raw_len, shape.len() as u64, dtype_text(&tensor).len() as u64];
+            let kinds = [TensorFile::Npy, TensorFile::Raw, TensorFile::Shape, TensorFile::DType];
+            for ((suffix, kind), size) in TENSOR_SUFFIXES.iter().zip(kinds).zip(sizes) {
+                tree.insert(parent, format!("{base}{suffix}"), Node::File { content: Content::Tensor(id, kind), size });
+            }
             let mut rel = tree.path_of(parent);
             rel.push(format!("{base}.npy"));
             for top in tops.iter_mut().filter(|t| tensor.path.starts_with(&t.raw)) {
-                let row = format!("{}\t{}\t{}\t{}\n", rel[top.depth..].join("/"), tensor.dtype.name(), shape_text, raw_len);
+                let row = format!("{}\t{}\t{}\t{}\n", rel[top.depth..].join("/"), tensor.dtype.name(), shape.trim_end(), raw_len);
                 top.tsv.push_str(&row);
                 top.tensors += 1;
                 top.bytes += raw_len;
@@ -138,9 +151,10 @@ impl Tree {
         }
 
         for link in &model.links {
-            let Some((_, target_safe)) = dir_paths.get(&link.target).cloned() else {
+            let Some(&target_ino) = dir_paths.get(&link.target) else {
                 continue;
             };
+            let target_safe = tree.path_of(target_ino);
             let (dir, name) = link.path.split_at(link.path.len().saturating_sub(1));
             let parent = tree.make_dirs(&mut dir_paths, dir);
             let parent_safe = tree.path_of(parent);
@@ -155,13 +169,13 @@ impl Tree {
     fn set_bytes(&mut self, ino: Ino, bytes: Vec<u8>) {
         let size = bytes.len() as u64;
         let content = Content::Bytes(Arc::new(crate::model::InMemory(bytes.into())));
-        self.nodes[(ino - 1) as usize] = Node::File { content, size, tensor: None };
+        self.nodes[(ino - 1) as usize] = Node::File { content, size };
     }
 
-    fn add_bytes(&mut self, parent: Ino, name: &str, bytes: Vec<u8>, tensor: Option<usize>) -> Ino {
+    fn add_bytes(&mut self, parent: Ino, name: &str, bytes: Vec<u8>) -> Ino {
         let size = bytes.len() as u64;
         let content = Content::Bytes(Arc::new(crate::model::InMemory(bytes.into())));
-        self.insert(parent, name.to_string(), Node::File { content, size, tensor })
+        self.insert(parent, name.to_string(), Node::File { content, size })
     }
 
     fn insert(&mut self, parent: Ino, name: String, node: Node) -> Ino {
@@ -198,15 +212,15 @@ impl Tree {
     }
 
     /// Returns the directory for raw path `dir`, creating what is missing.
-    fn make_dirs(&mut self, known: &mut HashMap<Vec<String>, (Ino, Vec<String>)>, dir: &[String]) -> Ino {
-        if let Some((ino, _)) = known.get(dir) {
-            return *ino;
+    fn make_dirs(&mut self, known: &mut HashMap<Vec<String>, Ino>, dir: &[String]) -> Ino {
+        if let Some(&ino) = known.get(dir) {
+            return ino;
         }
         let parent = self.make_dirs(known, &dir[..dir.len() - 1]);
         let name = &dir[dir.len() - 1];
         let safe = self.unique_name(parent, &sanitize(name), &[""]);
         let ino = self.insert(parent, safe, Node::Dir { entries: Vec::new(), index: HashMap::new(), subdirs: 0 });
-        known.insert(dir.to_vec(), (ino, self.path_of(ino)));
+        known.insert(dir.to_vec(), ino);
         ino
     }
 
