@@ -120,8 +120,12 @@ fn mount_helper_forms_used_by_mount8() {
 
 #[test]
 fn fstab_line_through_real_mount8() {
-    // Installs the mount(8) helper the README asks for, if the machine does not have it yet.
+    // Installs the mount(8) helper the README asks for, pointing at the binary under test
+    // (replacing a link left by an earlier build, which may dangle).
     let helper = Path::new("/sbin/mount.fuse.wfs");
+    if helper.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+        std::fs::remove_file(helper).unwrap();
+    }
     if !helper.exists() {
         std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_wfs"), helper).expect("root is needed to install /sbin/mount.fuse.wfs");
     }
