@@ -165,8 +165,10 @@ fn systemd_units_verify() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    // The units name the installed binary; verify them against the one under test.
     for unit in ["wfs@.service", "mnt-model.mount"] {
-        std::fs::copy(repo().join("systemd").join(unit), dir.path().join(unit)).unwrap();
+        let text = std::fs::read_to_string(repo().join("systemd").join(unit)).unwrap();
+        std::fs::write(dir.path().join(unit), text.replace("/usr/local/bin/wfs", env!("CARGO_BIN_EXE_wfs"))).unwrap();
     }
     for unit in ["wfs@mnt-model.service", "mnt-model.mount"] {
         let out = Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(dir.path().join(unit)).output().unwrap();
