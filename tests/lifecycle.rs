@@ -261,3 +261,52 @@ fn concurrent_readers_with_a_tiny_cache_see_stable_bytes() {
     assert!(counter("user.wfs.cache_bytes") <= 8 * 1024);
     assert!(counter("user.wfs.decodes") > 0);
 }
+
+#[test]
+fn sigterm_with_many_readers_in_flight_unmounts_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let point = dir.path().join("m");
+    let _guard = UnmountGuard(point.clone());
+    let mut child = wfs()
+        .arg("mount")
+        .arg("-f")
+        .args(["--cache-size", "16K"])
+        .arg(fixture("h5/v_gzip_shuffle.h5"))
+        .arg(&point)
+        .spawn()
+        .unwrap();
+    wait_until("mount", || mounted(&point));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..8)
+        .map(|i| {
+            let (point, stop) = (point.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let names = ["layers/d1/kernel.raw", "layers/d1/kernel.npy", "layers/d2/kernel.raw", "tensors.tsv"];
+                let mut reads = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Reads may fail once the mount goes away; they must not hang.
+                    if std::fs::read(point.join(names[i % names.len()])).is_err() {
+                        break;
+                    }
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "daemon still running 10 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let total: u32 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    assert!(total > 0, "readers never got going");
+    assert!(status.success(), "{status:?}");
+    assert!(!mounted(&point), "SIGTERM left a mount behind");
+}
