@@ -21,30 +21,44 @@ impl log::Log for Logger {
     }
 
     fn log(&self, record: &log::Record) {
-        if !self.enabled(record.metadata()) {
+        // fuser warns when its own unmount finds the mount already gone, which is how every
+        // `wfs umount` ends: its messages count one level lower.
+        let level = match record.level() {
+            log::Level::Warn if record.target().starts_with("fuser") => log::Level::Info,
+            level => level,
+        };
+        if level > log::max_level() {
             return;
         }
-        let line = format!("wfs[{}]: {}: {}", std::process::id(), record.level().as_str().to_lowercase(), record.args());
+        let line = format!("wfs[{}]: {}: {}", std::process::id(), level.as_str().to_lowercase(), record.args());
         match &*self.target.lock().unwrap() {
+            // Under systemd, stderr goes to the journal: a `<N>` prefix (sd-daemon(3)) gives each
+            // line its priority, and the journal adds the name and pid itself.
+            Target::Stderr if std::env::var_os("JOURNAL_STREAM").is_some() => {
+                eprintln!("<{}>{}: {}", priority(level), level.as_str().to_lowercase(), record.args())
+            }
             Target::Stderr => eprintln!("{line}"),
             Target::File(f) => {
                 let _ = writeln!(f.lock().unwrap(), "{line}");
             }
             Target::Syslog => {
-                let priority = match record.level() {
-                    log::Level::Error => libc::LOG_ERR,
-                    log::Level::Warn => libc::LOG_WARNING,
-                    log::Level::Info => libc::LOG_INFO,
-                    _ => libc::LOG_DEBUG,
-                };
                 if let Ok(c) = std::ffi::CString::new(line.replace('\0', " ")) {
-                    unsafe { libc::syslog(priority, c"%s".as_ptr(), c.as_ptr()) };
+                    unsafe { libc::syslog(priority(level), c"%s".as_ptr(), c.as_ptr()) };
                 }
             }
         }
     }
 
     fn flush(&self) {}
+}
+
+fn priority(level: log::Level) -> libc::c_int {
+    match level {
+        log::Level::Error => libc::LOG_ERR,
+        log::Level::Warn => libc::LOG_WARNING,
+        log::Level::Info => libc::LOG_INFO,
+        _ => libc::LOG_DEBUG,
+    }
 }
 
 /// Installs the logger writing to stderr at `level`.
