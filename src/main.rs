@@ -1,6 +1,7 @@
 //! The `wfs` command line: `mount`/`umount`, the tools that read the tree without mounting
 //! (`ls`, `cat`, `export`, `info`), and the `mount.fuse.wfs` form used by mount(8) and fstab.
 
+use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -164,9 +165,10 @@ fn main() -> ExitCode {
     wfs::logger::init(level);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
-        Err((code, message)) => {
-            eprintln!("wfs: {message}");
-            ExitCode::from(code)
+        Err(e) => {
+            // `{:#}` joins the context chain into one line: "<what failed>: <why>".
+            eprintln!("wfs: {e:#}");
+            ExitCode::from(exit_code(&e))
         }
     }
 }
@@ -206,32 +208,53 @@ fn mount_helper_args(args: &[std::ffi::OsString]) -> Option<Vec<std::ffi::OsStri
     Some(out)
 }
 
-type Failure = (u8, String);
+/// A usage mistake found after argument parsing (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
+/// The exit code of a failure's class, from the library error at its root.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<Usage>().is_some() {
+        return exit::USAGE;
+    }
+    if let Some(open) = e.downcast_ref::<OpenError>() {
+        return match open {
+            OpenError::Unreadable(_) => exit::SOURCE_UNREADABLE,
+            OpenError::UnknownFormat(_) | OpenError::Corrupt(_) => exit::BAD_FORMAT,
+        };
+    }
+    match e.downcast_ref::<MountError>() {
+        Some(MountError::Mountpoint(_)) => exit::MOUNTPOINT,
+        _ => exit::OTHER,
+    }
+}
 
 /// Opens SOURCE and builds its filesystem; also returns the source's modification time. The
 /// filesystem lives until the process exits and is deliberately never freed: freeing a large
 /// model's millions of small allocations took as long as building them (half of `wfs info`
 /// on 200,000 tensors), and would delay every exit and unmount.
-fn open_fs(args: &SourceArgs) -> Result<(&'static Fs, Option<SystemTime>), Failure> {
+fn open_fs(args: &SourceArgs) -> Result<(&'static Fs, Option<SystemTime>)> {
     let cache = Arc::new(ChunkCache::new(args.cache_size));
     let read_options = ReadOptions { cache: cache.clone() };
     let (model, shown, modified) = if args.source.as_os_str() == "-" {
-        let bytes = read_stdin(args.stdin_limit)?;
-        let model = formats::open_bytes(bytes, &read_options).map_err(|e| open_failure("standard input", e))?;
+        let bytes = read_stdin(args.stdin_limit).context("standard input")?;
+        let model = formats::open_bytes(bytes, &read_options).context("standard input")?;
         (model, "-".to_string(), None)
     } else {
         let shown = args.source.display().to_string();
         let source = formats::canonical_source(&args.source)
-            .map_err(|e| (exit::SOURCE_UNREADABLE, format!("{shown}: {}", formats::io_reason(&e))))?;
+            .map_err(|e| OpenError::unreadable(formats::io_reason(&e)))
+            .with_context(|| shown.clone())?;
         let modified = std::fs::metadata(&source).and_then(|m| m.modified()).ok();
-        let model = formats::open_path(&source, &read_options).map_err(|e| open_failure(&shown, e))?;
+        let model = formats::open_path(&source, &read_options).with_context(|| shown.clone())?;
         (model, source.display().to_string(), modified)
     };
     let fs = Fs::new(Tree::build(model, &shown)).with_cache(cache);
     Ok((Box::leak(Box::new(fs)), modified))
 }
 
-fn run(command: Command) -> Result<(), Failure> {
+fn run(command: Command) -> Result<()> {
     match command {
         Command::Mount { source, mountpoint, foreground, threads, options, log_file, idle_timeout } => {
             let mut settings = MountSettings {
@@ -245,15 +268,15 @@ fn run(command: Command) -> Result<(), Failure> {
                 owner: Ownership { uid: unsafe { libc::geteuid() }, gid: unsafe { libc::getegid() }, time: SystemTime::now() },
                 idle_timeout: idle_timeout.map(Duration::from_secs),
             };
-            apply_options(&mut settings, &options).map_err(|m| (exit::USAGE, m))?;
-            settings.mountpoint = daemon::prepare_mountpoint(&mountpoint).map_err(mount_failure)?;
+            apply_options(&mut settings, &options).map_err(Usage)?;
+            settings.mountpoint = daemon::prepare_mountpoint(&mountpoint)?;
             let (fs, modified) = open_fs(&source)?;
             if let Some(t) = modified {
                 settings.owner.time = t;
             }
-            daemon::mount(fs, settings, || detach_stdio(log_file.as_deref())).map_err(mount_failure)
+            Ok(daemon::mount(fs, settings, || detach_stdio(log_file.as_deref()))?)
         }
-        Command::Umount { mountpoint } => daemon::umount(&mountpoint).map_err(mount_failure),
+        Command::Umount { mountpoint } => Ok(daemon::umount(&mountpoint)?),
         Command::Ls { source, path, recursive, long, tensors } => {
             let fs = open_fs(&source)?.0;
             let target = if tensors { "tensors.tsv" } else { path.as_str() };
@@ -265,7 +288,7 @@ fn run(command: Command) -> Result<(), Failure> {
                 let prefix = if recursive && !path.is_empty() { format!("{}/", path.trim_end_matches('/')) } else { String::new() };
                 tools::list(fs, ino, &prefix, recursive, long, &mut out)
             };
-            result.or_else(ignore_closed_pipe).map_err(|e| (exit::OTHER, format!("{path}: {e}")))
+            Ok(result.or_else(ignore_closed_pipe).with_context(|| path.clone())?)
         }
         Command::Cat { source, path } => {
             let fs = open_fs(&source)?.0;
@@ -273,7 +296,7 @@ fn run(command: Command) -> Result<(), Failure> {
             tools::copy_file(fs, ino, &mut std::io::stdout().lock())
                 .map(|_| ())
                 .or_else(ignore_closed_pipe)
-                .map_err(|e| (exit::OTHER, format!("{path}: {e}")))
+                .with_context(|| path.clone())
         }
         Command::Export { source, dir, path } => {
             let fs = open_fs(&source)?.0;
@@ -284,7 +307,7 @@ fn run(command: Command) -> Result<(), Failure> {
                     eprint!("\rwfs: exported {}/{} files, {:.1} MiB", done.files, total, done.bytes as f64 / (1 << 20) as f64);
                 }
             };
-            let done = tools::export(fs, ino, &dir, &mut progress).map_err(|e| (exit::OTHER, format!("{}: {e}", dir.display())))?;
+            let done = tools::export(fs, ino, &dir, &mut progress).with_context(|| dir.display().to_string())?;
             if tty {
                 eprintln!();
             }
@@ -294,7 +317,7 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Info { source } => {
             let fs = open_fs(&source)?.0;
             let ino = tools::resolve(fs, "info.json").ok_or_else(|| not_in_tree("info.json"))?;
-            tools::copy_file(fs, ino, &mut std::io::stdout().lock()).map(|_| ()).or_else(ignore_closed_pipe).map_err(|e| (exit::OTHER, e.to_string()))
+            Ok(tools::copy_file(fs, ino, &mut std::io::stdout().lock()).map(|_| ()).or_else(ignore_closed_pipe)?)
         }
         Command::Completions { shell } => {
             let mut text = Vec::new();
@@ -303,19 +326,19 @@ fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Man => {
             let mut text = Vec::new();
-            clap_mangen::Man::new(Cli::command()).render(&mut text).map_err(|e| (exit::OTHER, e.to_string()))?;
+            clap_mangen::Man::new(Cli::command()).render(&mut text)?;
             print_all(&text)
         }
     }
 }
 
-fn print_all(bytes: &[u8]) -> Result<(), Failure> {
+fn print_all(bytes: &[u8]) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    out.write_all(bytes).and_then(|_| out.flush()).or_else(ignore_closed_pipe).map_err(|e| (exit::OTHER, e.to_string()))
+    Ok(out.write_all(bytes).and_then(|_| out.flush()).or_else(ignore_closed_pipe)?)
 }
 
-fn not_in_tree(path: &str) -> Failure {
-    (exit::USAGE, format!("{path}: no such path in the tree"))
+fn not_in_tree(path: &str) -> Usage {
+    Usage(format!("{path}: no such path in the tree"))
 }
 
 /// `wfs cat ... | head` closes the pipe early: that is not a failure.
@@ -324,16 +347,16 @@ fn ignore_closed_pipe(e: std::io::Error) -> std::io::Result<()> {
 }
 
 /// All of standard input, refused (rather than cut) past `limit` bytes.
-fn read_stdin(limit: u64) -> Result<Vec<u8>, Failure> {
+fn read_stdin(limit: u64) -> Result<Vec<u8>, OpenError> {
     use std::io::Read;
     let mut bytes = Vec::new();
     std::io::stdin()
         .lock()
         .take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
-        .map_err(|e| (exit::SOURCE_UNREADABLE, format!("standard input: {}", formats::io_reason(&e))))?;
+        .map_err(|e| OpenError::unreadable(formats::io_reason(&e)))?;
     if bytes.len() as u64 > limit {
-        return Err((exit::SOURCE_UNREADABLE, format!("standard input: more than {limit} bytes (raise --stdin-limit)")));
+        return Err(OpenError::unreadable(format!("more than {limit} bytes (raise --stdin-limit)")));
     }
     Ok(bytes)
 }
@@ -353,21 +376,6 @@ fn apply_options(settings: &mut MountSettings, options: &[String]) -> Result<(),
         }
     }
     Ok(())
-}
-
-fn open_failure(source: &str, e: OpenError) -> Failure {
-    let code = match e {
-        OpenError::Unreadable(_) => exit::SOURCE_UNREADABLE,
-        OpenError::UnknownFormat(_) | OpenError::Corrupt(_) => exit::BAD_FORMAT,
-    };
-    (code, format!("{source}: {e}"))
-}
-
-fn mount_failure(e: MountError) -> Failure {
-    match e {
-        MountError::Mountpoint(m) => (exit::MOUNTPOINT, m),
-        MountError::Other(m) => (exit::OTHER, m),
-    }
 }
 
 /// Once the daemon runs on its own: logs go to the log file or syslog, stdio to /dev/null.
