@@ -95,13 +95,13 @@ impl Fs {
         let parent = self.tree.parent(ino).unwrap_or(ino);
         let dots = [(ino, Kind::Dir, "."), (parent, Kind::Dir, "..")];
         let skip = usize::try_from(offset).unwrap_or(usize::MAX);
-        let rest = entries.iter().skip(skip.saturating_sub(2)).map(|(name, child)| {
-            let kind = match self.tree.node(*child) {
+        let rest = entries.iter().skip(skip.saturating_sub(2)).map(|&child| {
+            let kind = match self.tree.node(child) {
                 Some(Node::Dir { .. }) => Kind::Dir,
                 Some(Node::Symlink(_)) => Kind::Symlink,
                 _ => Kind::File,
             };
-            (*child, kind, name.as_str())
+            (child, kind, self.tree.name(child))
         });
         Ok(dots.into_iter().skip(skip.min(2)).chain(rest))
     }

@@ -62,12 +62,16 @@ pub fn unsafe_name(name: &str) -> Option<&'static str> {
 pub fn check_tree(tree: &Tree) -> Result<(), String> {
     for ino in ROOT..=tree.len() as u64 {
         match tree.node(ino) {
-            Some(Node::Dir { entries, index, .. }) => {
-                if entries.len() != index.len() {
+            Some(Node::Dir { entries, .. }) => {
+                let names: std::collections::HashSet<&str> = entries.iter().map(|&e| tree.name(e)).collect();
+                if names.len() != entries.len() {
                     return Err(format!("directory {ino} has duplicate names"));
                 }
-                if let Some((name, why)) = entries.iter().find_map(|(n, _)| unsafe_name(n).map(|why| (n, why))) {
+                if let Some((name, why)) = names.iter().find_map(|n| unsafe_name(n).map(|why| (n, why))) {
                     return Err(format!("name {name:?} in directory {ino} is {why}"));
+                }
+                if let Some(&e) = entries.iter().find(|&&e| tree.lookup(ino, tree.name(e)) != Some(e)) {
+                    return Err(format!("entry {e} of directory {ino} cannot be looked up by its name"));
                 }
             }
             Some(Node::Symlink(target)) => {

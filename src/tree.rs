@@ -41,8 +41,10 @@ pub fn dtype_text(t: &Tensor) -> String {
 }
 
 pub enum Node {
-    /// `subdirs`: how many entries are directories (for `nlink`).
-    Dir { entries: Vec<(String, Ino)>, index: HashMap<String, Ino>, subdirs: u32 },
+    /// `entries` in insertion order (their names are the tree's `names`); `index` finds a name
+    /// in a large directory (small ones are scanned, which saves a map per layer directory);
+    /// `subdirs` counts the entries that are directories (for `nlink`).
+    Dir { entries: Vec<Ino>, index: Option<Box<HashMap<String, Ino>>>, subdirs: u32 },
     File { content: Content, size: u64 },
     Symlink(String),
 }
@@ -68,13 +70,16 @@ struct TopLevel {
     bytes: u64,
 }
 
+/// Directories up to this many entries are searched by a scan rather than a map.
+const SCANNED_DIR_LEN: usize = 16;
+
 const TENSOR_SUFFIXES: [&str; 4] = [".npy", ".raw", ".shape", ".dtype"];
 
 impl Tree {
     /// Builds the whole tree. `source` is what `info.json` reports as the source.
     pub fn build(model: Model, source: &str) -> Tree {
         let mut tree = Tree {
-            nodes: vec![Node::Dir { entries: Vec::new(), index: HashMap::new(), subdirs: 0 }],
+            nodes: vec![Node::Dir { entries: Vec::new(), index: None, subdirs: 0 }],
             parents: vec![ROOT],
             names: vec![String::new()],
             tensors: Vec::new(),
@@ -184,18 +189,27 @@ impl Tree {
         self.nodes.push(node);
         self.parents.push(parent);
         self.names.push(name.clone());
+        let names = &self.names;
         if let Node::Dir { entries, index, subdirs } = &mut self.nodes[(parent - 1) as usize] {
-            entries.push((name.clone(), ino));
-            index.insert(name, ino);
+            entries.push(ino);
             *subdirs += u32::from(is_dir);
+            match index {
+                Some(map) => {
+                    map.insert(name, ino);
+                }
+                None if entries.len() > SCANNED_DIR_LEN => {
+                    let map = entries.iter().map(|&i| (names[(i - 1) as usize].clone(), i)).collect();
+                    *index = Some(Box::new(map));
+                }
+                None => {}
+            }
         }
         ino
     }
 
     /// A name not yet used in `parent` for any of `base + suffix`: `base`, `base~2`, ...
     fn unique_name(&self, parent: Ino, base: &str, suffixes: &[&str]) -> String {
-        let Node::Dir { index, .. } = &self.nodes[(parent - 1) as usize] else { unreachable!() };
-        let free = |b: &str| suffixes.iter().all(|s| !index.contains_key(&format!("{b}{s}")));
+        let free = |b: &str| suffixes.iter().all(|s| self.lookup(parent, &format!("{b}{s}")).is_none());
         if free(base) {
             return base.to_string();
         }
@@ -219,7 +233,7 @@ impl Tree {
         let parent = self.make_dirs(known, &dir[..dir.len() - 1]);
         let name = &dir[dir.len() - 1];
         let safe = self.unique_name(parent, &sanitize(name), &[""]);
-        let ino = self.insert(parent, safe, Node::Dir { entries: Vec::new(), index: HashMap::new(), subdirs: 0 });
+        let ino = self.insert(parent, safe, Node::Dir { entries: Vec::new(), index: None, subdirs: 0 });
         known.insert(dir.to_vec(), ino);
         ino
     }
@@ -239,6 +253,11 @@ impl Tree {
         self.nodes.get(usize::try_from(ino).ok()?.checked_sub(1)?)
     }
 
+    /// The safe name of `ino` in its directory ("" for the root).
+    pub fn name(&self, ino: Ino) -> &str {
+        usize::try_from(ino).ok().and_then(|i| self.names.get(i.checked_sub(1)?)).map_or("", String::as_str)
+    }
+
     pub fn parent(&self, ino: Ino) -> Option<Ino> {
         self.parents.get(usize::try_from(ino).ok()?.checked_sub(1)?).copied()
     }
@@ -253,7 +272,8 @@ impl Tree {
 
     pub fn lookup(&self, parent: Ino, name: &str) -> Option<Ino> {
         match self.node(parent)? {
-            Node::Dir { index, .. } => index.get(name).copied(),
+            Node::Dir { index: Some(map), .. } => map.get(name).copied(),
+            Node::Dir { entries, .. } => entries.iter().copied().find(|&i| self.names[(i - 1) as usize] == name),
             _ => None,
         }
     }
@@ -289,7 +309,7 @@ mod tests {
 
     fn names(tree: &Tree, ino: Ino) -> Vec<String> {
         match tree.node(ino).unwrap() {
-            Node::Dir { entries, .. } => entries.iter().map(|(n, _)| n.clone()).collect(),
+            Node::Dir { entries, .. } => entries.iter().map(|&i| tree.name(i).to_string()).collect(),
             _ => panic!("not a dir"),
         }
     }
@@ -370,6 +390,24 @@ mod tests {
         assert_eq!((info["format"].as_str(), info["tensors"].as_u64(), info["bytes"].as_u64()), (Some("part"), Some(1), Some(4)));
         let root: Value = serde_json::from_str(&text("info.json")).unwrap();
         assert_eq!(root["tensors"].as_u64(), Some(2));
+    }
+
+    #[test]
+    fn large_directories_find_every_entry_before_and_after_their_index_exists() {
+        let mut model = Model::default();
+        for i in 0..40 {
+            model.tensors.push(tensor(&["d", &format!("w{i}")], vec![i as u8], DType::U8, vec![1]));
+        }
+        let tree = Tree::build(model, "src");
+        let d = tree.resolve("d").unwrap();
+        assert_eq!(names(&tree, d).len(), 160);
+        for i in 0..40 {
+            for suffix in TENSOR_SUFFIXES {
+                let ino = tree.resolve(&format!("d/w{i}{suffix}")).unwrap();
+                assert_eq!(tree.name(ino), format!("w{i}{suffix}"));
+            }
+        }
+        assert!(tree.resolve("d/w40.npy").is_none());
     }
 
     #[test]
