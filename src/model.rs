@@ -145,10 +145,15 @@ impl Model {
 
     /// A JSON file, pretty-printed with a final newline.
     pub fn add_json(&mut self, path: Vec<String>, value: &Value) {
-        let mut text = serde_json::to_vec_pretty(value).unwrap_or_default();
-        text.push(b'\n');
-        self.add_file(path, text);
+        self.add_file(path, json_text(value));
     }
+}
+
+/// How every JSON file of the tree is written: pretty-printed, with a final newline.
+pub fn json_text(value: &Value) -> Vec<u8> {
+    let mut text = serde_json::to_vec_pretty(value).unwrap_or_default();
+    text.push(b'\n');
+    text
 }
 
 /// Joins a prefix and further components into a path.

@@ -149,9 +149,7 @@ impl Tree {
         for mut top in tops {
             top.info.insert("tensors".into(), json!(top.tensors));
             top.info.insert("bytes".into(), json!(top.bytes));
-            let mut info_text = serde_json::to_vec_pretty(&Value::Object(top.info)).unwrap_or_default();
-            info_text.push(b'\n');
-            tree.set_bytes(top.info_ino, info_text);
+            tree.set_bytes(top.info_ino, crate::model::json_text(&Value::Object(top.info)));
             tree.set_bytes(top.tsv_ino, top.tsv.into_bytes());
         }
 
