@@ -3,7 +3,7 @@
 use crate::cache::ChunkCache;
 use crate::dtype::DType;
 use crate::error::ReadError;
-use crate::model::Tensor;
+use crate::model::{Tensor, TensorBytes};
 use crate::npy;
 use crate::tree::{Content, Ino, Node, TensorFile, Tree, dtype_text, shape_text};
 use std::ffi::OsStr;
@@ -124,6 +124,7 @@ impl Fs {
         let tensor = &self.tree.tensors[*id];
         let shape = tensor.shape.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
         let mut attrs = vec![
+            ("user.wfs.name".to_string(), tensor.name.clone().into_bytes()),
             ("user.wfs.dtype".to_string(), tensor.dtype.name().into_bytes()),
             ("user.wfs.shape".to_string(), shape.into_bytes()),
         ];
@@ -183,7 +184,6 @@ impl Fs {
     }
 }
 
-/// Fills `buf` with `.npy` bytes at `offset`: header, then data (bfloat16 widened to float32).
 /// Copies the part of a small generated text at `offset`.
 fn copy_text(text: &str, offset: u64, out: &mut [u8]) -> Result<(), ReadError> {
     let start = offset as usize;
@@ -191,14 +191,15 @@ fn copy_text(text: &str, offset: u64, out: &mut [u8]) -> Result<(), ReadError> {
     Ok(())
 }
 
-/// `npy_len` is the file's size: what follows the header is the data, so the header (made
-/// only when a read touches it) has `npy_len` minus the data's length bytes.
+/// Fills `buf` with `.npy` bytes at `offset`: the header (made only when a read touches it),
+/// then the data: `.raw` as it is, widened to float32, or decoded by the tensor's reader.
+/// `npy_len` is the file's size, so the header is `npy_len` minus the data's length bytes.
 fn read_npy(tensor: &Tensor, npy_len: u64, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-    let (dtype, raw) = (tensor.dtype, tensor.bytes.as_ref());
-    let hlen = npy_len - raw.len() / dtype.size() as u64 * dtype.npy_size() as u64;
+    let data_len = tensor.npy_data_len().unwrap_or(0);
+    let hlen = npy_len - data_len;
     let mut filled = 0usize;
     if offset < hlen {
-        let header = npy::header(dtype, &tensor.shape);
+        let header = npy::header(tensor.dtype, &tensor.shape);
         let n = ((hlen - offset) as usize).min(buf.len());
         buf[..n].copy_from_slice(&header[offset as usize..offset as usize + n]);
         filled = n;
@@ -208,17 +209,29 @@ fn read_npy(tensor: &Tensor, npy_len: u64, offset: u64, buf: &mut [u8]) -> Resul
     }
     let data_offset = offset + filled as u64 - hlen;
     let out = &mut buf[filled..];
-    if dtype != DType::BF16 {
-        return raw.read_at(data_offset, out);
+    match (&tensor.decoded, tensor.dtype.widens()) {
+        (Some(decoded), _) => decoded.read_at(data_offset, out),
+        (None, false) => tensor.bytes.read_at(data_offset, out),
+        (None, true) => read_widened(tensor.dtype, tensor.bytes.as_ref(), data_offset, out),
     }
-    // Each float32 output element is the 2-byte bfloat16 shifted into the high half.
-    let first = data_offset / 4;
-    let last = (data_offset + out.len() as u64).div_ceil(4);
-    let mut halves = vec![0u8; ((last - first) * 2) as usize];
-    raw.read_at(first * 2, &mut halves)?;
-    let widened: Vec<u8> = halves.chunks_exact(2).flat_map(|h| [0, 0, h[0], h[1]]).collect();
-    let skip = (data_offset - first * 4) as usize;
-    out.copy_from_slice(&widened[skip..skip + out.len()]);
+}
+
+/// Float32 values at byte `offset` of a widened tensor's data, from the whole blocks of stored
+/// bits under that range.
+fn read_widened(dtype: DType, raw: &dyn TensorBytes, offset: u64, out: &mut [u8]) -> Result<(), ReadError> {
+    let (per_block, block_bytes) = dtype.block();
+    let block_values = per_block * 4;
+    let first = offset / block_values;
+    let last = (offset + out.len() as u64).div_ceil(block_values);
+    let mut stored = vec![0u8; ((last - first) * block_bytes) as usize];
+    raw.read_at(first * block_bytes, &mut stored)?;
+    let mut values = vec![0f32; ((last - first) * per_block) as usize];
+    dtype.widen(&stored, &mut values);
+    let skip = (offset - first * block_values) as usize;
+    let bytes = values.iter().flat_map(|v| v.to_le_bytes()).skip(skip);
+    for (o, b) in out.iter_mut().zip(bytes) {
+        *o = b;
+    }
     Ok(())
 }
 
@@ -229,12 +242,7 @@ mod tests {
 
     fn fs_with(dtype: DType, data: Vec<u8>, shape: Vec<u64>) -> Fs {
         let mut model = Model::default();
-        model.tensors.push(Tensor {
-            path: vec!["t".into()],
-            dtype,
-            shape,
-            bytes: Arc::new(InMemory(data.into())),
-        });
+        model.tensors.push(Tensor::new(vec!["t".into()], dtype, shape, Arc::new(InMemory(data.into()))));
         Fs::new(Tree::build(model, "test"))
     }
 
@@ -263,6 +271,53 @@ mod tests {
         assert_eq!(fs.read(ino, 131, 3).unwrap(), vec![0x3F, 0x00, 0x00]);
         let raw = fs.tree.resolve("t.raw").unwrap();
         assert_eq!(fs.read(raw, 0, 10).unwrap(), vec![0x80, 0x3F, 0x00, 0xC0]);
+    }
+
+    #[test]
+    fn packed_and_8_bit_floats_widen_at_any_offset() {
+        // float4 codes, low nibble first: 0.5, 1, 6, -6; then float8 e4m3fn 1, -2, 0.5.
+        let fs = fs_with(DType::F4E2M1FN, vec![0x21, 0xF7], vec![4]);
+        let ino = fs.tree.resolve("t.npy").unwrap();
+        let whole = fs.read(ino, 128, 16).unwrap();
+        let floats: Vec<f32> = whole.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(floats, vec![0.5, 1.0, 6.0, -6.0]);
+        for (off, len) in [(129u64, 3u32), (133, 9), (140, 4)] {
+            assert_eq!(fs.read(ino, off, len).unwrap(), whole[(off - 128) as usize..(off - 128) as usize + len as usize]);
+        }
+        let fs = fs_with(DType::F8E4M3FN, vec![0x38, 0xc0, 0x30], vec![3]);
+        let bytes = fs.read(fs.tree.resolve("t.npy").unwrap(), 128, 12).unwrap();
+        let floats: Vec<f32> = bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(floats, vec![1.0, -2.0, 0.5]);
+        assert_eq!(fs.attr(fs.tree.resolve("t.raw").unwrap()).unwrap().size, 3);
+    }
+
+    #[test]
+    fn block_tensors_without_a_decoder_have_no_npy() {
+        let mut model = Model::default();
+        let dtype = DType::Block { name: "q_test", elems: 4, bytes: 3 };
+        model.tensors.push(Tensor::named("a.b", dtype, vec![8], Arc::new(InMemory(vec![0u8; 6].into()))));
+        let fs = Fs::new(Tree::build(model, "test"));
+        assert!(fs.tree.resolve("tensors/a/b.npy").is_none());
+        assert_eq!(fs.read(fs.tree.resolve("tensors/a/b.dtype").unwrap(), 0, 100).unwrap(), b"q_test\n");
+        let tsv = fs.read(fs.tree.resolve("tensors.tsv").unwrap(), 0, 1000).unwrap();
+        assert_eq!(String::from_utf8(tsv).unwrap(), "path\tdtype\tshape\tbytes\tname\ntensors/a/b.raw\tq_test\t8\t6\ta.b\n");
+    }
+
+    #[test]
+    fn names_are_the_sources_own_and_escaped_in_tensors_tsv() {
+        let mut model = Model::default();
+        let bytes = || Arc::new(InMemory(vec![1u8].into()));
+        model.tensors.push(Tensor::named("model.layers.0.w", DType::U8, vec![1], bytes()));
+        model.tensors.push(Tensor::named("odd\tname\n", DType::U8, vec![1], bytes()));
+        model.tensors.push(Tensor::new(vec!["layers".into(), "d".into(), "kernel".into()], DType::U8, vec![1], bytes()));
+        let fs = Fs::new(Tree::build(model, "test"));
+        let tsv = String::from_utf8(fs.read(fs.tree.resolve("tensors.tsv").unwrap(), 0, 1000).unwrap()).unwrap();
+        let names: Vec<&str> = tsv.lines().skip(1).map(|l| l.split('\t').nth(4).unwrap()).collect();
+        assert_eq!(names, ["model.layers.0.w", "odd\\tname\\n", "layers/d/kernel"]);
+        let name_of = |p: &str| fs.getxattr(fs.tree.resolve(p).unwrap(), OsStr::new("user.wfs.name")).unwrap();
+        assert_eq!(name_of("tensors/model/layers/0/w.raw"), b"model.layers.0.w");
+        assert_eq!(name_of("tensors/odd%09name%0A.shape"), b"odd\tname\n");
+        assert_eq!(name_of("layers/d/kernel.npy"), b"layers/d/kernel");
     }
 
     #[test]

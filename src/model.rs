@@ -85,21 +85,58 @@ impl TensorBytes for ByteSwapped {
 pub struct Tensor {
     /// Path below the mount root, as raw source names (sanitised when the tree is built).
     pub path: Vec<String>,
+    /// The tensor's own name in the source (TREE.md 7.1: `tensors.tsv`'s fifth column and
+    /// `user.wfs.name`). Empty for Keras and TensorFlow sources, whose name is the tensor's
+    /// path in the tree below its top level, filled in by the tree.
+    pub name: String,
     pub dtype: DType,
     pub shape: Vec<u64>,
+    /// The `.raw` bytes.
     pub bytes: Arc<dyn TensorBytes>,
+    /// The `.npy` data section (float32 values) of a `DType::Block` tensor, decoded by its
+    /// reader; `None` leaves such a tensor without `.npy`. Other types derive `.npy` from `.raw`.
+    pub decoded: Option<Arc<dyn TensorBytes>>,
 }
 
 impl Tensor {
+    /// A tensor whose name is its path in the tree.
+    pub fn new(path: Vec<String>, dtype: DType, shape: Vec<u64>, bytes: Arc<dyn TensorBytes>) -> Tensor {
+        Tensor { path, name: String::new(), dtype, shape, bytes, decoded: None }
+    }
+
+    /// A tensor of a format whose names are its own (TREE.md 7.1): placed at
+    /// `tensors/<name split on '/' and '.'>`.
+    pub fn named(name: &str, dtype: DType, shape: Vec<u64>, bytes: Arc<dyn TensorBytes>) -> Tensor {
+        Tensor { name: name.to_string(), ..Tensor::new(split_name("tensors", name), dtype, shape, bytes) }
+    }
+
     /// Number of elements, or `None` if the shape's product overflows.
     pub fn element_count(shape: &[u64]) -> Option<u64> {
         shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
     }
 
-    /// The `.raw` size the shape implies, or `None` on overflow.
+    /// The `.raw` size the shape implies, or `None` on overflow (or, for packed and block
+    /// types, when the elements fill no whole number of blocks).
     pub fn raw_size(dtype: DType, shape: &[u64]) -> Option<u64> {
-        Self::element_count(shape)?.checked_mul(dtype.size() as u64)
+        dtype.raw_len(Self::element_count(shape)?)
     }
+
+    /// Bytes of the `.npy` data section, or `None` when the tensor has no `.npy`.
+    pub fn npy_data_len(&self) -> Option<u64> {
+        match self.dtype {
+            DType::Block { .. } => self.decoded.as_ref().map(|d| d.len()),
+            dtype => {
+                let (per_block, bytes) = dtype.block();
+                Some(self.bytes.len() / bytes * per_block * dtype.npy_size() as u64)
+            }
+        }
+    }
+}
+
+/// `[top, components...]`: a source's own tensor name split into path components on `/` and
+/// `.` (TREE.md 7.1); the tree makes each component safe.
+pub fn split_name(top: &str, name: &str) -> Vec<String> {
+    std::iter::once(top).chain(name.split(['/', '.'])).map(str::to_string).collect()
 }
 
 /// A plain file of the tree (config.json, a layer's config, an asset).

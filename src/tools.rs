@@ -128,12 +128,12 @@ mod tests {
 
     fn sample() -> Fs {
         let mut model = Model::default();
-        model.tensors.push(Tensor {
-            path: vec!["layers".into(), "d".into(), "bias".into()],
-            dtype: DType::U8,
-            shape: vec![3],
-            bytes: Arc::new(InMemory(vec![7, 8, 9].into())),
-        });
+        model.tensors.push(Tensor::new(
+            vec!["layers".into(), "d".into(), "bias".into()],
+            DType::U8,
+            vec![3],
+            Arc::new(InMemory(vec![7, 8, 9].into())),
+        ));
         model.links.push(ModelLink { path: vec!["layers".into(), "0".into()], target: vec!["layers".into(), "d".into()] });
         Fs::new(Tree::build(model, "test"))
     }

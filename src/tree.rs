@@ -75,6 +75,17 @@ const SCANNED_DIR_LEN: usize = 16;
 
 const TENSOR_SUFFIXES: [&str; 4] = [".npy", ".raw", ".shape", ".dtype"];
 
+const TSV_HEADER: &str = "path\tdtype\tshape\tbytes\tname\n";
+
+/// A name as one `tensors.tsv` field: backslash, tab, newline and carriage return escaped as
+/// `\\`, `\t`, `\n`, `\r` (names are the source's own, and may hold any of them).
+fn tsv_field(name: &str) -> std::borrow::Cow<'_, str> {
+    if !name.contains(['\\', '\t', '\n', '\r']) {
+        return name.into();
+    }
+    name.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n").replace('\r', "\\r").into()
+}
+
 impl Tree {
     /// Builds the whole tree. `source` is what `info.json` reports as the source.
     pub fn build(model: Model, source: &str) -> Tree {
@@ -106,7 +117,7 @@ impl Tree {
             let info_ino = tree.add_bytes(dir, "info.json", Vec::new());
             let tsv_ino = tree.add_bytes(dir, "tensors.tsv", Vec::new());
             let depth = tree.path_of(dir).len();
-            tops.push(TopLevel { raw, dir, depth, info, info_ino, tsv_ino, tsv: String::from("path\tdtype\tshape\tbytes\n"), tensors: 0, bytes: 0 });
+            tops.push(TopLevel { raw, dir, depth, info, info_ino, tsv_ino, tsv: String::from(TSV_HEADER), tensors: 0, bytes: 0 });
         }
 
         for dir in &model.dirs {
@@ -120,7 +131,7 @@ impl Tree {
             let size = file.bytes.len();
             tree.insert(parent, safe, Node::File { content: Content::Bytes(file.bytes.clone()), size });
         }
-        for tensor in model.tensors {
+        for mut tensor in model.tensors {
             let (dir, name) = tensor.path.split_at(tensor.path.len().saturating_sub(1));
             let parent = tree.make_dirs(&mut dir_paths, dir);
             let name = name.first().map_or("%00", String::as_str);
@@ -129,17 +140,26 @@ impl Tree {
             let id = tree.tensors.len();
             let raw_len = tensor.bytes.len();
             let header_len = npy::header(tensor.dtype, &tensor.shape).len() as u64;
-            let npy_len = header_len + raw_len / tensor.dtype.size() as u64 * tensor.dtype.npy_size() as u64;
+            let npy_len = tensor.npy_data_len().map(|data| header_len + data);
             let shape = shape_text(&tensor);
-            let sizes = [npy_len, raw_len, shape.len() as u64, dtype_text(&tensor).len() as u64];
+            let sizes = [npy_len, Some(raw_len), Some(shape.len() as u64), Some(dtype_text(&tensor).len() as u64)];
             let kinds = [TensorFile::Npy, TensorFile::Raw, TensorFile::Shape, TensorFile::DType];
             for ((suffix, kind), size) in TENSOR_SUFFIXES.iter().zip(kinds).zip(sizes) {
-                tree.insert(parent, format!("{base}{suffix}"), Node::File { content: Content::Tensor(id, kind), size });
+                if let Some(size) = size {
+                    tree.insert(parent, format!("{base}{suffix}"), Node::File { content: Content::Tensor(id, kind), size });
+                }
             }
             let mut rel = tree.path_of(parent);
-            rel.push(format!("{base}.npy"));
+            rel.push(base);
+            if tensor.name.is_empty() {
+                // Keras and TensorFlow names are the tensor's path below its innermost top level.
+                let depth = tops.iter().filter(|t| tensor.path.starts_with(&t.raw)).map(|t| t.depth).max().unwrap_or(0);
+                tensor.name = rel[depth..].join("/");
+            }
             for top in tops.iter_mut().filter(|t| tensor.path.starts_with(&t.raw)) {
-                let row = format!("{}\t{}\t{}\t{}\n", rel[top.depth..].join("/"), tensor.dtype.name(), shape.trim_end(), raw_len);
+                let path = rel[top.depth..].join("/");
+                let suffix = if npy_len.is_some() { ".npy" } else { ".raw" };
+                let row = format!("{path}{suffix}\t{}\t{}\t{}\t{}\n", tensor.dtype.name(), shape.trim_end(), raw_len, tsv_field(&tensor.name));
                 top.tsv.push_str(&row);
                 top.tensors += 1;
                 top.bytes += raw_len;
@@ -297,12 +317,7 @@ mod tests {
     use crate::model::{InMemory, ModelLink};
 
     fn tensor(path: &[&str], data: Vec<u8>, dtype: DType, shape: Vec<u64>) -> Tensor {
-        Tensor {
-            path: path.iter().map(|s| s.to_string()).collect(),
-            dtype,
-            shape,
-            bytes: Arc::new(InMemory(data.into())),
-        }
+        Tensor::new(path.iter().map(|s| s.to_string()).collect(), dtype, shape, Arc::new(InMemory(data.into())))
     }
 
     fn names(tree: &Tree, ino: Ino) -> Vec<String> {
@@ -382,7 +397,7 @@ mod tests {
             }
             _ => panic!(),
         };
-        assert_eq!(text("b/tensors.tsv"), "path\tdtype\tshape\tbytes\nv/y.npy\tfloat64\t\t8\n");
+        assert_eq!(text("b/tensors.tsv"), "path\tdtype\tshape\tbytes\tname\nv/y.npy\tfloat64\t\t8\tv/y\n");
         assert!(text("tensors.tsv").contains("a/v/x.npy") && text("tensors.tsv").contains("b/v/y.npy"));
         let info: Value = serde_json::from_str(&text("a/info.json")).unwrap();
         assert_eq!((info["format"].as_str(), info["tensors"].as_u64(), info["bytes"].as_u64()), (Some("part"), Some(1), Some(4)));
@@ -418,7 +433,7 @@ mod tests {
         };
         let mut buf = vec![0; *size as usize];
         b.read_at(0, &mut buf).unwrap();
-        assert_eq!(String::from_utf8(buf).unwrap(), "path\tdtype\tshape\tbytes\nv/s.npy\tint64\t\t8\n");
+        assert_eq!(String::from_utf8(buf).unwrap(), "path\tdtype\tshape\tbytes\tname\nv/s.npy\tint64\t\t8\tv/s\n");
     }
 
     /// Regression (found by the property tests): a part at the root, or two parts at one

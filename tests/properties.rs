@@ -68,7 +68,7 @@ proptest! {
         let mut model = Model::default();
         for (kind, path, target) in entries {
             match kind {
-                0 => model.tensors.push(Tensor { path, dtype: DType::U8, shape: vec![1], bytes: Arc::new(InMemory(vec![7u8].into())) }),
+                0 => model.tensors.push(Tensor::new(path, DType::U8, vec![1], Arc::new(InMemory(vec![7u8].into())))),
                 1 => model.add_file(path, b"x".to_vec()),
                 2 => model.dirs.push(path),
                 3 => model.parts.push(Part { path, info: Default::default() }),

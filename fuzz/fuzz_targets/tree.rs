@@ -21,12 +21,7 @@ fuzz_target!(|data: &[u8]| {
         let kind = chars.next();
         let rest = chars.as_str();
         match kind {
-            Some('t') => model.tensors.push(Tensor {
-                path: path(rest),
-                dtype: DType::U8,
-                shape: vec![rest.len() as u64],
-                bytes: Arc::new(InMemory(rest.as_bytes().into())),
-            }),
+            Some('t') => model.tensors.push(Tensor::new(path(rest), DType::U8, vec![rest.len() as u64], Arc::new(InMemory(rest.as_bytes().into())))),
             Some('f') => model.add_file(path(rest), rest.as_bytes().to_vec()),
             Some('d') => model.dirs.push(path(rest)),
             Some('p') => model.parts.push(Part { path: path(rest), info: Default::default() }),

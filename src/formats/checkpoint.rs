@@ -232,7 +232,7 @@ impl EntryReader<'_> {
                 None => return Ok(Err(format!("unsupported dtype {}", entry.dtype))),
             }
         };
-        let tensor = |dtype, bytes| Ok(Ok(Tensor { path: vec![name.to_string()], dtype, shape: shape.clone(), bytes }));
+        let tensor = |dtype, bytes| Ok(Ok(Tensor::new(vec![name.to_string()], dtype, shape.clone(), bytes)));
         match dtype {
             None if !entry.slices.is_empty() => Ok(Err("partitioned string tensors are not supported".into())),
             Some(dtype) if !entry.slices.is_empty() => tensor(dtype, Arc::new(self.sliced(name, entry, dtype, &shape)?)),

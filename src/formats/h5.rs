@@ -339,7 +339,7 @@ unsafe fn describe(ds: &Dataset, path: Vec<String>, ctx: &H5Context) -> Result<T
         } else {
             stored
         };
-        Ok(Tensor { path, dtype, shape, bytes })
+        Ok(Tensor::new(path, dtype, shape, bytes))
     }
 }
 
