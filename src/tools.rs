@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 /// How many bytes one read asks for (the size of the kernel's largest FUSE read).
-const READ_SIZE: u32 = 1 << 20;
+pub const READ_SIZE: u32 = 1 << 20;
 
 /// Resolves a `/`-separated path from the root, following the tree's symlinks.
 pub fn resolve(fs: &Fs, path: &str) -> Option<Ino> {
@@ -34,14 +34,23 @@ pub fn resolve(fs: &Fs, path: &str) -> Option<Ino> {
 
 /// Copies a whole file of the tree to `out`.
 pub fn copy_file(fs: &Fs, ino: Ino, out: &mut impl Write) -> io::Result<u64> {
+    copy_file_with_progress(fs, ino, out, &mut |_, _| {})
+}
+
+/// Copies a whole file of the tree to `out`, calling `progress` with the bytes written so far
+/// and the file's size after every read.
+pub fn copy_file_with_progress(fs: &Fs, ino: Ino, out: &mut impl Write, progress: &mut dyn FnMut(u64, u64)) -> io::Result<u64> {
+    let total = fs.attr(ino).map_or(0, |a| a.size);
+    let mut buf = Vec::new();
     let mut offset = 0u64;
     loop {
-        let chunk = fs.read(ino, offset, READ_SIZE).map_err(io::Error::from_raw_os_error)?;
-        if chunk.is_empty() {
+        let len = fs.read_into(ino, offset, READ_SIZE, &mut buf).map_err(io::Error::from_raw_os_error)?;
+        if len == 0 {
             return Ok(offset);
         }
-        out.write_all(&chunk)?;
-        offset += chunk.len() as u64;
+        out.write_all(&buf[..len])?;
+        offset += len as u64;
+        progress(offset, total);
     }
 }
 
@@ -165,10 +174,11 @@ mod tests {
         let mut calls = 0;
         let done = export(&fs, ROOT, dir.path(), &mut |_, total| {
             calls += 1;
-            assert_eq!(total, 6);
+            assert_eq!(total, 7);
         })
         .unwrap();
-        assert_eq!((done.files, calls), (6, 6));
+        assert_eq!((done.files, calls), (7, 7));
+        assert!(std::fs::read(dir.path().join("model.safetensors")).unwrap().ends_with(&[7, 8, 9]));
         assert_eq!(std::fs::read(dir.path().join("layers/0/bias.raw")).unwrap(), vec![7, 8, 9]);
         assert_eq!(std::fs::read_link(dir.path().join("layers/0")).unwrap().to_str(), Some("d"));
     }
