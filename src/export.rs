@@ -207,6 +207,31 @@ mod tests {
         }
     }
 
+    /// Counts the bytes read from it.
+    struct Counted(InMemory, std::sync::atomic::AtomicU64);
+
+    impl TensorBytes for Counted {
+        fn len(&self) -> u64 {
+            self.0.len()
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+            self.1.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            self.0.read_at(offset, buf)
+        }
+    }
+
+    /// What `safe_open(...).get_tensor` and a memory map do: read one tensor's range.
+    #[test]
+    fn reading_one_tensor_reads_nothing_of_the_others() {
+        let sources: Vec<Arc<Counted>> = (0..3).map(|_| Arc::new(Counted(InMemory(vec![5u8; 1000].into()), 0.into()))).collect();
+        let tensors: Vec<Tensor> = sources.iter().enumerate().map(|(i, s)| Tensor::named(&format!("t{i}"), DType::U8, vec![1000], s.clone())).collect();
+        let file = Safetensors::assemble(tensors.iter().map(|t| (t.name.clone(), t)), "test").unwrap();
+        let mut buf = vec![0u8; 1000];
+        file.read_at(file.header().len() as u64 + 1000, &mut buf).unwrap();
+        let counts: Vec<u64> = sources.iter().map(|s| s.1.load(std::sync::atomic::Ordering::Relaxed)).collect();
+        assert_eq!(counts, [0, 1000, 0]);
+    }
+
     #[test]
     fn strings_are_left_out_and_listed_and_shared_tensors_stored_once() {
         let w = tensor("w", DType::F32, vec![1], vec![0; 4]);

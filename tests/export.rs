@@ -51,7 +51,10 @@ fn check_file(path: &Path) -> Checked {
             sha256: t["sha256"].as_str().unwrap().into(),
         })
         .collect();
-    Checked { metadata: report["metadata"].as_object().unwrap().clone(), tensors }
+    Checked {
+        metadata: report["metadata"].as_object().unwrap().clone(),
+        tensors,
+    }
 }
 
 /// How TREE.md 8 stores a tensor of this `.dtype`: `Some(dtype)` for the types safetensors
@@ -115,7 +118,12 @@ fn rows(mount: &Mount, top: &str) -> Vec<Row> {
         .map(|line| {
             let f: Vec<&str> = line.split('\t').collect();
             let shape = f[2].split(',').filter(|d| !d.is_empty()).map(|d| d.parse().unwrap()).collect();
-            Row { path: f[0].into(), dtype: f[1].into(), shape, name: f[4].into() }
+            Row {
+                path: f[0].into(),
+                dtype: f[1].into(),
+                shape,
+                name: f[4].into(),
+            }
         })
         .collect()
 }
@@ -150,18 +158,30 @@ fn check_against_tree(mount: &Mount, top: &str) -> Checked {
             .position(|r| t.name == r.name || t.name == stem(&r.path) || t.name.strip_prefix(&format!("{}~", r.name)).is_some_and(|n| n.parse::<u32>().is_ok()))
             .unwrap_or_else(|| panic!("{top}: {} is not a later row of tensors.tsv", t.name));
         for skipped in &rows[next..next + at] {
-            assert!(skipped.dtype == "string" || stored.iter().any(|s: &FileTensor| s.sha256 == raw_sha(mount, top, skipped)), "{top}: {} is missing", skipped.path);
+            assert!(
+                skipped.dtype == "string" || stored.iter().any(|s: &FileTensor| s.sha256 == raw_sha(mount, top, skipped)),
+                "{top}: {} is missing",
+                skipped.path
+            );
         }
         let row = &rows[next + at];
         next += at + 1;
         assert_eq!(Some(t.dtype.as_str()), safetensors_dtype(&row.dtype), "{top}{}", row.path);
         assert_eq!(t.shape, stored_shape(&row.dtype, &row.shape), "{top}{}", row.path);
-        let bytes = if is_quantized(&row.dtype) { sha256_hex(npy_data(&mount.read(&format!("{top}{}", row.path)))) } else { raw_sha(mount, top, row) };
+        let bytes = if is_quantized(&row.dtype) {
+            sha256_hex(npy_data(&mount.read(&format!("{top}{}", row.path))))
+        } else {
+            raw_sha(mount, top, row)
+        };
         assert_eq!(t.sha256, bytes, "{top}{} differs from the tree", row.path);
         stored.push(t.clone());
     }
     for skipped in &rows[next..] {
-        assert!(skipped.dtype == "string" || stored.iter().any(|s| s.sha256 == raw_sha(mount, top, skipped)), "{top}: {} is missing", skipped.path);
+        assert!(
+            skipped.dtype == "string" || stored.iter().any(|s| s.sha256 == raw_sha(mount, top, skipped)),
+            "{top}: {} is missing",
+            skipped.path
+        );
     }
     let left_out = checked.left_out();
     let strings: Vec<&Row> = rows.iter().filter(|r| r.dtype == "string").collect();
@@ -204,7 +224,17 @@ fn check_against_oracle(checked: &Checked, expected: &[Expected], what: &str) {
         match unmatched.iter().position(|t| Some(&t.name) == e.name.as_ref()) {
             Some(i) => {
                 let t = unmatched.remove(i);
-                assert!(same(t), "{what}: {} is {} {:?} {}, the oracle says {} {:?} {}", t.name, t.dtype, t.shape, t.sha256, e.dtype, e.shape, e.sha256);
+                assert!(
+                    same(t),
+                    "{what}: {} is {} {:?} {}, the oracle says {} {:?} {}",
+                    t.name,
+                    t.dtype,
+                    t.shape,
+                    t.sha256,
+                    e.dtype,
+                    e.shape,
+                    e.sha256
+                );
             }
             None => by_content.push((e, same)),
         }
@@ -297,7 +327,10 @@ fn checkpoint_directory_has_one_file_per_checkpoint_and_one_for_all() {
         let checked = check_against_tree(&mount, &format!("{prefix}/"));
         check_against_oracle(&checked, &expected_from_fixture(&fixture(&format!("ckpt/tf2_keras.{prefix}.expect.json"))), prefix);
         assert!(checked.tensors.iter().all(|t| t.name.starts_with("variables/")), "layers/ views are stored once, under variables/");
-        all.extend(checked.tensors.into_iter().map(|t| FileTensor { name: format!("{prefix}/{}", t.name), ..t }));
+        all.extend(checked.tensors.into_iter().map(|t| FileTensor {
+            name: format!("{prefix}/{}", t.name),
+            ..t
+        }));
     }
     let root = check_against_tree(&mount, "");
     let names = |ts: &[FileTensor]| ts.iter().map(|t| (t.name.clone(), t.sha256.clone())).collect::<Vec<_>>();
@@ -314,7 +347,10 @@ fn every_tensorflow_dtype_is_stored_as_itself_or_documented() {
     let checked = check_against_tree(&mount, "");
     let get = |name: &str| checked.tensors.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("{name}"));
     assert_eq!((get("variables/store/v_bfloat16").dtype.as_str(), &get("variables/store/v_bfloat16").shape), ("BF16", &vec![3, 2]));
-    assert_eq!((get("variables/store/v_complex128").dtype.as_str(), &get("variables/store/v_complex128").shape), ("F64", &vec![2, 2, 2]));
+    assert_eq!(
+        (get("variables/store/v_complex128").dtype.as_str(), &get("variables/store/v_complex128").shape),
+        ("F64", &vec![2, 2, 2])
+    );
     assert_eq!(get("variables/store/v_empty").shape, [0, 3]);
     assert_eq!(checked.left_out(), ["variables/_CHECKPOINTABLE_OBJECT_GRAPH", "variables/store/v_string"]);
 }
@@ -378,7 +414,12 @@ fn expected_from_part(part: &Value) -> Vec<Expected> {
                 }
                 (None, None) => None,
             };
-            Expected { name, dtype: t["dtype"].as_str().unwrap().into(), shape: dims(&t["shape"]), sha256: t["sha256"].as_str().unwrap().into() }
+            Expected {
+                name,
+                dtype: t["dtype"].as_str().unwrap().into(),
+                shape: dims(&t["shape"]),
+                sha256: t["sha256"].as_str().unwrap().into(),
+            }
         })
         .collect()
 }
@@ -436,4 +477,162 @@ fn every_real_model_that_mounts_matches_its_oracle() {
     }
     eprintln!("checked {}: {checked:?}; not mountable yet: {skipped:?}", checked.len());
     assert!(checked.len() >= 20, "every Keras and TensorFlow item mounts: {checked:?}");
+}
+
+/// Random models (any dtype, repeated and hostile names, shared views, quantized tensors with
+/// and without a decoder) give a file that an independent parser of FORMATS.md 6.1.2 reads back
+/// as exactly the model's tensors, in order, and that reads the same at any offset.
+mod properties {
+    use proptest::prelude::*;
+    use std::sync::Arc;
+    use wfs::dtype::DType;
+    use wfs::fs::Fs;
+    use wfs::model::{InMemory, Model, Tensor};
+    use wfs::tree::Tree;
+
+    const DTYPES: [DType; 20] = [
+        DType::Bool,
+        DType::I8,
+        DType::U8,
+        DType::I16,
+        DType::U16,
+        DType::I32,
+        DType::U32,
+        DType::I64,
+        DType::U64,
+        DType::F16,
+        DType::BF16,
+        DType::F32,
+        DType::F64,
+        DType::C64,
+        DType::C128,
+        DType::Str(3),
+        DType::F8E4M3FN,
+        DType::F4E2M1FN,
+        DType::F6E3M2FN,
+        DType::Block { name: "q_test", elems: 4, bytes: 3 },
+    ];
+
+    /// What a test expects of one tensor in the file: `None` when it must be left out.
+    struct Want {
+        name: String,
+        stored: Option<(&'static str, Vec<u64>, Vec<u8>)>,
+    }
+
+    /// A tensor's dtype (index in DTYPES), shape, name, whether it is seen twice (or, for
+    /// quantized types, has a decoder), and the first byte of its contents.
+    type Spec = (usize, Vec<u64>, String, bool, u8);
+
+    fn specs() -> impl Strategy<Value = Vec<Spec>> {
+        prop::collection::vec((0..DTYPES.len(), prop::collection::vec(0u64..4, 0..3), "[ab./~_]{1,4}", any::<bool>(), any::<u8>()), 0..24)
+    }
+
+    fn model_of(specs: Vec<Spec>) -> (Model, Vec<Want>) {
+        let mut model = Model {
+            format: "random".into(),
+            ..Model::default()
+        };
+        let mut wants: Vec<Want> = Vec::new();
+        let mut taken = std::collections::HashSet::from(["__metadata__".to_string()]);
+        for (which, mut shape, name, flag, fill) in specs {
+            let dtype = DTYPES[which];
+            // Packed types hold whole blocks: a last dimension of 4 fills them.
+            if matches!(dtype, DType::F4E2M1FN | DType::F6E3M2FN | DType::Block { .. }) {
+                shape.push(4);
+            }
+            let count = shape.iter().product::<u64>();
+            let raw: Vec<u8> = (0..Tensor::raw_size(dtype, &shape).unwrap()).map(|i| fill.wrapping_add(i as u8)).collect();
+            let mut tensor = Tensor::named(&name, dtype, shape.clone(), Arc::new(InMemory(raw.clone().into())));
+            let stored = match dtype {
+                DType::Str(_) => None,
+                DType::C128 => Some(("F64", [shape.clone(), vec![2]].concat(), raw)),
+                DType::Block { .. } if flag => {
+                    let decoded: Vec<u8> = (0..count * 4).map(|i| fill ^ i as u8).collect();
+                    tensor.decoded = Some(Arc::new(InMemory(decoded.clone().into())));
+                    Some(("F32", shape.clone(), decoded))
+                }
+                DType::Block { .. } => None,
+                other => Some((other.safetensors_name().unwrap(), shape.clone(), raw)),
+            };
+            // The same tensor a second time, as a checkpoint's layers/ view: stored once.
+            let view = (flag && !wants.is_empty()).then(|| Tensor {
+                path: vec!["layers".into(), name.clone()],
+                name: format!("view/{name}"),
+                ..tensor.clone()
+            });
+            let key = (1u32..).map(|n| if n == 1 { name.clone() } else { format!("{name}~{n}") }).find(|k| !taken.contains(k)).unwrap();
+            taken.insert(key.clone());
+            wants.push(Want { name: key, stored });
+            model.tensors.push(tensor);
+            model.tensors.extend(view);
+        }
+        (model, wants)
+    }
+
+    /// The file's header by FORMATS.md 6.1.2, and each tensor's (key, dtype, shape, bytes).
+    #[allow(clippy::type_complexity)]
+    fn parse(file: &[u8]) -> Result<(serde_json::Map<String, serde_json::Value>, Vec<(String, String, Vec<u64>, Vec<u8>)>), String> {
+        let n = u64::from_le_bytes(file.get(..8).ok_or("HeaderTooSmall")?.try_into().unwrap()) as usize;
+        if n > 100_000_000 || 8 + n > file.len() || (8 + n) % 8 != 0 {
+            return Err(format!("header length {n}"));
+        }
+        let text = std::str::from_utf8(&file[8..8 + n]).map_err(|e| e.to_string())?;
+        let header: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text.trim_end_matches(' ')).map_err(|e| e.to_string())?;
+        let mut entries = header.iter();
+        let (first, metadata) = entries.next().ok_or("no __metadata__")?;
+        if first != "__metadata__" || !metadata.as_object().ok_or("metadata")?.values().all(|v| v.is_string()) {
+            return Err("__metadata__ must come first, a map of strings".into());
+        }
+        let bits = |d: &str| match d {
+            "BOOL" | "U8" | "I8" | "F8_E4M3" => Some(8),
+            "I16" | "U16" | "F16" | "BF16" => Some(16),
+            "I32" | "U32" | "F32" => Some(32),
+            "I64" | "U64" | "F64" | "C64" => Some(64),
+            "F4" => Some(4),
+            "F6_E3M2" => Some(6),
+            _ => None,
+        };
+        let (mut end, mut tensors) = (0u64, Vec::new());
+        for (key, entry) in entries {
+            let dtype = entry["dtype"].as_str().ok_or("dtype")?;
+            let shape: Vec<u64> = entry["shape"].as_array().ok_or("shape")?.iter().map(|d| d.as_u64().unwrap()).collect();
+            let offsets: Vec<u64> = entry["data_offsets"].as_array().ok_or("offsets")?.iter().map(|d| d.as_u64().unwrap()).collect();
+            let total_bits = shape.iter().product::<u64>() * bits(dtype).ok_or("unknown dtype")?;
+            if offsets[0] != end || offsets[1] < offsets[0] || total_bits % 8 != 0 || offsets[1] - offsets[0] != total_bits / 8 {
+                return Err(format!("InvalidOffset({key})"));
+            }
+            end = offsets[1];
+            let data = file[8 + n + offsets[0] as usize..8 + n + end as usize].to_vec();
+            tensors.push((key.clone(), dtype.to_string(), shape, data));
+        }
+        if 8 + n + end as usize != file.len() {
+            return Err("MetadataIncompleteBuffer".into());
+        }
+        Ok((metadata.as_object().unwrap().clone(), tensors))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn assembled_file_parses_back_to_the_models_tensors(specs in specs(), at in any::<prop::sample::Index>(), len in 0u32..64) {
+            let (model, wants) = model_of(specs);
+            let fs = Fs::new(Tree::build(model, "random"));
+            let ino = fs.tree.resolve("model.safetensors").unwrap();
+            let size = fs.attr(ino).unwrap().size;
+            let file = fs.read(ino, 0, u32::try_from(size).unwrap() + 1).unwrap();
+            prop_assert_eq!(file.len() as u64, size);
+            let (metadata, tensors) = parse(&file).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(metadata["format"].as_str(), Some("pt"));
+            prop_assert_eq!(metadata["source_format"].as_str(), Some("random"));
+            let stored: Vec<(String, String, Vec<u64>, Vec<u8>)> = wants.iter().filter_map(|w| w.stored.clone().map(|(d, s, b)| (w.name.clone(), d.to_string(), s, b))).collect();
+            prop_assert_eq!(tensors, stored);
+            let left_out: Vec<&str> = wants.iter().filter(|w| w.stored.is_none()).map(|w| w.name.as_str()).collect();
+            let listed: Vec<String> = metadata.get("left_out").map_or_else(Vec::new, |l| serde_json::from_str(l.as_str().unwrap()).unwrap());
+            prop_assert_eq!(listed, left_out);
+            let start = at.index(file.len() + 1);
+            let part = fs.read(ino, start as u64, len).unwrap();
+            prop_assert_eq!(&part[..], &file[start..(start + len as usize).min(file.len())]);
+        }
+    }
 }
