@@ -5,7 +5,7 @@ same run. Every figure is the median of N runs; ratios compare medians. See benc
     sudo python3 bench/run.py            # full size (~1 GiB inputs), 5 runs per figure
     sudo python3 bench/run.py --quick    # ~1 minute smoke run (64 MiB inputs, 3 runs)
 
-Needs Python 3 with h5py and numpy, fusermount3/FUSE, and root for dropping the page cache
+Needs Python 3 with h5py and numpy (and safetensors for figure 8), fusermount3/FUSE, and root for dropping the page cache
 (`echo 3 > /proc/sys/vm/drop_caches`) before cold runs; without root, "cold" runs are warm and
 the report says so.
 """
@@ -515,6 +515,51 @@ def fig_checkpoint(w, work, total, runs, res, n=10_000):
             ms(rd), ms(c), f"{c / rd:.2f}x", "", None)
 
 
+SAVE_SAFETENSORS = """import h5py, sys
+from safetensors.numpy import save_file
+tensors = {}
+def take(name, obj):
+    if isinstance(obj, h5py.Dataset):
+        tensors[name] = obj[()]
+with h5py.File(sys.argv[1], "r") as f:
+    f["model_weights"].visititems(take)
+save_file(tensors, sys.argv[2], metadata={"format": "pt"})
+"""
+
+
+def fig_safetensors(w, src, out_root, runs, res):
+    """(8) model.safetensors: copying it against copying every .raw of the mount, and `wfs convert`
+    against an h5py + safetensors script. Source in page cache, fresh mount per copy."""
+    out = Path(tempfile.mkdtemp(prefix="wfs-bench-st-", dir=out_root))
+    whole, raws, conv, script = [], [], [], []
+    nbytes = 0
+    for _ in range(runs):
+        warm(src)
+        w.mount(src)
+        nbytes = (w.mnt / "model.safetensors").stat().st_size
+        whole.append(timed(["cp", str(w.mnt / "model.safetensors"), str(out)]))
+        w.umount()
+        shutil.rmtree(out)
+        out.mkdir()
+        w.mount(src)
+        rels = [str(p.relative_to(w.mnt)) for p in tensor_files(w.mnt, ".raw")]
+        raws.append(timed(["cp", "--parents", *rels, str(out)], cwd=w.mnt))
+        w.umount()
+        shutil.rmtree(out)
+        out.mkdir()
+        conv.append(timed([w.exe, "convert", str(src), str(out / "c.safetensors")]))
+        (out / "c.safetensors").unlink()
+        script.append(timed([sys.executable, "-c", SAVE_SAFETENSORS, str(src), str(out / "s.safetensors")]))
+        (out / "s.safetensors").unlink()
+    shutil.rmtree(out, ignore_errors=True)
+    a, b, c, d = map(median, (whole, raws, conv, script))
+    res.add(8, f"`cp MNT/model.safetensors` ({human(nbytes)}) into {out_root} vs `cp` of every `.raw` of the same "
+               f"mount (source in page cache, fresh mount)", mbs(nbytes, a), mbs(nbytes, b), f"{b / a:.0%}",
+            ">= 80%", b / a >= 0.8)
+    res.add(8, f"`wfs convert model.h5 out.safetensors` into {out_root} vs h5py + `safetensors.numpy.save_file` "
+               f"script (source in page cache)", ms(c), ms(d), f"{d / c:.2f}x faster", ">= 3x", d / c >= 3)
+
+
 # ----------------------------------------------------------------------------- main
 
 def machine():
@@ -537,14 +582,15 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smoke run: --size 64M --runs 3")
     ap.add_argument("--wfs", help="wfs binary (default: build and use target/release/wfs)")
     ap.add_argument("--workdir", help="keep generated inputs here and reuse them across runs")
-    ap.add_argument("--only", help="comma-separated figure numbers to run, 7 for the checkpoint (c) (default all)")
+    ap.add_argument("--only", help="comma-separated figure numbers to run, 7 for the checkpoint (c), 8 for "
+                    "model.safetensors and convert (default all)")
     ap.add_argument("--out-dir", help="where figure 3 extracts to (default /dev/shm: tmpfs, so that the "
                     "destination disk, not the reader, is not what is measured)")
     args = ap.parse_args()
     if args.quick:
         args.size, args.runs = "64M", 3
     total = parse_size(args.size)
-    only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 8))
+    only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 9))
 
     out_root = Path(args.out_dir or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()))
     exe = locate_wfs(args.wfs)
@@ -579,6 +625,8 @@ def main():
             fig_concurrent(w, src["gzip"], "gzip", meds, args.runs, res)
         if 7 in only:
             log("figure (c): 10,000-variable checkpoint"); fig_checkpoint(w, work, total, args.runs, res)
+        if 8 in only:
+            log("figure 8: model.safetensors and wfs convert"); fig_safetensors(w, src["plain"], out_root, args.runs, res)
     finally:
         w.umount()
         shutil.rmtree(tmp, ignore_errors=True)
