@@ -531,7 +531,7 @@ def fig_safetensors(w, src, out_root, runs, res):
     """(8) model.safetensors: copying it against copying every .raw of the mount, and `wfs convert`
     against an h5py + safetensors script. Source in page cache, fresh mount per copy."""
     out = Path(tempfile.mkdtemp(prefix="wfs-bench-st-", dir=out_root))
-    whole, raws, conv, script = [], [], [], []
+    whole, raws, conv, script, floor, conv_null, script_null = [], [], [], [], [], [], []
     nbytes = 0
     for _ in range(runs):
         warm(src)
@@ -551,13 +551,23 @@ def fig_safetensors(w, src, out_root, runs, res):
         (out / "c.safetensors").unlink()
         script.append(timed([sys.executable, "-c", SAVE_SAFETENSORS, str(src), str(out / "s.safetensors")]))
         (out / "s.safetensors").unlink()
+        floor.append(timed(["dd", "if=/dev/zero", f"of={out / 'zeros'}", f"bs={MiB}", f"count={nbytes // MiB}",
+                            "status=none"]))
+        (out / "zeros").unlink()
+        conv_null.append(timed([w.exe, "convert", str(src), "-"], stdout=subprocess.DEVNULL))
+        script_null.append(timed([sys.executable, "-c", SAVE_SAFETENSORS, str(src), "/dev/null"]))
     shutil.rmtree(out, ignore_errors=True)
-    a, b, c, d = map(median, (whole, raws, conv, script))
+    a, b, c, d, f, cn, sn = map(median, (whole, raws, conv, script, floor, conv_null, script_null))
     res.add(8, f"`cp MNT/model.safetensors` ({human(nbytes)}) into {out_root} vs `cp` of every `.raw` of the same "
                f"mount (source in page cache, fresh mount)", mbs(nbytes, a), mbs(nbytes, b), f"{b / a:.0%}",
             ">= 80%", b / a >= 0.8)
     res.add(8, f"`wfs convert model.h5 out.safetensors` into {out_root} vs h5py + `safetensors.numpy.save_file` "
                f"script (source in page cache)", ms(c), ms(d), f"{d / c:.2f}x faster", ">= 3x", d / c >= 3)
+    res.add(8, f"(limit) writing {human(nbytes)} of zeros into {out_root} with `dd` (what both sides pay to write "
+               f"the file)", ms(f), f"wfs convert {ms(c)}", f"{f / c:.0%}", "", None)
+    res.add(8, "`wfs convert model.h5 -` > /dev/null vs the same script writing to /dev/null (the converters "
+               "alone, without the destination's cost)", ms(cn), ms(sn), f"{sn / cn:.2f}x faster", ">= 3x",
+            sn / cn >= 3)
 
 
 # ----------------------------------------------------------------------------- main

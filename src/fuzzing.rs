@@ -6,7 +6,7 @@ use crate::error::OpenError;
 use crate::formats::checkpoint;
 use crate::model::Model;
 use crate::source::Blob;
-use crate::tree::{Node, ROOT, Tree};
+use crate::tree::{Content, Node, ROOT, SAFETENSORS_FILE, Tree};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -78,6 +78,11 @@ pub fn check_tree(tree: &Tree) -> Result<(), String> {
                 let parent = tree.parent(ino).ok_or("symlink without a parent")?;
                 resolve_link(tree, parent, target).map_err(|why| format!("symlink {ino} -> {target:?}: {why}"))?;
             }
+            Some(Node::File { content: Content::Bytes(bytes), size }) if tree.name(ino) == SAFETENSORS_FILE && *size <= 1 << 26 => {
+                let mut file = vec![0u8; *size as usize];
+                bytes.read_at(0, &mut file).map_err(|e| format!("{SAFETENSORS_FILE} {ino}: {e}"))?;
+                parse_safetensors(&file).map_err(|why| format!("{SAFETENSORS_FILE} {ino}: {why}"))?;
+            }
             Some(Node::File { .. }) => {}
             None => return Err(format!("inode {ino} is missing")),
         }
@@ -136,6 +141,65 @@ pub fn parse_npy_header(bytes: &[u8]) -> Result<(String, Vec<u64>), String> {
         return Err("a 1-d shape lacks its trailing comma".into());
     }
     Ok((descr.to_string(), shape))
+}
+
+/// One tensor of a safetensors file: its key, dtype, shape and byte range in the data buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SafetensorsEntry {
+    pub key: String,
+    pub dtype: String,
+    pub shape: Vec<u64>,
+    pub range: std::ops::Range<u64>,
+}
+
+/// A safetensors file read back by the reference reader's rules (FORMATS.md 6.1.2) plus the
+/// reference writer's layout: a header length within limits and the file, padded with spaces
+/// so the data starts at a multiple of 8, `__metadata__` first and all strings, known dtypes,
+/// byte ranges that tile the data buffer in header order and match their shapes exactly.
+/// Returns the metadata and the tensors in header order.
+pub fn parse_safetensors(file: &[u8]) -> Result<(serde_json::Map<String, Value>, Vec<SafetensorsEntry>), String> {
+    let n = u64::from_le_bytes(file.get(..8).ok_or("HeaderTooSmall")?.try_into().map_err(|_| "HeaderTooSmall")?);
+    let data_start = 8u64.checked_add(n).filter(|&s| n <= 100_000_000 && s <= file.len() as u64).ok_or(format!("header length {n}"))?;
+    if data_start % 8 != 0 {
+        return Err(format!("data starts at {data_start}, not a multiple of 8"));
+    }
+    let text = std::str::from_utf8(&file[8..data_start as usize]).map_err(|e| e.to_string())?;
+    let header: serde_json::Map<String, Value> = serde_json::from_str(text.trim_end_matches(' ')).map_err(|e| e.to_string())?;
+    let mut entries = header.into_iter();
+    let metadata = match entries.next() {
+        Some((key, Value::Object(m))) if key == "__metadata__" && m.values().all(Value::is_string) => m,
+        _ => return Err("__metadata__ must come first, a map of strings".into()),
+    };
+    let bits = |dtype: &str| -> Option<u64> {
+        Some(match dtype {
+            "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" | "F8_E4M3FNUZ" | "F8_E5M2FNUZ" => 8,
+            "I16" | "U16" | "F16" | "BF16" => 16,
+            "I32" | "U32" | "F32" => 32,
+            "I64" | "U64" | "F64" | "C64" => 64,
+            "F4" => 4,
+            "F6_E2M3" | "F6_E3M2" => 6,
+            _ => return None,
+        })
+    };
+    let mut end = 0u64;
+    let mut tensors = Vec::new();
+    for (key, entry) in entries {
+        let dtype = entry["dtype"].as_str().ok_or(format!("{key}: no dtype"))?.to_string();
+        let numbers = |field: &str| -> Result<Vec<u64>, String> {
+            entry[field].as_array().ok_or(format!("{key}: no {field}"))?.iter().map(|d| d.as_u64().ok_or(format!("{key}: bad {field}"))).collect()
+        };
+        let (shape, offsets) = (numbers("shape")?, numbers("data_offsets")?);
+        let total_bits = shape.iter().try_fold(bits(&dtype).ok_or(format!("{key}: unknown dtype {dtype}"))?, |acc, &d| acc.checked_mul(d)).ok_or(format!("{key}: ValidationOverflow"))?;
+        match offsets[..] {
+            [begin, stop] if begin == end && stop >= begin && total_bits % 8 == 0 && stop - begin == total_bits / 8 => end = stop,
+            _ => return Err(format!("{key}: InvalidOffset {offsets:?} after {end} for {dtype} {shape:?}")),
+        }
+        tensors.push(SafetensorsEntry { key, dtype, shape, range: offsets[0]..end });
+    }
+    if data_start.checked_add(end) != Some(file.len() as u64) {
+        return Err(format!("MetadataIncompleteBuffer: {} data bytes, {end} described", file.len() as u64 - data_start));
+    }
+    Ok((metadata, tensors))
 }
 
 /// A LevelDB-format table as TensorFlow writes a bundle's `.index`: `entries` (sorted, keys

@@ -366,7 +366,8 @@ fn run(command: Command) -> Result<()> {
 }
 
 /// Writes the file `ino` of the tree to `out` (`-`: standard output), with a progress line on
-/// a terminal. A file left unfinished by a failure is removed.
+/// a terminal. A regular file left unfinished by a failure is removed (never a device such as
+/// /dev/null).
 fn convert(fs: &Fs, ino: wfs::tree::Ino, out: &std::path::Path) -> std::io::Result<()> {
     let tty = std::io::stderr().is_terminal();
     let mut progress = |done: u64, total: u64| {
@@ -376,14 +377,10 @@ fn convert(fs: &Fs, ino: wfs::tree::Ino, out: &std::path::Path) -> std::io::Resu
     };
     let result = if out.as_os_str() == "-" {
         let mut stdout = std::io::stdout().lock();
-        tools::copy_file_with_progress(fs, ino, &mut stdout, &mut progress).and_then(|_| stdout.flush()).or_else(ignore_closed_pipe)
+        tools::copy_file_overlapped(fs, ino, &mut stdout, &mut progress).and_then(|_| stdout.flush()).or_else(ignore_closed_pipe)
     } else {
-        let written = std::fs::File::create(out).and_then(|file| {
-            let mut writer = std::io::BufWriter::with_capacity(tools::READ_SIZE as usize, file);
-            tools::copy_file_with_progress(fs, ino, &mut writer, &mut progress)?;
-            writer.flush()
-        });
-        if written.is_err() {
+        let written = std::fs::File::create(out).and_then(|mut file| tools::copy_file_overlapped(fs, ino, &mut file, &mut progress).map(|_| ()));
+        if written.is_err() && std::fs::symlink_metadata(out).is_ok_and(|m| m.is_file()) {
             let _ = std::fs::remove_file(out);
         }
         written

@@ -54,6 +54,46 @@ pub fn copy_file_with_progress(fs: &Fs, ino: Ino, out: &mut impl Write, progress
     }
 }
 
+/// Like `copy_file_with_progress`, with the reads from the tree and the writes to `out` on two
+/// threads, so that they overlap: one large file then takes about as long as the slower side.
+pub fn copy_file_overlapped(fs: &Fs, ino: Ino, out: &mut impl Write, progress: &mut dyn FnMut(u64, u64)) -> io::Result<u64> {
+    let total = fs.attr(ino).map_or(0, |a| a.size);
+    // Filled buffers go to the writer (two may wait), emptied ones come back to the reader.
+    let (filled, to_write) = std::sync::mpsc::sync_channel::<io::Result<(Vec<u8>, usize)>>(2);
+    let (emptied, to_fill) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut offset = 0u64;
+            loop {
+                let mut buf = to_fill.try_recv().unwrap_or_default();
+                match fs.read_into(ino, offset, READ_SIZE, &mut buf) {
+                    Ok(0) => return,
+                    Ok(len) => {
+                        offset += len as u64;
+                        // A closed channel means the writer failed and stopped.
+                        if filled.send(Ok((buf, len))).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = filled.send(Err(io::Error::from_raw_os_error(e)));
+                        return;
+                    }
+                }
+            }
+        });
+        let mut written = 0u64;
+        for chunk in to_write {
+            let (buf, len) = chunk?;
+            out.write_all(&buf[..len])?;
+            written += len as u64;
+            progress(written, total);
+            let _ = emptied.send(buf);
+        }
+        Ok(written)
+    })
+}
+
 /// One line per entry of directory `ino` (`name/` for directories, `name -> target` for
 /// links, sizes with `long`), descending into subdirectories with `recursive`.
 pub fn list(fs: &Fs, ino: Ino, prefix: &str, recursive: bool, long: bool, out: &mut impl Write) -> io::Result<()> {

@@ -122,10 +122,28 @@ fn rows(mount: &Mount, top: &str) -> Vec<Row> {
                 path: f[0].into(),
                 dtype: f[1].into(),
                 shape,
-                name: f[4].into(),
+                name: unescape(f[4]),
             }
         })
         .collect()
+}
+
+/// A `tensors.tsv` name field read back: the `\\`, `\t`, `\n`, `\r` escapes undone.
+fn unescape(field: &str) -> String {
+    let mut out = String::new();
+    let mut chars = field.chars();
+    while let Some(c) = chars.next() {
+        out.push(match c {
+            '\\' => match chars.next() {
+                Some('t') => '\t',
+                Some('n') => '\n',
+                Some('r') => '\r',
+                other => other.unwrap_or('\\'),
+            },
+            c => c,
+        });
+    }
+    out
 }
 
 /// The data section of a `.npy` file (v1 or v2 header).
@@ -487,6 +505,7 @@ mod properties {
     use std::sync::Arc;
     use wfs::dtype::DType;
     use wfs::fs::Fs;
+    use wfs::fuzzing::{check_tree, parse_safetensors};
     use wfs::model::{InMemory, Model, Tensor};
     use wfs::tree::Tree;
 
@@ -569,48 +588,6 @@ mod properties {
         (model, wants)
     }
 
-    /// The file's header by FORMATS.md 6.1.2, and each tensor's (key, dtype, shape, bytes).
-    #[allow(clippy::type_complexity)]
-    fn parse(file: &[u8]) -> Result<(serde_json::Map<String, serde_json::Value>, Vec<(String, String, Vec<u64>, Vec<u8>)>), String> {
-        let n = u64::from_le_bytes(file.get(..8).ok_or("HeaderTooSmall")?.try_into().unwrap()) as usize;
-        if n > 100_000_000 || 8 + n > file.len() || (8 + n) % 8 != 0 {
-            return Err(format!("header length {n}"));
-        }
-        let text = std::str::from_utf8(&file[8..8 + n]).map_err(|e| e.to_string())?;
-        let header: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text.trim_end_matches(' ')).map_err(|e| e.to_string())?;
-        let mut entries = header.iter();
-        let (first, metadata) = entries.next().ok_or("no __metadata__")?;
-        if first != "__metadata__" || !metadata.as_object().ok_or("metadata")?.values().all(|v| v.is_string()) {
-            return Err("__metadata__ must come first, a map of strings".into());
-        }
-        let bits = |d: &str| match d {
-            "BOOL" | "U8" | "I8" | "F8_E4M3" => Some(8),
-            "I16" | "U16" | "F16" | "BF16" => Some(16),
-            "I32" | "U32" | "F32" => Some(32),
-            "I64" | "U64" | "F64" | "C64" => Some(64),
-            "F4" => Some(4),
-            "F6_E3M2" => Some(6),
-            _ => None,
-        };
-        let (mut end, mut tensors) = (0u64, Vec::new());
-        for (key, entry) in entries {
-            let dtype = entry["dtype"].as_str().ok_or("dtype")?;
-            let shape: Vec<u64> = entry["shape"].as_array().ok_or("shape")?.iter().map(|d| d.as_u64().unwrap()).collect();
-            let offsets: Vec<u64> = entry["data_offsets"].as_array().ok_or("offsets")?.iter().map(|d| d.as_u64().unwrap()).collect();
-            let total_bits = shape.iter().product::<u64>() * bits(dtype).ok_or("unknown dtype")?;
-            if offsets[0] != end || offsets[1] < offsets[0] || total_bits % 8 != 0 || offsets[1] - offsets[0] != total_bits / 8 {
-                return Err(format!("InvalidOffset({key})"));
-            }
-            end = offsets[1];
-            let data = file[8 + n + offsets[0] as usize..8 + n + end as usize].to_vec();
-            tensors.push((key.clone(), dtype.to_string(), shape, data));
-        }
-        if 8 + n + end as usize != file.len() {
-            return Err("MetadataIncompleteBuffer".into());
-        }
-        Ok((metadata.as_object().unwrap().clone(), tensors))
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -618,11 +595,15 @@ mod properties {
         fn assembled_file_parses_back_to_the_models_tensors(specs in specs(), at in any::<prop::sample::Index>(), len in 0u32..64) {
             let (model, wants) = model_of(specs);
             let fs = Fs::new(Tree::build(model, "random"));
+            check_tree(&fs.tree).map_err(TestCaseError::fail)?;
             let ino = fs.tree.resolve("model.safetensors").unwrap();
             let size = fs.attr(ino).unwrap().size;
             let file = fs.read(ino, 0, u32::try_from(size).unwrap() + 1).unwrap();
             prop_assert_eq!(file.len() as u64, size);
-            let (metadata, tensors) = parse(&file).map_err(TestCaseError::fail)?;
+            let (metadata, entries) = parse_safetensors(&file).map_err(TestCaseError::fail)?;
+            let data = &file[file.len() - entries.last().map_or(0, |e| e.range.end as usize)..];
+            let tensors: Vec<(String, String, Vec<u64>, Vec<u8>)> =
+                entries.into_iter().map(|e| (e.key, e.dtype, e.shape, data[e.range.start as usize..e.range.end as usize].to_vec())).collect();
             prop_assert_eq!(metadata["format"].as_str(), Some("pt"));
             prop_assert_eq!(metadata["source_format"].as_str(), Some("random"));
             let stored: Vec<(String, String, Vec<u64>, Vec<u8>)> = wants.iter().filter_map(|w| w.stored.clone().map(|(d, s, b)| (w.name.clone(), d.to_string(), s, b))).collect();
