@@ -104,38 +104,27 @@ fn resolve_link(tree: &Tree, from: u64, target: &str) -> Result<(), &'static str
     }
 }
 
-/// A `.npy` header read back by numpy's rules (`numpy.lib.format`): magic, version 1 or 2, the
-/// length field, a data section aligned to 64 bytes, a dict ending in `'\n'`. Returns the
-/// `descr` and the shape.
+/// A `.npy` header as wfs writes it, read back by numpy's rules (`npy::parse_header`) with
+/// the writer's own promises checked too: version 1 or 2, a data section aligned to 64 bytes,
+/// a dict ending in `'\n'`, C order. Returns the `descr` and the shape.
 pub fn parse_npy_header(bytes: &[u8]) -> Result<(String, Vec<u64>), String> {
-    let rest = bytes.strip_prefix(b"\x93NUMPY").ok_or("no magic")?;
-    let (len, dict) = match rest {
-        [1, 0, a, b, dict @ ..] => (usize::from(u16::from_le_bytes([*a, *b])), dict),
-        [2, 0, a, b, c, d, dict @ ..] => (u32::from_le_bytes([*a, *b, *c, *d]) as usize, dict),
-        _ => return Err("unknown version".into()),
-    };
-    if dict.len() != len {
-        return Err(format!("length field {len}, header holds {}", dict.len()));
+    let parsed = crate::npy::parse_header(bytes)?;
+    if parsed.data_offset != bytes.len() as u64 {
+        return Err(format!("header says data at {}, header holds {} bytes", parsed.data_offset, bytes.len()));
+    }
+    if !matches!(bytes[6], 1 | 2) {
+        return Err(format!("version {} written", bytes[6]));
     }
     if bytes.len() % 64 != 0 {
         return Err(format!("data starts at {}, not a multiple of 64", bytes.len()));
     }
-    let text = std::str::from_utf8(dict).map_err(|e| e.to_string())?;
-    let text = text.strip_suffix('\n').ok_or("no final newline")?.trim_end_matches(' ');
-    let body = text.strip_prefix("{'descr': '").ok_or("no descr")?;
-    let (descr, body) = body.split_once("', 'fortran_order': False, 'shape': (").ok_or("no shape")?;
-    let dims = body.strip_suffix("), }").ok_or("bad dict end")?;
-    let shape = dims
-        .split(',')
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .map(|d| d.parse::<u64>().map_err(|e| format!("dimension {d:?}: {e}")))
-        .collect::<Result<Vec<u64>, String>>()?;
-    // numpy writes one element as `(n,)` and no elements as `()`.
-    if shape.len() == 1 && !dims.ends_with(',') {
-        return Err("a 1-d shape lacks its trailing comma".into());
+    if bytes.last() != Some(&b'\n') {
+        return Err("no final newline".into());
     }
-    Ok((descr.to_string(), shape))
+    match parsed {
+        crate::npy::Parsed { descr: crate::npy::Descr::Simple(descr), fortran_order: false, shape, .. } => Ok((descr, shape)),
+        _ => Err("structured descr or Fortran order written".into()),
+    }
 }
 
 /// A LevelDB-format table as TensorFlow writes a bundle's `.index`: `entries` (sorted, keys
