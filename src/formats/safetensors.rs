@@ -151,7 +151,7 @@ pub fn read(blob: &Blob) -> Result<Model, OpenError> {
 }
 
 /// The shard names of a sharded index's `weight_map` (tensor name -> shard file), in order of
-/// first appearance, and the map itself.
+/// first appearance, and the index itself.
 fn weight_map(index: &Blob) -> Result<(Value, Vec<String>), OpenError> {
     let bad = |why: &str| OpenError::corrupt(format!("safetensors index: {why}"));
     if index.len() > MAX_INDEX {
@@ -190,7 +190,8 @@ fn shard_path(dir: &Path, name: &str) -> Result<std::path::PathBuf, OpenError> {
 /// A sharded model: the index and the shards beside it in `dir`, as one tree. Every tensor of
 /// every shard must be listed in the index, in that shard (FORMATS.md 6.1.3).
 pub fn read_sharded(index: &Blob, dir: &Path) -> Result<Model, OpenError> {
-    let (json, shard_names) = weight_map(index)?;
+    let (json, mut shard_names) = weight_map(index)?;
+    shard_names.sort();
     let mut model = Model { format: "safetensors-sharded".into(), ..Model::default() };
     if let Some(metadata) = json.get("metadata") {
         model.info.insert("metadata".into(), metadata.clone());
