@@ -330,4 +330,52 @@ mod tests {
         let len = u32::from_le_bytes(h[8..12].try_into().unwrap()) as usize;
         assert_eq!(len + 12, h.len());
     }
+
+    #[test]
+    fn parses_what_numpy_and_older_writers_write() {
+        let h = header(DType::F32, &[2, 3]);
+        let parsed = parse_header(&h).unwrap();
+        assert_eq!(parsed, Parsed { descr: Descr::Simple("<f4".into()), fortran_order: false, shape: vec![2, 3], data_offset: 128 });
+        // Python 2 numpy: long integers, no trailing comma after the last key, double quotes.
+        let old = b"\x93NUMPY\x01\x00\x3f\x00{\"descr\": \">i8\", \"fortran_order\": True, \"shape\": (3L, 4L)}    \n";
+        let parsed = parse_header(old).unwrap();
+        assert_eq!((parsed.descr, parsed.fortran_order, parsed.shape), (Descr::Simple(">i8".into()), true, vec![3, 4]));
+        // Version 3 (UTF-8 header), a structured descr, a scalar.
+        let v3 = b"\x93NUMPY\x03\x00\x3f\x00\x00\x00{'descr': [('x', '<f4')], 'fortran_order': False, 'shape': ()}\n";
+        let parsed = parse_header(v3).unwrap();
+        assert_eq!((parsed.descr, parsed.shape, parsed.data_offset), (Descr::Structured, vec![], 75));
+    }
+
+    #[test]
+    fn refuses_what_numpy_refuses() {
+        let dict = |text: &str| {
+            let mut h = b"\x93NUMPY\x01\x00".to_vec();
+            h.extend_from_slice(&((text.len() + 1) as u16).to_le_bytes());
+            h.extend_from_slice(text.as_bytes());
+            h.push(b'\n');
+            parse_header(&h)
+        };
+        assert!(dict("{'descr': '<f4', 'fortran_order': False, 'shape': (2,)}").is_ok());
+        assert!(dict("{'descr': '<f4', 'fortran_order': False, 'shape': (2)}").unwrap_err().contains("not a tuple"));
+        assert!(dict("{'descr': '<f4', 'fortran_order': 0, 'shape': (2,)}").is_err());
+        assert!(dict("{'descr': '<f4', 'shape': (2,)}").is_err());
+        assert!(dict("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': 1}").is_err());
+        assert!(dict("{'descr': '<f4', 'fortran_order': False, 'shape': (2,)} x").is_err());
+        assert!(dict("{'descr': '<f4', 'fortran_order': False, 'shape': (1, -2)}").is_err());
+        let deep = format!("{{'descr': {}, 'fortran_order': False, 'shape': ()}}", "(".repeat(100));
+        assert!(dict(&deep).unwrap_err().contains("nests"));
+        let rank = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({})}}", "1,".repeat(65));
+        assert!(dict(&rank).unwrap_err().contains("rank 65"));
+    }
+
+    #[test]
+    fn descr_to_dtype() {
+        assert_eq!(dtype_of("<f4"), Ok((DType::F32, false)));
+        assert_eq!(dtype_of(">c16"), Ok((DType::C128, true)));
+        assert_eq!(dtype_of("|b1"), Ok((DType::Bool, false)));
+        assert_eq!(dtype_of("|S7"), Ok((DType::Str(7), false)));
+        assert!(dtype_of("|f4").is_err() && dtype_of("|O").unwrap_err().contains("pickled"));
+        assert!(dtype_of("<U3").is_err() && dtype_of("<M8[ns]").is_err() && dtype_of("|V2").is_err() && dtype_of("").is_err());
+        assert!(dtype_of("|S0").is_err() && dtype_of("<f16").is_err() && dtype_of("=f4").is_err());
+    }
 }

@@ -233,3 +233,44 @@ pub fn read_sharded(index: &Blob, dir: &Path) -> Result<Model, OpenError> {
     model.info.insert("shards".into(), Value::Array(shards_info));
     Ok(model)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(header: &str, data: &[u8]) -> Blob {
+        Blob::Memory(Arc::new([&(header.len() as u64).to_le_bytes()[..], header.as_bytes(), data].concat()))
+    }
+
+    #[test]
+    fn sniffing_tells_a_header_from_json_text() {
+        let st = [&123u64.to_le_bytes()[..], b"{\"a\":{}}"].concat();
+        // 123 is '{': the length's first byte looks like JSON, but the length fits the file.
+        assert!(sniff(&st, 131));
+        assert!(!sniff(b"{ \"x\": {\"weight_map\": {}}}", 27));
+        assert!(!sniff(b"\x10\0\0\0\0\0\0\0[]", 10));
+    }
+
+    #[test]
+    fn zero_size_tensors_may_share_an_offset_and_order_is_the_header_s() {
+        let blob = file(
+            r#"{"b":{"dtype":"I32","shape":[1],"data_offsets":[0,4]},"__metadata__":{"k":"v"},"a":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]},"s":{"dtype":"U8","shape":[],"data_offsets":[4,5]}}"#,
+            &[1, 0, 0, 0, 9],
+        );
+        let model = read(&blob).unwrap();
+        let names: Vec<&str> = model.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["b", "a", "s"]);
+        assert_eq!(model.info["metadata"], json!({"k": "v"}));
+        let mut byte = [0u8];
+        model.tensors[2].bytes.read_at(0, &mut byte).unwrap();
+        assert_eq!(byte, [9]);
+    }
+
+    #[test]
+    fn packed_types_count_bits() {
+        let ok = file(r#"{"f4":{"dtype":"F4","shape":[2,3],"data_offsets":[0,3]},"f6":{"dtype":"F6_E3M2","shape":[8],"data_offsets":[3,9]}}"#, &[0; 9]);
+        assert!(read(&ok).is_ok());
+        let odd = file(r#"{"f4":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}"#, &[0; 2]);
+        assert!(read(&odd).err().unwrap().to_string().starts_with("safetensors: MisalignedSlice"));
+    }
+}
