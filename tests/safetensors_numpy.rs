@@ -407,7 +407,7 @@ fn npz_zip_bomb_reads_within_the_cache() {
         zip.start_file("zeros.npy", options).unwrap();
         zip.write_all(&npy_bytes(&format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({elements},), }}"), &[])).unwrap();
         let block = vec![0u8; 1 << 20];
-        for _ in 0..(elements * 4 >> 20) {
+        for _ in 0..((elements * 4) >> 20) {
             zip.write_all(&block).unwrap();
         }
         zip.finish().unwrap();
@@ -421,9 +421,9 @@ fn npz_zip_bomb_reads_within_the_cache() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     // The last 4 KiB: everything before is inflated (and dropped) to reach them.
-    let mut file = std::fs::File::open(point.join("tensors/zeros.raw")).unwrap();
+    let file = std::fs::File::open(point.join("tensors/zeros.raw")).unwrap();
     let mut tail = vec![1u8; 4096];
-    std::os::unix::fs::FileExt::read_exact_at(&mut file, &mut tail, elements * 4 - 4096).unwrap();
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut tail, elements * 4 - 4096).unwrap();
     assert!(tail.iter().all(|&b| b == 0));
     let peak = peak_rss_kib(child.id());
     assert!(peak < 200 << 10, "daemon peak RSS {peak} KiB for a 16 MiB cache");

@@ -320,7 +320,7 @@ mod tests {
     fn fortran_order_reads_in_c_order() {
         let shape = [2u64, 3, 4];
         let c_order: Vec<u16> = (0..24).collect();
-        let mut fortran = vec![0u16; 24];
+        let mut fortran = [0u16; 24];
         for (i, &v) in c_order.iter().enumerate() {
             let (a, b, c) = (i / 12, i / 4 % 3, i % 4);
             fortran[a + 2 * b + 6 * c] = v;
