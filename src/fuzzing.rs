@@ -22,6 +22,30 @@ pub fn checkpoint(index: &[u8], data: &[u8]) -> Result<Model, OpenError> {
     Ok(model)
 }
 
+/// A safetensors file held in memory, read as `wfs mount` reads one.
+pub fn safetensors(data: &[u8]) -> Result<Model, OpenError> {
+    crate::formats::safetensors::read(&Blob::Memory(Arc::new(data.to_vec())))
+}
+
+/// `data` read as a `.npy` file, then as the two members of an `.npz` (stored and deflated,
+/// inflated through a chunk cache of `cache` bytes): the models each gives.
+pub fn numpy(data: &[u8], cache: u64) -> Vec<Result<Model, OpenError>> {
+    use crate::formats::{ReadOptions, archive::Archive, numpy};
+    use std::io::Write;
+    let npy = numpy::read_npy(&Blob::Memory(Arc::new(data.to_vec())));
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, method) in [("stored.npy", zip::CompressionMethod::Stored), ("deflated.npy", zip::CompressionMethod::Deflated)] {
+        let options = zip::write::SimpleFileOptions::default().compression_method(method);
+        if zip.start_file(name, options).and_then(|()| Ok(zip.write_all(data)?)).is_err() {
+            return vec![npy];
+        }
+    }
+    let Ok(bytes) = zip.finish().map(std::io::Cursor::into_inner) else { return vec![npy] };
+    let options = ReadOptions { cache: Arc::new(crate::cache::ChunkCache::new(cache)) };
+    let npz = Archive::open(&Blob::Memory(Arc::new(bytes))).and_then(|archive| numpy::read_npz(archive, &options));
+    vec![npy, npz]
+}
+
 /// Reads every tensor and file of a model whole, as a reader of the mount would, skipping any
 /// larger than `max` bytes. Read errors are expected on damaged input; panics are the bugs.
 pub fn read_all(model: &Model, max: u64) {
