@@ -570,6 +570,83 @@ def fig_safetensors(w, src, out_root, runs, res):
             sn / cn >= 3)
 
 
+def write_safetensors(path, layers, seed=2):
+    """The same tensors as a safetensors file (FORMATS.md 6.1), written by hand so that the
+    benchmark needs no safetensors package: HF-style names, F32, offsets back to back."""
+    rng = np.random.default_rng(seed)
+    header, offset = {"__metadata__": {"format": "np"}}, 0
+    for name, weights in layers:
+        for wname, shape in weights:
+            key = "model." + wname.removesuffix(":0").replace("/", ".")
+            nbytes = int(np.prod(shape)) * 4
+            header[key] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        for _, weights in layers:
+            for _, shape in weights:
+                (rng.standard_normal(int(np.prod(shape)), dtype=np.float32) * 0.05).tofile(f)
+    return next(k for k in header if k != "__metadata__")
+
+
+def fig_safetensors_source(w, work, layers, n, runs, res):
+    """(s) A safetensors file of the same tensors: mount time against listing its keys with
+    safetensors.safe_open, and the first read of the large tensor against cold `cat` of the same
+    bytes from a plain file and against safe_open(...).get_tensor."""
+    src = work / "model.safetensors"
+    stamp = work / "safetensors.json"
+    if stamp.exists() and src.exists():
+        big = json.loads(stamp.read_text())["big"]
+    else:
+        log(f"  writing {src} ...")
+        big = write_safetensors(src, layers)
+        stamp.write_text(json.dumps({"big": big}))
+    rel = "tensors/" + big.replace(".", "/") + ".raw"
+    have_st = subprocess.run([sys.executable, "-c", "import safetensors"], capture_output=True).returncode == 0
+    lister = "import sys\nfrom safetensors import safe_open\nwith safe_open(sys.argv[1], 'numpy') as f: print(len(list(f.keys())))\n"
+    getter = "import sys\nfrom safetensors import safe_open\nwith safe_open(sys.argv[1], 'numpy') as f: f.get_tensor(sys.argv[2])\n"
+    plain = work / "big_st.plain"
+    with open(src, "rb") as f:
+        hlen = int.from_bytes(f.read(8), "little")
+        entry = json.loads(f.read(hlen))[big]
+        begin, end = entry["data_offsets"]
+        if not plain.exists() or plain.stat().st_size != end - begin:
+            f.seek(8 + hlen + begin)
+            plain.write_bytes(f.read(end - begin))
+    nbytes = end - begin
+    cat = lambda p: timed(["cat", str(p)], stdout=subprocess.DEVNULL)
+    mount_t, list_t, cold, plain_cold, get_t = [], [], [], [], []
+    warm(src)
+    for _ in range(runs):
+        t = time.perf_counter()
+        w.mount(src)
+        mount_t.append(time.perf_counter() - t)
+        w.umount()
+        if have_st:
+            list_t.append(timed([sys.executable, "-c", lister, str(src)], stdout=subprocess.DEVNULL))
+        drop_caches()
+        plain_cold.append(cat(plain))
+        drop_caches()
+        w.mount(src)
+        cold.append(cat(w.mnt / rel))
+        w.umount()
+        if have_st:
+            drop_caches()
+            get_t.append(timed([sys.executable, "-c", getter, str(src), big]))
+    m, c, pc = median(mount_t), median(cold), median(plain_cold)
+    lt = f"safe_open keys {ms(median(list_t))}" if have_st else "(safetensors not installed)"
+    res.add("(s)", f"`wfs mount` returns (safetensors, {n} tensors, {human(src.stat().st_size)}, in page cache)", ms(m), lt,
+            f"{median(list_t) / m:.1f}x faster" if have_st else "", "< 20 ms", m < 0.02)
+    res.add("(s)", f"first read (cold) of a {human(nbytes)} safetensors tensor `.raw` vs cold `cat` of the same bytes",
+            mbs(nbytes, c), mbs(nbytes, pc), f"{pc / c:.0%}", ">= 70%", pc / c >= 0.7)
+    if have_st:
+        g = median(get_t)
+        res.add("(s)", "first read (cold) vs `safe_open(...).get_tensor` cold (fresh interpreter)", ms(c), ms(g),
+                f"{g / c:.2f}x faster", "> 1x", g / c > 1)
+
+
 # ----------------------------------------------------------------------------- main
 
 def machine():
@@ -593,14 +670,14 @@ def main():
     ap.add_argument("--wfs", help="wfs binary (default: build and use target/release/wfs)")
     ap.add_argument("--workdir", help="keep generated inputs here and reuse them across runs")
     ap.add_argument("--only", help="comma-separated figure numbers to run, 7 for the checkpoint (c), 8 for "
-                    "model.safetensors and convert (default all)")
+                    "model.safetensors and convert, 9 for safetensors sources (s) (default all)")
     ap.add_argument("--out-dir", help="where figure 3 extracts to (default /dev/shm: tmpfs, so that the "
                     "destination disk, not the reader, is not what is measured)")
     args = ap.parse_args()
     if args.quick:
         args.size, args.runs = "64M", 3
     total = parse_size(args.size)
-    only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 9))
+    only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 10))
 
     out_root = Path(args.out_dir or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()))
     exe = locate_wfs(args.wfs)
@@ -613,8 +690,12 @@ def main():
     try:
         if not CAN_DROP:
             log("WARNING: not root: cannot drop the page cache; 'cold' figures are warm")
-        src, layers, n, big, meds = make_inputs(work, total, args.tensors)
-        warm(src["plain"])
+        if only & set(range(1, 7)):
+            src, layers, n, big, meds = make_inputs(work, total, args.tensors)
+            warm(src["plain"])
+        else:
+            layers = plan(total, args.tensors)
+            n = sum(len(w) for _, w in layers)
         if 1 in only:
             log("figure 1: mount to ready"); fig_mount(w, src["plain"], n, args.runs, res)
         if 2 in only:
@@ -637,6 +718,8 @@ def main():
             log("figure (c): 10,000-variable checkpoint"); fig_checkpoint(w, work, total, args.runs, res)
         if 8 in only:
             log("figure 8: model.safetensors and wfs convert"); fig_safetensors(w, src["plain"], out_root, args.runs, res)
+        if 9 in only:
+            log("figure (s): safetensors"); fig_safetensors_source(w, work, layers, n, args.runs, res)
     finally:
         w.umount()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -101,4 +101,8 @@ for i, s in enumerate([
     put("keras_names", str(i), s.encode())
 put("npy", "f32", bytes([11]) + (2).to_bytes(8, "big") + (3).to_bytes(8, "big"))
 put("npy", "str", bytes([200]) + (7).to_bytes(8, "big"))
+for f in ["all_dtypes.safetensors", "float6.safetensors", "sharded/model-00002-of-00002.safetensors"]:
+    put("safetensors", os.path.basename(f), read("safetensors/" + f))
+for f in ["fortran_be.npy", "matrix.npy", "bytes.npy", "object.npy"]:
+    put("npy_file", f, read("numpy/" + f))
 put("tree", "0", b"tlayers/dense/kernel\ntlayers/dense/kernel\nf../config.json\nd.\npckpt-1\ntckpt-1/variables/x\nlayers/0>layers/dense\nllatest>ckpt-1\nt\n")

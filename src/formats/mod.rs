@@ -6,6 +6,8 @@ pub mod checkpoint;
 pub mod h5;
 pub mod keras3;
 pub mod keras_h5;
+pub mod numpy;
+pub mod safetensors;
 pub mod savedmodel;
 
 use crate::cache::ChunkCache;
@@ -29,6 +31,8 @@ pub enum Sniffed {
     /// A JSON object (a sharded weights index, if it has a `weight_map`).
     Json,
     GitLfsPointer,
+    Safetensors,
+    Npy,
     Empty,
     Unknown,
 }
@@ -44,6 +48,12 @@ pub fn sniff(blob: &Blob) -> Sniffed {
     }
     if head.starts_with(b"version https://git-lfs.github.com/spec/") {
         return Sniffed::GitLfsPointer;
+    }
+    if safetensors::sniff(&head, len) {
+        return Sniffed::Safetensors;
+    }
+    if head.starts_with(crate::npy::MAGIC) {
+        return Sniffed::Npy;
     }
     if head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
         return Sniffed::Json;
@@ -94,10 +104,16 @@ fn open_blob(blob: &Blob, dir: Option<&Path>, options: &ReadOptions) -> Result<M
             let mut archive = archive::Archive::open(blob)?;
             match savedmodel::root_in(&mut archive) {
                 Some(root) => savedmodel::read_archive(archive, root),
+                None if numpy::is_npz(&mut archive) => numpy::read_npz(archive, options),
                 None => keras3::read_archive(archive, options),
             }
         }
-        Sniffed::Json => keras3::read_sharded(blob, dir, options),
+        Sniffed::Safetensors => safetensors::read(blob),
+        Sniffed::Npy => numpy::read_npy(blob),
+        Sniffed::Json => match dir {
+            Some(dir) if safetensors::indexes_safetensors(blob, dir) => safetensors::read_sharded(blob, dir),
+            _ => keras3::read_sharded(blob, dir, options),
+        },
         Sniffed::GitLfsPointer => Err(OpenError::UnknownFormat(
             "this is a Git LFS pointer, not the model itself (run `git lfs pull`)".into(),
         )),
