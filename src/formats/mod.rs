@@ -6,6 +6,8 @@ pub mod checkpoint;
 pub mod h5;
 pub mod keras3;
 pub mod keras_h5;
+pub mod onnx;
+pub mod paged;
 pub mod savedmodel;
 
 use crate::cache::ChunkCache;
@@ -29,6 +31,8 @@ pub enum Sniffed {
     /// A JSON object (a sharded weights index, if it has a `weight_map`).
     Json,
     GitLfsPointer,
+    /// A protobuf that starts like an ONNX `ModelProto`.
+    Onnx,
     Empty,
     Unknown,
 }
@@ -55,6 +59,9 @@ pub fn sniff(blob: &Blob) -> Sniffed {
             return Sniffed::Hdf5;
         }
         at = if at == 0 { 512 } else { at * 2 };
+    }
+    if onnx::sniff(blob) {
+        return Sniffed::Onnx;
     }
     Sniffed::Unknown
 }
@@ -98,6 +105,7 @@ fn open_blob(blob: &Blob, dir: Option<&Path>, options: &ReadOptions) -> Result<M
             }
         }
         Sniffed::Json => keras3::read_sharded(blob, dir, options),
+        Sniffed::Onnx => onnx::read(blob, dir),
         Sniffed::GitLfsPointer => Err(OpenError::UnknownFormat(
             "this is a Git LFS pointer, not the model itself (run `git lfs pull`)".into(),
         )),
