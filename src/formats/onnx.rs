@@ -37,30 +37,28 @@ const CHUNK: u64 = 64 << 10;
 
 /// `true` if the bytes look like a serialized `ModelProto`: it starts with `ir_version` (field
 /// 1, as every writer puts it first) and the next top-level fields are well formed ModelProto
-/// fields, up to the graph.
+/// fields, up to the graph or to where a truncated file ends.
 pub fn sniff(blob: &Blob) -> bool {
     let mut src = Paged::new(blob);
     let len = src.len();
-    let mut walker = Walker { at: 0, end: len };
-    let mut first = true;
-    for _ in 0..64 {
-        let field = match walker.next(&mut src) {
-            Ok(Some(field)) => field,
-            Ok(None) => return !first,
-            Err(_) => return false,
-        };
+    // No end: a field that runs past the end of a cut file still counts.
+    let mut walker = Walker { at: 0, end: u64::MAX };
+    for i in 0..64 {
+        if walker.at >= len {
+            return i > 0;
+        }
+        let Ok(Some(field)) = walker.next(&mut src) else { return false };
         let expected = match field.number() {
             1 | 5 => Wire::Varint,
             2 | 3 | 4 | 6 | 7 | 8 | 14 | 20 | 25 | 26 => Wire::Bytes,
             _ => return false,
         };
-        if field.wire() != expected || (first && (field.number() != 1 || !(1..=100).contains(&field.varint()))) {
+        if field.wire() != expected || (i == 0 && (field.number() != 1 || !(1..=100).contains(&field.varint()))) {
             return false;
         }
-        if field.number() == 7 {
+        if field.number() == 7 || walker.at > len {
             return true;
         }
-        first = false;
     }
     true
 }
@@ -535,7 +533,7 @@ impl Reader {
     /// show; an error for a damaged one.
     fn resolve(&mut self, t: &TensorRecord) -> Result<Option<(DType, Vec<u64>, Arc<dyn TensorBytes>)>, OpenError> {
         let name = t.name.as_str();
-        let bad = |why: String| corrupt(format!("initializer {name:?}: {why}"));
+        let bad = |why: String| OpenError::Corrupt(format!("ONNX initializer {name:?}: {why}"));
         let Some(dtype) = onnx_dtype(t.data_type) else {
             let what = type_name(t.data_type).unwrap_or_else(|| "undefined".into());
             self.skip(name, format!("element type {} ({what}) has no dtype in wfs", t.data_type));
@@ -576,7 +574,7 @@ impl Reader {
     /// The bytes of a tensor in the typed field its dtype uses (FORMATS.md 6.3.1).
     fn typed(&mut self, t: &TensorRecord, dtype: DType, count: u64, size: u64) -> Result<Arc<dyn TensorBytes>, OpenError> {
         let name = t.name.as_str();
-        let bad = |why: String| corrupt(format!("initializer {name:?}: {why}"));
+        let bad = |why: String| OpenError::Corrupt(format!("ONNX initializer {name:?}: {why}"));
         let (field, wire) = match dtype {
             DType::F32 | DType::C64 => (&t.float_data, Wire::Fixed32),
             DType::F64 | DType::C128 => (&t.double_data, Wire::Fixed64),
@@ -714,7 +712,7 @@ impl Reader {
         let values = values.ok_or_else(|| corrupt("a sparse initializer has no values".into()))?;
         let indices = indices.ok_or_else(|| corrupt(format!("sparse initializer {:?} has no indices", values.name)))?;
         let name = values.name.clone();
-        let bad = |why: String| corrupt(format!("sparse initializer {name:?}: {why}"));
+        let bad = |why: String| OpenError::Corrupt(format!("ONNX sparse initializer {name:?}: {why}"));
         let Some((dtype, value_shape, value_bytes)) = self.resolve(&values)? else { return Ok(()) };
         if dtype.block().0 != 1 || matches!(dtype, DType::Str(_)) {
             self.skip(&name, format!("sparse {} tensors are not densified", dtype.name()));
