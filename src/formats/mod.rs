@@ -9,6 +9,7 @@ pub mod keras_h5;
 pub mod onnx;
 pub mod paged;
 pub mod savedmodel;
+pub mod tflite;
 
 use crate::cache::ChunkCache;
 use crate::error::OpenError;
@@ -33,6 +34,8 @@ pub enum Sniffed {
     GitLfsPointer,
     /// A protobuf that starts like an ONNX `ModelProto`.
     Onnx,
+    /// A FlatBuffer with the TensorFlow Lite identifier.
+    Tflite,
     Empty,
     Unknown,
 }
@@ -45,6 +48,9 @@ pub fn sniff(blob: &Blob) -> Sniffed {
     let head = blob.read_vec(0, len.min(64)).unwrap_or_default();
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
         return Sniffed::Zip;
+    }
+    if tflite::sniff(&head) {
+        return Sniffed::Tflite;
     }
     if head.starts_with(b"version https://git-lfs.github.com/spec/") {
         return Sniffed::GitLfsPointer;
@@ -106,6 +112,7 @@ fn open_blob(blob: &Blob, dir: Option<&Path>, options: &ReadOptions) -> Result<M
         }
         Sniffed::Json => keras3::read_sharded(blob, dir, options),
         Sniffed::Onnx => onnx::read(blob, dir),
+        Sniffed::Tflite => tflite::read(blob),
         Sniffed::GitLfsPointer => Err(OpenError::UnknownFormat(
             "this is a Git LFS pointer, not the model itself (run `git lfs pull`)".into(),
         )),
