@@ -589,7 +589,6 @@ impl Reader {
             }
             return Ok(Arc::new(Extent { blob: self.src.blob().clone(), offset: *at, len: *len }));
         }
-        self.take_decoded(name, size)?;
         // Entries of the typed field: one per element, but one per packed byte for float4, and
         // 6-bit codes that are packed here four to three bytes for float6.
         let (entries, width) = match dtype {
@@ -598,6 +597,21 @@ impl Reader {
             DType::C64 | DType::C128 => (count * 2, dtype.size() / 2),
             _ => (count, dtype.size()),
         };
+        // Every entry takes at least a byte (a varint) or its fixed width: a field too short for
+        // the shape is refused before anything is allocated for it.
+        let least = match wire {
+            Wire::Fixed32 => 4,
+            Wire::Fixed64 => 8,
+            _ => 1,
+        };
+        let room: u64 = field.pieces.iter().map(|p| match *p {
+            Piece::Packed { len, .. } => len / least,
+            Piece::One(_) => 1,
+        }).sum();
+        if room < entries {
+            return Err(bad(format!("its typed field holds at most {room} values, its shape needs {entries}")));
+        }
+        self.take_decoded(name, size)?;
         let mut out = Vec::with_capacity(size as usize);
         let mut seen = 0u64;
         self.values(&field.pieces, wire, |v| {
@@ -956,4 +970,53 @@ enum DimValue {
     DimValue(i64),
     #[prost(string, tag = "2")]
     DimParam(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(bytes: &[u8]) -> Blob {
+        Blob::Memory(Arc::new(bytes.to_vec()))
+    }
+
+    #[test]
+    fn varints() {
+        assert_eq!(decode_varint(&[0x96, 0x01]).unwrap(), Some((150, 2)));
+        assert_eq!(decode_varint(&[0x96]).unwrap(), None);
+        // INT8 -1 in int32_data: sign-extended to ten bytes.
+        let minus_one = [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01];
+        assert_eq!(decode_varint(&minus_one).unwrap(), Some((u64::MAX, 10)));
+        assert!(decode_varint(&[0xFF; 11]).is_err());
+    }
+
+    #[test]
+    fn sniffs_model_protos_and_nothing_else() {
+        // ir_version 8, producer "x", graph {} (empty).
+        assert!(sniff(&blob(&[0x08, 0x08, 0x12, 0x01, b'x', 0x3A, 0x00])));
+        // Cut inside the producer name: still an ONNX model, a damaged one.
+        assert!(sniff(&blob(&[0x08, 0x08, 0x12, 0x09, b'x'])));
+        // A safetensors header length that starts with 0x08.
+        assert!(!sniff(&blob(&[0x08, 0x01, 0, 0, 0, 0, 0, 0, b'{', b'}'])));
+        assert!(!sniff(&blob(b"\x08")));
+        assert!(!sniff(&blob(b"hello world")));
+        assert!(!sniff(&blob(&[0x12, 0x01, b'x'])));
+    }
+
+    #[test]
+    fn densified_reads_match_at_every_offset() {
+        let values: Vec<u8> = [1.5f32, -2.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let dense = Densified { values: Arc::new(InMemory(values.into())), indices: vec![1, 6, 11], item: 4, len: 48 };
+        let mut whole = vec![0xAAu8; 48];
+        dense.read_at(0, &mut whole).unwrap();
+        let floats: Vec<f32> = whole.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(floats, [0.0, 1.5, 0.0, 0.0, 0.0, 0.0, -2.0, 0.0, 0.0, 0.0, 0.0, 4.0]);
+        for offset in 0..48 {
+            for len in 1..=(48 - offset) {
+                let mut part = vec![0xAAu8; len];
+                dense.read_at(offset as u64, &mut part).unwrap();
+                assert_eq!(part, whole[offset..offset + len], "{offset} +{len}");
+            }
+        }
+    }
 }
