@@ -104,5 +104,5 @@ put("npy", "str", bytes([200]) + (7).to_bytes(8, "big"))
 put("tree", "0", b"tlayers/dense/kernel\ntlayers/dense/kernel\nf../config.json\nd.\npckpt-1\ntckpt-1/variables/x\nlayers/0>layers/dense\nllatest>ckpt-1\nt\n")
 for name in ["typed.onnx", "raw.onnx", "sparse.onnx", "external_one/model.onnx"]:
     put("onnx", name.replace("/", "_"), read("onnx/" + name))
-for name in ["float.tflite", "int8.tflite", "buffer_offset.tflite", "constants.tflite"]:
+for name in ["float.tflite", "int8.tflite", "buffer_offset.tflite", "constants.tflite", "old_schema.tflite"]:
     put("tflite", name, read("tflite/" + name))

@@ -60,7 +60,8 @@ fn check_fixture(name: &str) -> Mount {
         assert_eq!(row[4], t["name"].as_str().unwrap());
         let raw = mount.path(&format!("{path}.raw"));
         assert_eq!(getxattr(&raw, "user.wfs.name"), t["name"].as_str().unwrap());
-        assert_eq!(getxattr(&raw, "user.wfs.storage"), "plain", "{path} is served in place");
+        let storage = if t["dtype"] == "string" { "decoded" } else { "plain" };
+        assert_eq!(getxattr(&raw, "user.wfs.storage"), storage, "{path} is served in place");
         match t.get("quantization") {
             Some(q) => assert!(same(&quant_xattrs(&mount.path(&format!("{path}.npy"))), q), "{name}: quantization of {path}"),
             None => assert!(!Command::new("getfattr").args(["-n", "user.wfs.quant.scale"]).arg(&raw).output().unwrap().status.success()),
@@ -118,6 +119,14 @@ fn buffers_outside_the_flatbuffer() {
 #[test]
 fn int64_int16_and_bool_constants() {
     check_fixture("constants.tflite");
+}
+
+#[test]
+fn old_schema_operator_codes_and_string_constants() {
+    let mount = check_fixture("old_schema.tflite");
+    assert_eq!(mount.text("tensors/vocab/words.dtype"), "string\n");
+    // Fixed width 9, the longest element: "alpha" padded, "" all NULs, "gamma ray".
+    assert_eq!(mount.read("tensors/vocab/words.raw"), [&b"alpha\0\0\0\0"[..], &[0; 9], b"gamma ray"].concat());
 }
 
 /// The real TFLite files of ../shared/real-models against their oracles.
