@@ -294,6 +294,9 @@ struct TensorRecord {
     external_location: bool,
 }
 
+/// A tensor's dtype, shape and `.raw` bytes.
+type Resolved = (DType, Vec<u64>, Arc<dyn TensorBytes>);
+
 struct Reader {
     src: Paged,
     dir: Option<PathBuf>,
@@ -531,7 +534,7 @@ impl Reader {
 
     /// `(dtype, shape, bytes)` of a tensor, `None` (recorded in `skipped`) for one wfs cannot
     /// show; an error for a damaged one.
-    fn resolve(&mut self, t: &TensorRecord) -> Result<Option<(DType, Vec<u64>, Arc<dyn TensorBytes>)>, OpenError> {
+    fn resolve(&mut self, t: &TensorRecord) -> Result<Option<Resolved>, OpenError> {
         let name = t.name.as_str();
         let bad = |why: String| OpenError::Corrupt(format!("ONNX initializer {name:?}: {why}"));
         let Some(dtype) = onnx_dtype(t.data_type) else {
@@ -643,13 +646,13 @@ impl Reader {
     }
 
     /// A STRING tensor from `string_data`: fixed-width, NUL-padded to the longest element.
-    fn strings(&mut self, t: &TensorRecord, shape: Vec<u64>, count: u64) -> Result<(DType, Vec<u64>, Arc<dyn TensorBytes>), OpenError> {
+    fn strings(&mut self, t: &TensorRecord, shape: Vec<u64>, count: u64) -> Result<Resolved, OpenError> {
         let name = t.name.as_str();
         if t.string_data.len() as u64 != count {
             return Err(corrupt(format!("initializer {name:?}: {} strings, its shape needs {count}", t.string_data.len())));
         }
         let width = t.string_data.iter().map(|&(_, len)| len).max().unwrap_or(0).max(1);
-        let total = width.checked_mul(count).unwrap_or(u64::MAX);
+        let total = width.saturating_mul(count);
         self.take_decoded(name, total)?;
         let mut out = Vec::with_capacity(total as usize);
         for &(at, len) in &t.string_data {
@@ -859,7 +862,7 @@ fn type_name(code: i32) -> Option<String> {
 fn value_info_json(info: ValueInfoProto) -> Value {
     let kind = info.r#type.and_then(|t| t.value);
     match kind {
-        Some(TypeValue::TensorType(tensor)) => {
+        Some(TypeValue::Tensor(tensor)) => {
             let shape = tensor.shape.map(|s| {
                 s.dim
                     .iter()
@@ -914,29 +917,29 @@ struct TypeProto {
 #[derive(Clone, PartialEq, prost::Oneof)]
 enum TypeValue {
     #[prost(message, tag = "1")]
-    TensorType(TensorTypeProto),
+    Tensor(TensorTypeProto),
     #[prost(message, tag = "4")]
-    SequenceType(Opaque),
+    Sequence(Opaque),
     #[prost(message, tag = "5")]
-    MapType(Opaque),
+    Map(Opaque),
     #[prost(message, tag = "7")]
-    OpaqueType(Opaque),
+    Opaque(Opaque),
     #[prost(message, tag = "8")]
-    SparseTensorType(Opaque),
+    SparseTensor(Opaque),
     #[prost(message, tag = "9")]
-    OptionalType(Opaque),
+    Optional(Opaque),
 }
 
 impl TypeValue {
     /// The `TypeProto` field's name, as onnx's `WhichOneof("value")` gives it.
     fn kind(&self) -> &'static str {
         match self {
-            TypeValue::TensorType(_) => "tensor_type",
-            TypeValue::SequenceType(_) => "sequence_type",
-            TypeValue::MapType(_) => "map_type",
-            TypeValue::OpaqueType(_) => "opaque_type",
-            TypeValue::SparseTensorType(_) => "sparse_tensor_type",
-            TypeValue::OptionalType(_) => "optional_type",
+            TypeValue::Tensor(_) => "tensor_type",
+            TypeValue::Sequence(_) => "sequence_type",
+            TypeValue::Map(_) => "map_type",
+            TypeValue::Opaque(_) => "opaque_type",
+            TypeValue::SparseTensor(_) => "sparse_tensor_type",
+            TypeValue::Optional(_) => "optional_type",
         }
     }
 }
