@@ -159,6 +159,71 @@ fn deeply_nested_graphs_are_refused() {
     assert!(stderr.contains("graphs nested more than 16 deep"), "{stderr}");
 }
 
+/// A length-delimited protobuf field.
+fn bytes_field(number: u8, body: &[u8]) -> Vec<u8> {
+    [vec![number << 3 | 2], varint(body.len() as u64), body.to_vec()].concat()
+}
+
+fn varint_field(number: u8, value: u64) -> Vec<u8> {
+    [vec![number << 3], varint(value)].concat()
+}
+
+/// A TensorProto: dims, data_type, name, then the data fields given.
+fn tensor(dims: &[u64], data_type: u64, name: &str, data: &[Vec<u8>]) -> Vec<u8> {
+    let mut t: Vec<u8> = dims.iter().flat_map(|&d| varint_field(1, d)).collect();
+    t.extend(varint_field(2, data_type));
+    t.extend(bytes_field(8, name.as_bytes()));
+    t.extend(data.concat());
+    t
+}
+
+/// A ModelProto (IR 8) whose graph holds these fields (initializer = 5, sparse = 15).
+fn model_with(graph_fields: &[Vec<u8>]) -> Vec<u8> {
+    [varint_field(1, 8), bytes_field(7, &graph_fields.concat())].concat()
+}
+
+/// Hand-made hostile initializers: each is refused in one line (or skipped, with the reason)
+/// before anything is allocated for it.
+#[test]
+fn hostile_initializers() {
+    let floats = |v: &[f32]| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
+    let longs = |v: &[i64]| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
+    let sparse = |indices: &[i64], dims: u64| {
+        let values = tensor(&[2], 1, "s", &[bytes_field(9, &floats(&[1.0, 2.0]))]);
+        let indices = tensor(&[indices.len() as u64], 7, "i", &[bytes_field(9, &longs(indices))]);
+        bytes_field(15, &[bytes_field(1, &values), bytes_field(2, &indices), varint_field(3, dims)].concat())
+    };
+    let mut strings = vec![bytes_field(6, &vec![b'x'; 1 << 20])];
+    strings.extend((0..1000).map(|_| bytes_field(6, b"")));
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("short typed field", model_with(&[bytes_field(5, &tensor(&[1 << 26], 6, "w", &[bytes_field(5, &[1, 2, 3])]))]),
+         "ONNX initializer \"w\": its typed field holds at most 3 values, its shape needs 67108864"),
+        ("string padding bomb", model_with(&[bytes_field(5, &tensor(&[1001], 8, "w", &strings))]),
+         "ONNX initializer \"w\": data decoded at mount would pass 536870912 bytes"),
+        ("sparse indices out of order", model_with(&[sparse(&[5, 2], 8)]), "ONNX sparse initializer \"s\": indices are not strictly ascending"),
+        ("sparse index outside", model_with(&[sparse(&[2, 9], 8)]), "ONNX sparse initializer \"s\": an index lies outside the dense shape"),
+        ("negative dimension", model_with(&[bytes_field(5, &tensor(&[u64::MAX], 1, "w", &[]))]), "ONNX initializer \"w\": negative dimension in [-1]"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hostile.onnx");
+    for (what, bytes, why) in cases {
+        std::fs::write(&path, bytes).unwrap();
+        let out = wfs().arg("info").arg(&path).output().unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(4), "{what}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{what}: {stderr}");
+        assert!(stderr.trim_end().ends_with(why), "{what}: {stderr}");
+    }
+    // int4 has no dtype in wfs: skipped with the reason; the rest mounts.
+    let int4 = tensor(&[2], 22, "q", &[bytes_field(9, &[0x21])]);
+    let fine = tensor(&[1], 1, "f", &[bytes_field(9, &floats(&[0.5]))]);
+    std::fs::write(&path, model_with(&[bytes_field(5, &int4), bytes_field(5, &fine)])).unwrap();
+    let mount = Mount::new(&path, &[]);
+    let info: Value = serde_json::from_slice(&mount.read("info.json")).unwrap();
+    assert_eq!(info["skipped"], serde_json::json!([{"name": "q", "reason": "element type 22 (int4) has no dtype in wfs"}]));
+    assert_eq!(mount.read("tensors/f.raw"), 0.5f32.to_le_bytes());
+}
+
 fn varint(mut v: u64) -> Vec<u8> {
     let mut out = Vec::new();
     while v >= 0x80 {

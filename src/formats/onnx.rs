@@ -516,7 +516,7 @@ impl Reader {
         self.decoded_budget = self
             .decoded_budget
             .checked_sub(bytes)
-            .ok_or_else(|| corrupt(format!("initializer {name:?}: data decoded at mount would pass {MAX_DECODED} bytes")))?;
+            .ok_or_else(|| OpenError::Corrupt(format!("ONNX initializer {name:?}: data decoded at mount would pass {MAX_DECODED} bytes")))?;
         Ok(())
     }
 
