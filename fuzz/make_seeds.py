@@ -106,3 +106,7 @@ for f in ["all_dtypes.safetensors", "float6.safetensors", "sharded/model-00002-o
 for f in ["fortran_be.npy", "matrix.npy", "bytes.npy", "object.npy"]:
     put("npy_file", f, read("numpy/" + f))
 put("tree", "0", b"tlayers/dense/kernel\ntlayers/dense/kernel\nf../config.json\nd.\npckpt-1\ntckpt-1/variables/x\nlayers/0>layers/dense\nllatest>ckpt-1\nt\n")
+for name in ["typed.onnx", "raw.onnx", "sparse.onnx", "external_one/model.onnx"]:
+    put("onnx", name.replace("/", "_"), read("onnx/" + name))
+for name in ["float.tflite", "int8.tflite", "buffer_offset.tflite", "constants.tflite", "old_schema.tflite"]:
+    put("tflite", name, read("tflite/" + name))

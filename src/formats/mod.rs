@@ -8,7 +8,10 @@ pub mod keras3;
 pub mod keras_h5;
 pub mod numpy;
 pub mod safetensors;
+pub mod onnx;
+pub mod paged;
 pub mod savedmodel;
+pub mod tflite;
 
 use crate::cache::ChunkCache;
 use crate::error::OpenError;
@@ -33,6 +36,10 @@ pub enum Sniffed {
     GitLfsPointer,
     Safetensors,
     Npy,
+    /// A protobuf that starts like an ONNX `ModelProto`.
+    Onnx,
+    /// A FlatBuffer with the TensorFlow Lite identifier.
+    Tflite,
     Empty,
     Unknown,
 }
@@ -45,6 +52,9 @@ pub fn sniff(blob: &Blob) -> Sniffed {
     let head = blob.read_vec(0, len.min(64)).unwrap_or_default();
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
         return Sniffed::Zip;
+    }
+    if tflite::sniff(&head) {
+        return Sniffed::Tflite;
     }
     if head.starts_with(b"version https://git-lfs.github.com/spec/") {
         return Sniffed::GitLfsPointer;
@@ -65,6 +75,9 @@ pub fn sniff(blob: &Blob) -> Sniffed {
             return Sniffed::Hdf5;
         }
         at = if at == 0 { 512 } else { at * 2 };
+    }
+    if onnx::sniff(blob) {
+        return Sniffed::Onnx;
     }
     Sniffed::Unknown
 }
@@ -114,6 +127,8 @@ fn open_blob(blob: &Blob, dir: Option<&Path>, options: &ReadOptions) -> Result<M
             Some(dir) if safetensors::indexes_safetensors(blob, dir) => safetensors::read_sharded(blob, dir),
             _ => keras3::read_sharded(blob, dir, options),
         },
+        Sniffed::Onnx => onnx::read(blob, dir),
+        Sniffed::Tflite => tflite::read(blob),
         Sniffed::GitLfsPointer => Err(OpenError::UnknownFormat(
             "this is a Git LFS pointer, not the model itself (run `git lfs pull`)".into(),
         )),
