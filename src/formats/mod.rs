@@ -3,6 +3,7 @@
 pub mod archive;
 pub mod bundle;
 pub mod checkpoint;
+pub mod gguf;
 pub mod h5;
 pub mod keras3;
 pub mod keras_h5;
@@ -28,6 +29,7 @@ pub enum Sniffed {
     Zip,
     /// A JSON object (a sharded weights index, if it has a `weight_map`).
     Json,
+    Gguf,
     GitLfsPointer,
     Empty,
     Unknown,
@@ -41,6 +43,9 @@ pub fn sniff(blob: &Blob) -> Sniffed {
     let head = blob.read_vec(0, len.min(64)).unwrap_or_default();
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
         return Sniffed::Zip;
+    }
+    if head.starts_with(gguf::MAGIC) {
+        return Sniffed::Gguf;
     }
     if head.starts_with(b"version https://git-lfs.github.com/spec/") {
         return Sniffed::GitLfsPointer;
@@ -98,6 +103,7 @@ fn open_blob(blob: &Blob, dir: Option<&Path>, options: &ReadOptions) -> Result<M
             }
         }
         Sniffed::Json => keras3::read_sharded(blob, dir, options),
+        Sniffed::Gguf => gguf::read(blob, options),
         Sniffed::GitLfsPointer => Err(OpenError::UnknownFormat(
             "this is a Git LFS pointer, not the model itself (run `git lfs pull`)".into(),
         )),
