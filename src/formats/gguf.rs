@@ -49,7 +49,8 @@ const T_F64: u32 = 12;
 /// A metadata value as stored.
 enum Meta {
     Int(i128),
-    Float(f64),
+    F32(f32),
+    F64(f64),
     Bool(bool),
     Str(Vec<u8>),
     Array(Vec<Meta>),
@@ -137,8 +138,8 @@ impl<'a> Cursor<'a> {
             T_I32 => Meta::Int(i32::from_le_bytes(self.array(what)?).into()),
             T_U64 => Meta::Int(u64::from_le_bytes(self.array(what)?).into()),
             T_I64 => Meta::Int(i64::from_le_bytes(self.array(what)?).into()),
-            T_F32 => Meta::Float(f32::from_le_bytes(self.array(what)?).into()),
-            T_F64 => Meta::Float(f64::from_le_bytes(self.array(what)?)),
+            T_F32 => Meta::F32(f32::from_le_bytes(self.array(what)?)),
+            T_F64 => Meta::F64(f64::from_le_bytes(self.array(what)?)),
             T_BOOL => Meta::Bool(self.array::<1>(what)?[0] != 0),
             T_STRING => Meta::Str(self.string(what)?),
             T_ARRAY => {
@@ -178,12 +179,19 @@ fn min_value_size(kind: u32, v1: bool) -> u64 {
 fn to_json(value: &Meta) -> Value {
     match value {
         Meta::Int(i) => i64::try_from(*i).map(Value::from).unwrap_or_else(|_| Value::from(*i as u64)),
-        Meta::Float(f) if f.is_finite() => json!(f),
-        Meta::Float(f) if f.is_nan() => json!("NaN"),
-        Meta::Float(f) => json!(if *f > 0.0 { "Infinity" } else { "-Infinity" }),
+        Meta::F32(f) => float_json(f64::from(*f)),
+        Meta::F64(f) => float_json(*f),
         Meta::Bool(b) => json!(b),
         Meta::Str(s) => json!(String::from_utf8_lossy(s)),
         Meta::Array(items) => Value::Array(items.iter().map(to_json).collect()),
+    }
+}
+
+fn float_json(f: f64) -> Value {
+    match f {
+        f if f.is_finite() => json!(f),
+        f if f.is_nan() => json!("NaN"),
+        f => json!(if f > 0.0 { "Infinity" } else { "-Infinity" }),
     }
 }
 
@@ -203,7 +211,8 @@ fn line(value: &Meta, out: &mut Vec<u8>) {
             }
         }
         Meta::Int(i) => out.extend_from_slice(i.to_string().as_bytes()),
-        Meta::Float(f) => out.extend_from_slice(format!("{f:?}").as_bytes()),
+        Meta::F32(f) => out.extend_from_slice(format!("{f:?}").as_bytes()),
+        Meta::F64(f) => out.extend_from_slice(format!("{f:?}").as_bytes()),
         Meta::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         Meta::Array(_) => out.extend_from_slice(to_json(value).to_string().as_bytes()),
     }
