@@ -102,3 +102,8 @@ for i, s in enumerate([
 put("npy", "f32", bytes([11]) + (2).to_bytes(8, "big") + (3).to_bytes(8, "big"))
 put("npy", "str", bytes([200]) + (7).to_bytes(8, "big"))
 put("tree", "0", b"tlayers/dense/kernel\ntlayers/dense/kernel\nf../config.json\nd.\npckpt-1\ntckpt-1/variables/x\nlayers/0>layers/dense\nllatest>ckpt-1\nt\n")
+for name in ["all_types", "align64", "big_endian", "handmade", "v1", "v2"]:
+    put("gguf", name, read(f"gguf/{name}.gguf"))
+# Dequantizer seeds: the tensor data of two GGUF fixtures (from their info.json tensor_data_offset).
+put("dequantize", "blocks", read("gguf/all_types.gguf")[5184:][:4096])
+put("dequantize", "handmade", read("gguf/handmade.gguf")[416:])

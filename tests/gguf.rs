@@ -439,3 +439,33 @@ for line in open(sys.argv[1] + "/tensors.tsv").read().splitlines()[1:]:
     let failed = Mount::try_new(&bad, &[]).err().expect("the truncated file must not mount");
     assert_eq!(String::from_utf8_lossy(&failed.stderr).lines().count(), 1);
 }
+
+/// The fixtures with random bytes changed, or cut short, never panic the reader, the decoders or
+/// the tree (the `gguf` fuzz target's check, run here on a fixed set of mutations).
+#[test]
+fn mutated_fixtures_never_panic() {
+    let mut seed = 1414u64;
+    let mut next = move |n: usize| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) as usize % n.max(1)
+    };
+    for name in ["all_types.gguf", "handmade.gguf", "v1.gguf", "big_endian.gguf"] {
+        let original = std::fs::read(fixture(&format!("gguf/{name}"))).unwrap();
+        for round in 0..300 {
+            let mut bytes = original.clone();
+            if round % 4 == 0 {
+                bytes.truncate(next(bytes.len()));
+            } else {
+                for _ in 0..1 + next(4) {
+                    let at = next(bytes.len());
+                    bytes[at] = next(256) as u8;
+                }
+            }
+            if let Ok(model) = wfs::fuzzing::gguf(&bytes) {
+                wfs::fuzzing::read_all(&model, 1 << 20);
+                let tree = wfs::tree::Tree::build(model, "mutated");
+                wfs::fuzzing::check_tree(&tree).unwrap();
+            }
+        }
+    }
+}
