@@ -26,8 +26,9 @@ const MAX_ARRAY_DEPTH: u32 = 4;
 const MAX_NAME: u64 = 1 << 16;
 /// `general.*` arrays up to this many elements are repeated in info.json.
 const INFO_ARRAY_MAX: usize = 64;
-/// Bytes of float32 output decoded together and kept as one cache entry.
-const DECODE_UNIT: u64 = 128 << 10;
+/// Bytes of float32 output decoded together and kept as one cache entry: below glibc's mmap
+/// threshold (128 KiB), so that cache entries come from the heap rather than fresh mappings.
+const DECODE_UNIT: u64 = 64 << 10;
 /// How much of the header is read from the source at a time.
 const READ_AHEAD: u64 = 64 << 10;
 
@@ -245,7 +246,8 @@ pub fn read(blob: &Blob, options: &ReadOptions) -> Result<Model, OpenError> {
     cur.v1 = version == 1;
     let tensor_count = cur.size(&header)?;
     let kv_count = cur.size(&header)?;
-    cur.check_count(kv_count, 8 + 4 + 1, &|| "metadata count".into())?;
+    let size_field = if cur.v1 { 4 } else { 8 };
+    cur.check_count(kv_count, size_field + 4 + 1, &|| "metadata count".into())?;
 
     let mut metadata = Vec::new();
     for i in 0..kv_count {
@@ -264,7 +266,7 @@ pub fn read(blob: &Blob, options: &ReadOptions) -> Result<Model, OpenError> {
         }
     };
 
-    cur.check_count(tensor_count, 8 + 4 + 4 + 8, &|| "tensor count".into())?;
+    cur.check_count(tensor_count, size_field + 4 + 4 + 8, &|| "tensor count".into())?;
     let mut infos = Vec::new();
     for i in 0..tensor_count {
         let what = || format!("tensor {i}");
@@ -424,16 +426,30 @@ impl Dequantized {
         self.unit_blocks * u64::from(self.quant.elems()) * 4
     }
 
-    /// The float32 bytes of decode unit `unit`.
-    fn decode(&self, unit: u64) -> Result<Vec<u8>, ReadError> {
+    /// The float32 bytes of decode unit `unit`. The stored blocks and the values pass through
+    /// buffers kept per thread, so that only the result, which the cache keeps, is allocated
+    /// (fresh buffers of this size cost a page fault per 4 KiB).
+    fn decode(&self, unit: u64) -> Result<Arc<[u8]>, ReadError> {
         let first = unit * self.unit_blocks;
         let blocks = self.unit_blocks.min(self.blocks - first);
         let block_bytes = u64::from(self.quant.bytes());
-        let stored = self.raw.blob.read_vec(self.raw.offset + first * block_bytes, blocks * block_bytes)?;
-        let mut values = vec![0f32; (blocks * u64::from(self.quant.elems())) as usize];
-        self.quant.dequantize(&stored, &mut values);
-        Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        SCRATCH.with_borrow_mut(|(stored, values, out)| {
+            stored.resize((blocks * block_bytes) as usize, 0);
+            self.raw.blob.read_at(self.raw.offset + first * block_bytes, stored)?;
+            values.resize((blocks * u64::from(self.quant.elems())) as usize, 0.0);
+            self.quant.dequantize(stored, values);
+            out.resize(values.len() * 4, 0);
+            for (bytes, value) in out.chunks_exact_mut(4).zip(values.iter()) {
+                bytes.copy_from_slice(&value.to_le_bytes());
+            }
+            Ok(Arc::from(out.as_slice()))
+        })
     }
+}
+
+thread_local! {
+    /// Per-thread buffers for `Dequantized::decode`: stored blocks, values, their bytes.
+    static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<f32>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 impl TensorBytes for Dequantized {
