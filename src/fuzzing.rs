@@ -2,8 +2,9 @@
 //! not part of the library's API. Parsers that otherwise need files on disk run here over bytes
 //! in memory, and the checks say what every tree, name and `.npy` header must satisfy.
 
+use crate::cache::ChunkCache;
 use crate::error::OpenError;
-use crate::formats::checkpoint;
+use crate::formats::{ReadOptions, checkpoint};
 use crate::model::Model;
 use crate::source::Blob;
 use crate::tree::{Content, Node, ROOT, SAFETENSORS_FILE, Tree};
@@ -46,10 +47,19 @@ pub fn numpy(data: &[u8], cache: u64) -> Vec<Result<Model, OpenError>> {
     vec![npy, npz]
 }
 
-/// Reads every tensor and file of a model whole, as a reader of the mount would, skipping any
-/// larger than `max` bytes. Read errors are expected on damaged input; panics are the bugs.
+/// A GGUF file held in memory, read as `wfs mount` reads one (quantized tensors decode through
+/// a small chunk cache).
+pub fn gguf(bytes: &[u8]) -> Result<Model, OpenError> {
+    let options = ReadOptions { cache: Arc::new(ChunkCache::new(1 << 16)) };
+    crate::formats::gguf::read(&Blob::Memory(Arc::new(bytes.to_vec())), &options)
+}
+
+/// Reads every tensor (its stored and its decoded bytes) and file of a model whole, as a reader
+/// of the mount would, skipping any larger than `max` bytes. Read errors are expected on damaged
+/// input; panics are the bugs.
 pub fn read_all(model: &Model, max: u64) {
-    let contents = model.tensors.iter().map(|t| &t.bytes).chain(model.files.iter().map(|f| &f.bytes));
+    let tensors = model.tensors.iter().flat_map(|t| std::iter::once(&t.bytes).chain(t.decoded.as_ref()));
+    let contents = tensors.chain(model.files.iter().map(|f| &f.bytes));
     for bytes in contents.filter(|b| b.len() <= max) {
         let mut buf = vec![0u8; bytes.len() as usize];
         let _ = bytes.read_at(0, &mut buf);

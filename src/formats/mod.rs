@@ -3,6 +3,7 @@
 pub mod archive;
 pub mod bundle;
 pub mod checkpoint;
+pub mod gguf;
 pub mod h5;
 pub mod keras3;
 pub mod keras_h5;
@@ -33,6 +34,7 @@ pub enum Sniffed {
     Zip,
     /// A JSON object (a sharded weights index, if it has a `weight_map`).
     Json,
+    Gguf,
     GitLfsPointer,
     Safetensors,
     Npy,
@@ -55,6 +57,8 @@ pub fn sniff(blob: &Blob) -> Sniffed {
     }
     if tflite::sniff(&head) {
         return Sniffed::Tflite;
+    if head.starts_with(gguf::MAGIC) {
+        return Sniffed::Gguf;
     }
     if head.starts_with(b"version https://git-lfs.github.com/spec/") {
         return Sniffed::GitLfsPointer;
@@ -129,6 +133,7 @@ fn open_blob(blob: &Blob, dir: Option<&Path>, options: &ReadOptions) -> Result<M
         },
         Sniffed::Onnx => onnx::read(blob, dir),
         Sniffed::Tflite => tflite::read(blob),
+        Sniffed::Gguf => gguf::read(blob, options),
         Sniffed::GitLfsPointer => Err(OpenError::UnknownFormat(
             "this is a Git LFS pointer, not the model itself (run `git lfs pull`)".into(),
         )),
