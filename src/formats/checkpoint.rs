@@ -28,10 +28,10 @@ pub(crate) const MAX_STRING_TOTAL: u64 = 256 << 20;
 /// If `path` names a checkpoint (its `.index` file or its prefix), the prefix.
 pub fn prefix_of(path: &Path) -> Option<PathBuf> {
     let name = path.file_name()?.to_str()?;
-    if let Some(stem) = name.strip_suffix(".index") {
-        if is_index_file(path) {
-            return Some(path.with_file_name(stem));
-        }
+    if let Some(stem) = name.strip_suffix(".index")
+        && is_index_file(path)
+    {
+        return Some(path.with_file_name(stem));
     }
     is_index_file(&index_path(path)).then(|| path.to_path_buf())
 }
