@@ -117,7 +117,7 @@ pub fn parse_npy_header(bytes: &[u8]) -> Result<(String, Vec<u64>), String> {
     if dict.len() != len {
         return Err(format!("length field {len}, header holds {}", dict.len()));
     }
-    if bytes.len() % 64 != 0 {
+    if !bytes.len().is_multiple_of(64) {
         return Err(format!("data starts at {}, not a multiple of 64", bytes.len()));
     }
     let text = std::str::from_utf8(dict).map_err(|e| e.to_string())?;
