@@ -25,15 +25,15 @@ const MAX_STRING_TENSOR: u64 = 64 << 20;
 /// Budget for all string tensors of one mount together.
 pub(crate) const MAX_STRING_TOTAL: u64 = 256 << 20;
 
-/// If `path` names a checkpoint (its `.index` file or its prefix), the prefix.
-pub fn prefix_of(path: &Path) -> Option<PathBuf> {
-    let name = path.file_name()?.to_str()?;
-    if let Some(stem) = name.strip_suffix(".index") {
-        if is_index_file(path) {
-            return Some(path.with_file_name(stem));
-        }
-    }
-    is_index_file(&index_path(path)).then(|| path.to_path_buf())
+/// If `path` is a checkpoint's `.index` file, the checkpoint's prefix.
+pub fn prefix_of_index(path: &Path) -> Option<PathBuf> {
+    let stem = path.file_name()?.to_str()?.strip_suffix(".index")?;
+    is_index_file(path).then(|| path.with_file_name(stem))
+}
+
+/// True if `path` is a checkpoint prefix: `path.index` is a checkpoint index file.
+pub fn is_prefix(path: &Path) -> bool {
+    is_index_file(&index_path(path))
 }
 
 /// A regular file ending in the SSTable magic.
