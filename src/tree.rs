@@ -70,14 +70,22 @@ struct TopLevel {
     bytes: u64,
 }
 
-/// Safe names of the links of each raw directory path.
-type LinkNames = HashMap<Vec<String>, HashSet<String>>;
-
 /// What building the tree knows about directories: the inode of every raw directory path made
-/// so far (so that links resolve to what was made), and the names their links will take.
+/// so far (so that links resolve to what was made), and which names are reserved in them.
 struct Dirs {
     known: HashMap<Vec<String>, Ino>,
-    link_names: LinkNames,
+    /// Safe names of the links to come, by raw directory path.
+    link_names: HashMap<Vec<String>, HashSet<String>>,
+    /// Raw paths of the `layers/` directories, whose decimal names are the index links'.
+    layer_dirs: HashSet<Vec<String>>,
+}
+
+impl Dirs {
+    /// True if safe name `name` in raw directory `dir` belongs to a link.
+    fn reserved(&self, dir: &[String], name: &str) -> bool {
+        let decimal = !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit());
+        (decimal && self.layer_dirs.contains(dir)) || self.link_names.get(dir).is_some_and(|n| n.contains(name))
+    }
 }
 
 /// Directories up to this many entries are searched by a scan rather than a map.
@@ -105,15 +113,21 @@ impl Tree {
             names: vec![String::new()],
             tensors: Vec::new(),
         };
-        // Link names are promised (`layers/<i>` is the i-th layer, TREE.md 5): a directory or
-        // file that would take one gets the collision suffix instead.
-        let mut link_names: LinkNames = HashMap::new();
+        // Link names are promised, and so are decimal names in `layers/` (`layers/<i>` is the
+        // i-th layer, TREE.md 5, even where the order is unknown and there is no such link): a
+        // directory or file that would take one gets the collision suffix instead.
+        let mut link_names: HashMap<Vec<String>, HashSet<String>> = HashMap::new();
         for link in &model.links {
             if let Some((name, dir)) = link.path.split_last() {
                 link_names.entry(dir.to_vec()).or_default().insert(sanitize(name));
             }
         }
-        let mut dirs = Dirs { known: HashMap::from([(Vec::new(), ROOT)]), link_names };
+        let tops_raw = std::iter::once(Vec::new()).chain(model.parts.iter().map(|p| p.path.clone()));
+        let layer_dirs = tops_raw.map(|mut top| {
+            top.push("layers".into());
+            top
+        });
+        let mut dirs = Dirs { known: HashMap::from([(Vec::new(), ROOT)]), link_names, layer_dirs: layer_dirs.collect() };
 
         // The mount's top level, then each part's (a checkpoint of a directory): each gets an
         // info.json and a tensors.tsv over the tensors below it, filled in once all are placed.
@@ -143,7 +157,7 @@ impl Tree {
             let (dir, name) = file.path.split_at(file.path.len().saturating_sub(1));
             let parent = tree.make_dirs(&mut dirs, dir);
             let name = name.first().map_or("%00", String::as_str);
-            let safe = tree.unique_name(parent, &sanitize(name), &[""], dirs.link_names.get(dir));
+            let safe = tree.unique_name(parent, &sanitize(name), &[""], &|n| dirs.reserved(dir, n));
             let size = file.bytes.len();
             tree.insert(parent, safe, Node::File { content: Content::Bytes(file.bytes.clone()), size });
         }
@@ -152,7 +166,7 @@ impl Tree {
             let parent = tree.make_dirs(&mut dirs, dir);
             let name = name.first().map_or("%00", String::as_str);
             let longest_suffix = TENSOR_SUFFIXES.iter().map(|s| s.len()).max().unwrap_or(0);
-            let base = tree.unique_name(parent, &sanitize_within(name, 255 - longest_suffix), &TENSOR_SUFFIXES, None);
+            let base = tree.unique_name(parent, &sanitize_within(name, 255 - longest_suffix), &TENSOR_SUFFIXES, &|_| false);
             let id = tree.tensors.len();
             let raw_len = tensor.bytes.len();
             let header_len = npy::header(tensor.dtype, &tensor.shape).len() as u64;
@@ -199,7 +213,7 @@ impl Tree {
             let parent_safe = tree.path_of(parent);
             let target = relative(&parent_safe, &target_safe);
             let name = name.first().map_or("%00", String::as_str);
-            let safe = tree.unique_name(parent, &sanitize(name), &[""], None);
+            let safe = tree.unique_name(parent, &sanitize(name), &[""], &|_| false);
             tree.insert(parent, safe, Node::Symlink(target));
         }
         tree
@@ -241,13 +255,13 @@ impl Tree {
         ino
     }
 
-    /// A name not yet used in `parent` for any of `base + suffix`, nor `reserved` for a link:
-    /// `base`, `base~2`, ...
-    fn unique_name(&self, parent: Ino, base: &str, suffixes: &[&str], reserved: Option<&HashSet<String>>) -> String {
+    /// A name neither used in `parent` nor `reserved` for any of `base + suffix`: `base`,
+    /// `base~2`, ...
+    fn unique_name(&self, parent: Ino, base: &str, suffixes: &[&str], reserved: &dyn Fn(&str) -> bool) -> String {
         let free = |b: &str| {
             suffixes.iter().all(|s| {
                 let name = format!("{b}{s}");
-                self.lookup(parent, &name).is_none() && !reserved.is_some_and(|r| r.contains(&name))
+                self.lookup(parent, &name).is_none() && !reserved(&name)
             })
         };
         if free(base) {
@@ -272,7 +286,7 @@ impl Tree {
         }
         let (name, above) = dir.split_last().expect("the root is known");
         let parent = self.make_dirs(dirs, above);
-        let safe = self.unique_name(parent, &sanitize(name), &[""], dirs.link_names.get(above));
+        let safe = self.unique_name(parent, &sanitize(name), &[""], &|n| dirs.reserved(above, n));
         let ino = self.insert(parent, safe, Node::Dir { entries: Vec::new(), index: None, subdirs: 0 });
         dirs.known.insert(dir.to_vec(), ino);
         ino
@@ -415,6 +429,16 @@ mod tests {
         };
         assert_eq!((0..5).map(link).collect::<Vec<_>>(), ["inp", "%2E%2E", "1~2", "3~2", "plain"]);
         assert!(tree.resolve("layers/1~2/k.npy").is_some() && tree.resolve("layers/3~2/k.npy").is_some());
+
+        // Without index links (the order unknown), a decimal name still never means a layer;
+        // elsewhere it is an ordinary name.
+        let mut model = Model::default();
+        for dir in ["layers", "datasets"] {
+            model.tensors.push(tensor(&[dir, "7", "k"], vec![1], DType::U8, vec![1]));
+        }
+        let tree = Tree::build(model, "src");
+        assert!(tree.resolve("layers/7").is_none() && tree.resolve("layers/7~2/k.npy").is_some());
+        assert!(tree.resolve("datasets/7/k.npy").is_some());
     }
 
     #[test]
