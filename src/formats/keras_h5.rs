@@ -103,7 +103,7 @@ fn read_layers(weights: &Group, config: Option<&Value>, ctx: &H5Context, model: 
     let entries = config.map(layer_entries).unwrap_or_default();
     // Name -> first config entry of that name (a linear search per layer made mounts quadratic).
     let mut by_name = std::collections::HashMap::new();
-    for entry in &entries {
+    for entry in entries {
         if let Some(name) = layer_name(entry) {
             by_name.entry(name).or_insert(entry);
         }
@@ -112,9 +112,55 @@ fn read_layers(weights: &Group, config: Option<&Value>, ctx: &H5Context, model: 
         let entry = by_name.get(name.as_str()).copied();
         add_layer_dir(model, name, entry, Some(index));
         if let Some(group) = h5::locked(|| weights.group(name).ok()) {
+            let first = model.tensors.len();
             read_weight_list(&group, &["layers", name], Some(name), ctx, model, skipped);
+            if let Some(entry) = entry.filter(|e| !layer_entries(e).is_empty()) {
+                // Below `layers/<name>/`: the path that `nested_order` reads.
+                model.tensors[first..].sort_by_cached_key(|t| nested_order(entry, &t.path[2..]));
+            }
         }
     }
+}
+
+/// Where a nested model's weight comes in its `layer.weights`: the index of its sublayer in
+/// the nested config, then within that sublayer if it is a model too, and so on. The legacy
+/// HDF5 writers store a layer's trainable weights before the others, which for a nested model
+/// tears its sublayers' weights apart; a stable sort by this key puts each sublayer's weights
+/// back together in the model's order (TREE.md 5), keeping the file's order within a sublayer
+/// (its `layer.weights`). `rel` is the weight's path below the nested model's directory.
+fn nested_order(entry: &Value, rel: &[String]) -> Vec<usize> {
+    let mut key = Vec::new();
+    let mut config = entry;
+    for component in rel {
+        match find_layer(config, component) {
+            Some((path, found)) => {
+                key.extend(path);
+                config = found;
+            }
+            None => {
+                if !layer_entries(config).is_empty() {
+                    key.push(usize::MAX);
+                }
+                break;
+            }
+        }
+    }
+    key
+}
+
+/// The index path to the layer named `name` in a model config and its entry, searched depth
+/// first: tf_keras scopes a weight by its own layer alone (`core_dense/kernel` for the layer
+/// `core_dense` of a model nested in the nested model), Keras 3 by every level.
+fn find_layer<'v>(config: &'v Value, name: &str) -> Option<(Vec<usize>, &'v Value)> {
+    let entries = layer_entries(config);
+    if let Some(i) = entries.iter().position(|e| layer_name(e) == Some(name)) {
+        return Some((vec![i], &entries[i]));
+    }
+    entries.iter().enumerate().find_map(|(i, e)| {
+        let (mut path, found) = find_layer(e, name)?;
+        path.insert(0, i);
+        Some((path, found))
+    })
 }
 
 /// The datasets a group's `weight_names` lists (every dataset below it if the list is missing).
@@ -171,15 +217,16 @@ pub fn weight_path(layer: &str, weight: &str) -> Vec<String> {
     }
 }
 
-/// The top-level layer entries of a model config (Functional/Sequential, Keras 1 list form).
-fn layer_entries(config: &Value) -> Vec<Value> {
+/// The top-level layer entries of a model config (Functional/Sequential, Keras 1 list form);
+/// none for the config of a layer that is not a model.
+fn layer_entries(config: &Value) -> &[Value] {
     let inner = config.get("config").unwrap_or(config);
     let list = match inner {
         Value::Array(items) => Some(items),
         Value::Object(map) => map.get("layers").and_then(Value::as_array),
         _ => None,
     };
-    list.cloned().unwrap_or_default()
+    list.map_or(&[], Vec::as_slice)
 }
 
 pub(super) fn layer_name(entry: &Value) -> Option<&str> {
