@@ -5,12 +5,13 @@ same run. Every figure is the median of N runs; ratios compare medians. See benc
     sudo python3 bench/run.py            # full size (~1 GiB inputs), 5 runs per figure
     sudo python3 bench/run.py --quick    # ~1 minute smoke run (64 MiB inputs, 3 runs)
 
-Needs Python 3 with h5py and numpy, fusermount3/FUSE, and root for dropping the page cache
-(`echo 3 > /proc/sys/vm/drop_caches`) before cold runs; without root, "cold" runs are warm and
-the report says so.
+Needs Python 3 with h5py and numpy (crc32c too for figure (c)), fusermount3/FUSE, and root for
+dropping the page cache (`echo 3 > /proc/sys/vm/drop_caches`) before cold runs; without root,
+"cold" runs are warm and the report says so. Missing modules are reported before anything runs.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import random
@@ -24,8 +25,27 @@ import threading
 import time
 from pathlib import Path
 
-import h5py
-import numpy as np
+try:
+    import h5py
+    import numpy as np
+except ImportError as e:
+    sys.exit(f"bench: missing Python module {e.name}: {sys.executable} -m pip install {e.name}")
+
+# Python modules that only some figures need (by --only number), checked before anything runs
+# so that a missing one is reported with how to install it, not as a crash after the others.
+FIGURE_MODULES = {7: ["crc32c"]}
+
+
+def check_figure_modules(figures):
+    """Exits with how to install what the chosen figures need, if anything is missing."""
+    missing = {f: [m for m in FIGURE_MODULES.get(f, []) if importlib.util.find_spec(m) is None] for f in figures}
+    missing = {f: mods for f, mods in missing.items() if mods}
+    if missing:
+        mods = sorted({m for ms in missing.values() for m in ms})
+        others = ",".join(str(f) for f in sorted(set(figures) - set(missing)))
+        sys.exit(f"bench: figure(s) {', '.join('(c)' if f == 7 else str(f) for f in sorted(missing))} need the Python "
+                 f"module(s) {', '.join(mods)}: {sys.executable} -m pip install {' '.join(mods)}"
+                 + (f" (or run the others: --only {others})" if others else ""))
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -545,6 +565,7 @@ def main():
         args.size, args.runs = "64M", 3
     total = parse_size(args.size)
     only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 8))
+    check_figure_modules(only)
 
     out_root = Path(args.out_dir or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()))
     exe = locate_wfs(args.wfs)
