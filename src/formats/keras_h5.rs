@@ -9,6 +9,7 @@ use crate::model::{Model, ModelLink, path_of};
 use crate::names::split_path;
 use hdf5::Group;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 
 /// Deepest group nesting followed in a plain HDF5 file (guards against hostile files).
 const MAX_GROUP_DEPTH: usize = 64;
@@ -102,7 +103,7 @@ fn read_layers(weights: &Group, config: Option<&Value>, ctx: &H5Context, model: 
     let layer_names = h5::string_list_attr(weights, "layer_names").unwrap_or_default();
     let entries = config.map(layer_entries).unwrap_or_default();
     // Name -> first config entry of that name (a linear search per layer made mounts quadratic).
-    let mut by_name = std::collections::HashMap::new();
+    let mut by_name = HashMap::new();
     for entry in entries {
         if let Some(name) = layer_name(entry) {
             by_name.entry(name).or_insert(entry);
@@ -115,52 +116,50 @@ fn read_layers(weights: &Group, config: Option<&Value>, ctx: &H5Context, model: 
             let first = model.tensors.len();
             read_weight_list(&group, &["layers", name], Some(name), ctx, model, skipped);
             if let Some(entry) = entry.filter(|e| !layer_entries(e).is_empty()) {
-                // Below `layers/<name>/`: the path that `nested_order` reads.
-                model.tensors[first..].sort_by_cached_key(|t| nested_order(entry, &t.path[2..]));
+                let paths = layer_paths(entry);
+                // Below `layers/<name>/`: the weight's path inside the nested model.
+                model.tensors[first..].sort_by_cached_key(|t| nested_order(&paths, &t.path[2..]));
             }
         }
     }
 }
 
-/// Where a nested model's weight comes in its `layer.weights`: the index of its sublayer in
-/// the nested config, then within that sublayer if it is a model too, and so on. The legacy
-/// HDF5 writers store a layer's trainable weights before the others, which for a nested model
-/// tears its sublayers' weights apart; a stable sort by this key puts each sublayer's weights
-/// back together in the model's order (TREE.md 5), keeping the file's order within a sublayer
-/// (its `layer.weights`). `rel` is the weight's path below the nested model's directory.
-fn nested_order(entry: &Value, rel: &[String]) -> Vec<usize> {
-    let mut key = Vec::new();
-    let mut config = entry;
+/// Every layer of a nested model's config (at any depth) by name: its index path (index in its
+/// model's layers, from the outermost) and whether it is a model itself. Shallower layers win a
+/// name that repeats.
+fn layer_paths(entry: &Value) -> HashMap<&str, (Vec<usize>, bool)> {
+    let mut paths = HashMap::new();
+    let mut queue = std::collections::VecDeque::from([(Vec::new(), entry)]);
+    while let Some((path, config)) = queue.pop_front() {
+        for (i, sub) in layer_entries(config).iter().enumerate() {
+            let mut sub_path = path.clone();
+            sub_path.push(i);
+            if let Some(name) = layer_name(sub) {
+                paths.entry(name).or_insert_with(|| (sub_path.clone(), !layer_entries(sub).is_empty()));
+            }
+            queue.push_back((sub_path, sub));
+        }
+    }
+    paths
+}
+
+/// Where a nested model's weight comes in its `layer.weights`: the index path of the layer it
+/// belongs to. The legacy HDF5 writers store a layer's trainable weights before the others,
+/// which for a nested model tears its sublayers' weights apart; a stable sort by this key puts
+/// each sublayer's weights back together in the model's order (TREE.md 5), keeping the file's
+/// order within a sublayer (its `layer.weights`). `rel` is the weight's path below the nested
+/// model's directory: tf_keras scopes it by its own layer alone (`core_dense/kernel` for a
+/// layer of a model nested in the nested model), Keras 3 by every level (`core/core_dense/kernel`).
+fn nested_order(paths: &HashMap<&str, (Vec<usize>, bool)>, rel: &[String]) -> Vec<usize> {
+    let mut key = vec![usize::MAX];
     for component in rel {
-        match find_layer(config, component) {
-            Some((path, found)) => {
-                key.extend(path);
-                config = found;
-            }
-            None => {
-                if !layer_entries(config).is_empty() {
-                    key.push(usize::MAX);
-                }
-                break;
-            }
+        let Some((path, is_model)) = paths.get(component.as_str()) else { break };
+        key.clone_from(path);
+        if !is_model {
+            break;
         }
     }
     key
-}
-
-/// The index path to the layer named `name` in a model config and its entry, searched depth
-/// first: tf_keras scopes a weight by its own layer alone (`core_dense/kernel` for the layer
-/// `core_dense` of a model nested in the nested model), Keras 3 by every level.
-fn find_layer<'v>(config: &'v Value, name: &str) -> Option<(Vec<usize>, &'v Value)> {
-    let entries = layer_entries(config);
-    if let Some(i) = entries.iter().position(|e| layer_name(e) == Some(name)) {
-        return Some((vec![i], &entries[i]));
-    }
-    entries.iter().enumerate().find_map(|(i, e)| {
-        let (mut path, found) = find_layer(e, name)?;
-        path.insert(0, i);
-        Some((path, found))
-    })
 }
 
 /// The datasets a group's `weight_names` lists (every dataset below it if the list is missing).
@@ -257,6 +256,26 @@ mod tests {
         assert_eq!(split_path(strip_index_suffix("Adam/m/dense_1/kernel:0")), vec!["Adam", "m", "dense_1", "kernel"]);
         assert_eq!(strip_index_suffix("iteration:0"), "iteration");
         assert_eq!(strip_index_suffix("a:b"), "a:b");
+    }
+
+    #[test]
+    fn nested_models_order_weights_by_sublayer() {
+        let inner: Value = serde_json::from_str(
+            r#"{"class_name":"Sequential","config":{"name":"inner","layers":[
+                {"class_name":"BatchNormalization","config":{"name":"bn"}},
+                {"class_name":"Sequential","config":{"name":"core","layers":[
+                    {"class_name":"Dense","config":{"name":"core_dense"}},
+                    {"class_name":"BatchNormalization","config":{"name":"core_bn"}}]}},
+                {"class_name":"Dense","config":{"name":"dense"}}]}}"#,
+        )
+        .unwrap();
+        let paths = layer_paths(&inner);
+        let key = |rel: &str| nested_order(&paths, &split_path(rel));
+        assert_eq!(key("bn/moving_mean"), vec![0]);
+        assert_eq!(key("core_dense/kernel"), vec![1, 0]);
+        assert_eq!(key("core/core_bn/gamma"), vec![1, 1]);
+        assert_eq!(key("dense/bias"), vec![2]);
+        assert_eq!(key("unknown/w"), vec![usize::MAX]);
     }
 
     #[test]
