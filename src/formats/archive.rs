@@ -60,10 +60,11 @@ impl Archive {
         if member.compression() != zip::CompressionMethod::Deflated {
             return Ok(None);
         }
-        let name = member.name().to_string();
+        let name = String::from_utf8_lossy(member.name_raw()).into_owned();
+        let start = member.data_start().ok_or_else(|| OpenError::corrupt(format!("zip member {name}: data not located")))?;
         let data = self
             .blob
-            .slice(member.data_start(), member.compressed_size())
+            .slice(start, member.compressed_size())
             .map_err(|_| OpenError::corrupt(format!("zip member {name} extends past the end of the archive")))?;
         Ok(Some((data, member.size())))
     }

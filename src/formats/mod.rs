@@ -57,6 +57,7 @@ pub fn sniff(blob: &Blob) -> Sniffed {
     }
     if tflite::sniff(&head) {
         return Sniffed::Tflite;
+    }
     if head.starts_with(gguf::MAGIC) {
         return Sniffed::Gguf;
     }
