@@ -53,6 +53,22 @@ impl Archive {
         blob.read_vec(0, blob.len()).map_err(|e| OpenError::unreadable(e.to_string()))
     }
 
+    /// A deflated member's compressed bytes (in place) and its inflated size, for readers that
+    /// inflate on demand; `None` for a member that is not deflated.
+    pub fn deflated(&mut self, index: usize) -> Result<Option<(Blob, u64)>, OpenError> {
+        let member = self.zip.by_index_raw(index).map_err(|e| OpenError::corrupt(format!("damaged zip archive: {e}")))?;
+        if member.compression() != zip::CompressionMethod::Deflated {
+            return Ok(None);
+        }
+        let name = String::from_utf8_lossy(member.name_raw()).into_owned();
+        let start = member.data_start().ok_or_else(|| OpenError::corrupt(format!("zip member {name}: data not located")))?;
+        let data = self
+            .blob
+            .slice(start, member.compressed_size())
+            .map_err(|_| OpenError::corrupt(format!("zip member {name} extends past the end of the archive")))?;
+        Ok(Some((data, member.size())))
+    }
+
     /// A member's bytes: a stored member is a slice of the archive (read in place), a deflated
     /// one is inflated into memory, within the budget.
     pub fn member(&mut self, index: usize) -> Result<Blob, OpenError> {
