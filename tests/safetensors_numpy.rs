@@ -350,7 +350,7 @@ fn hostile_sharded_indexes() {
 /// A `.npy` file: the header dict padded as numpy pads it, then `data`.
 fn npy_bytes(dict: &str, data: &[u8]) -> Vec<u8> {
     let mut header = dict.as_bytes().to_vec();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(b' ');
     }
     header.push(b'\n');
