@@ -372,7 +372,7 @@ fn convert(fs: &Fs, ino: wfs::tree::Ino, out: &std::path::Path) -> std::io::Resu
     let tty = std::io::stderr().is_terminal();
     let mut progress = |done: u64, total: u64| {
         if tty {
-            eprint!("\rwfs: converted {} of {} MiB", done >> 20, total >> 20);
+            eprint!("\rwfs: converted {:.1} of {:.1} MiB", done as f64 / (1 << 20) as f64, total as f64 / (1 << 20) as f64);
         }
     };
     let result = if out.as_os_str() == "-" {
