@@ -5,6 +5,7 @@ use crate::model::{Model, TensorBytes, Tensor};
 use crate::names::{sanitize, sanitize_within, shorten};
 use crate::npy;
 use serde_json::{Map, Value, json};
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -232,7 +233,11 @@ impl Tree {
         for mut top in tops {
             if let Some((ino, keys)) = top.safetensors.take() {
                 let format = top.info.get("format").and_then(Value::as_str).unwrap_or_default();
-                let tensors = keys.into_iter().map(|(id, prefix)| (prefix + &tree.tensors[id].name, &tree.tensors[id]));
+                let tensors = keys.into_iter().map(|(id, prefix)| {
+                    let tensor = &tree.tensors[id];
+                    let key = if prefix.is_empty() { Cow::Borrowed(tensor.name.as_str()) } else { Cow::Owned(prefix + &tensor.name) };
+                    (key, tensor)
+                });
                 match Safetensors::assemble(tensors, format) {
                     Ok(file) => tree.set_content(ino, Arc::new(file)),
                     Err(why) => {
