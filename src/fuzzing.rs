@@ -2,8 +2,9 @@
 //! not part of the library's API. Parsers that otherwise need files on disk run here over bytes
 //! in memory, and the checks say what every tree, name and `.npy` header must satisfy.
 
+use crate::cache::ChunkCache;
 use crate::error::OpenError;
-use crate::formats::checkpoint;
+use crate::formats::{ReadOptions, checkpoint};
 use crate::model::Model;
 use crate::source::Blob;
 use crate::tree::{Content, Node, ROOT, SAFETENSORS_FILE, Tree};
@@ -22,10 +23,43 @@ pub fn checkpoint(index: &[u8], data: &[u8]) -> Result<Model, OpenError> {
     Ok(model)
 }
 
-/// Reads every tensor and file of a model whole, as a reader of the mount would, skipping any
-/// larger than `max` bytes. Read errors are expected on damaged input; panics are the bugs.
+/// A safetensors file held in memory, read as `wfs mount` reads one.
+pub fn safetensors(data: &[u8]) -> Result<Model, OpenError> {
+    crate::formats::safetensors::read(&Blob::Memory(Arc::new(data.to_vec())))
+}
+
+/// `data` read as a `.npy` file, then as the two members of an `.npz` (stored and deflated,
+/// inflated through a chunk cache of `cache` bytes): the models each gives.
+pub fn numpy(data: &[u8], cache: u64) -> Vec<Result<Model, OpenError>> {
+    use crate::formats::{ReadOptions, archive::Archive, numpy};
+    use std::io::Write;
+    let npy = numpy::read_npy(&Blob::Memory(Arc::new(data.to_vec())));
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, method) in [("stored.npy", zip::CompressionMethod::Stored), ("deflated.npy", zip::CompressionMethod::Deflated)] {
+        let options = zip::write::SimpleFileOptions::default().compression_method(method);
+        if zip.start_file(name, options).and_then(|()| Ok(zip.write_all(data)?)).is_err() {
+            return vec![npy];
+        }
+    }
+    let Ok(bytes) = zip.finish().map(std::io::Cursor::into_inner) else { return vec![npy] };
+    let options = ReadOptions { cache: Arc::new(crate::cache::ChunkCache::new(cache)) };
+    let npz = Archive::open(&Blob::Memory(Arc::new(bytes))).and_then(|archive| numpy::read_npz(archive, &options));
+    vec![npy, npz]
+}
+
+/// A GGUF file held in memory, read as `wfs mount` reads one (quantized tensors decode through
+/// a small chunk cache).
+pub fn gguf(bytes: &[u8]) -> Result<Model, OpenError> {
+    let options = ReadOptions { cache: Arc::new(ChunkCache::new(1 << 16)) };
+    crate::formats::gguf::read(&Blob::Memory(Arc::new(bytes.to_vec())), &options)
+}
+
+/// Reads every tensor (its stored and its decoded bytes) and file of a model whole, as a reader
+/// of the mount would, skipping any larger than `max` bytes. Read errors are expected on damaged
+/// input; panics are the bugs.
 pub fn read_all(model: &Model, max: u64) {
-    let contents = model.tensors.iter().map(|t| &t.bytes).chain(model.files.iter().map(|f| &f.bytes));
+    let tensors = model.tensors.iter().flat_map(|t| std::iter::once(&t.bytes).chain(t.decoded.as_ref()));
+    let contents = tensors.chain(model.files.iter().map(|f| &f.bytes));
     for bytes in contents.filter(|b| b.len() <= max) {
         let mut buf = vec![0u8; bytes.len() as usize];
         let _ = bytes.read_at(0, &mut buf);
@@ -109,38 +143,27 @@ fn resolve_link(tree: &Tree, from: u64, target: &str) -> Result<(), &'static str
     }
 }
 
-/// A `.npy` header read back by numpy's rules (`numpy.lib.format`): magic, version 1 or 2, the
-/// length field, a data section aligned to 64 bytes, a dict ending in `'\n'`. Returns the
-/// `descr` and the shape.
+/// A `.npy` header as wfs writes it, read back by numpy's rules (`npy::parse_header`) with
+/// the writer's own promises checked too: version 1 or 2, a data section aligned to 64 bytes,
+/// a dict ending in `'\n'`, C order. Returns the `descr` and the shape.
 pub fn parse_npy_header(bytes: &[u8]) -> Result<(String, Vec<u64>), String> {
-    let rest = bytes.strip_prefix(b"\x93NUMPY").ok_or("no magic")?;
-    let (len, dict) = match rest {
-        [1, 0, a, b, dict @ ..] => (usize::from(u16::from_le_bytes([*a, *b])), dict),
-        [2, 0, a, b, c, d, dict @ ..] => (u32::from_le_bytes([*a, *b, *c, *d]) as usize, dict),
-        _ => return Err("unknown version".into()),
-    };
-    if dict.len() != len {
-        return Err(format!("length field {len}, header holds {}", dict.len()));
+    let parsed = crate::npy::parse_header(bytes)?;
+    if parsed.data_offset != bytes.len() as u64 {
+        return Err(format!("header says data at {}, header holds {} bytes", parsed.data_offset, bytes.len()));
     }
-    if bytes.len() % 64 != 0 {
+    if !matches!(bytes[6], 1 | 2) {
+        return Err(format!("version {} written", bytes[6]));
+    }
+    if !bytes.len().is_multiple_of(64) {
         return Err(format!("data starts at {}, not a multiple of 64", bytes.len()));
     }
-    let text = std::str::from_utf8(dict).map_err(|e| e.to_string())?;
-    let text = text.strip_suffix('\n').ok_or("no final newline")?.trim_end_matches(' ');
-    let body = text.strip_prefix("{'descr': '").ok_or("no descr")?;
-    let (descr, body) = body.split_once("', 'fortran_order': False, 'shape': (").ok_or("no shape")?;
-    let dims = body.strip_suffix("), }").ok_or("bad dict end")?;
-    let shape = dims
-        .split(',')
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .map(|d| d.parse::<u64>().map_err(|e| format!("dimension {d:?}: {e}")))
-        .collect::<Result<Vec<u64>, String>>()?;
-    // numpy writes one element as `(n,)` and no elements as `()`.
-    if shape.len() == 1 && !dims.ends_with(',') {
-        return Err("a 1-d shape lacks its trailing comma".into());
+    if bytes.last() != Some(&b'\n') {
+        return Err("no final newline".into());
     }
-    Ok((descr.to_string(), shape))
+    match parsed {
+        crate::npy::Parsed { descr: crate::npy::Descr::Simple(descr), fortran_order: false, shape, .. } => Ok((descr, shape)),
+        _ => Err("structured descr or Fortran order written".into()),
+    }
 }
 
 /// One tensor of a safetensors file: its key, dtype, shape and byte range in the data buffer.

@@ -17,6 +17,7 @@ pub mod formats;
 pub mod fuzzing;
 pub mod fs;
 pub mod fuse;
+pub mod ggml;
 pub mod logger;
 pub mod model;
 pub mod names;

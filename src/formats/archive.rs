@@ -53,6 +53,18 @@ impl Archive {
         blob.read_vec(0, blob.len()).map_err(|e| OpenError::unreadable(e.to_string()))
     }
 
+    /// A deflated member's compressed bytes (in place) and its inflated size, for readers that
+    /// inflate on demand; `None` for a member that is not deflated.
+    pub fn deflated(&mut self, index: usize) -> Result<Option<(Blob, u64)>, OpenError> {
+        let member = self.zip.by_index_raw(index).map_err(|e| OpenError::corrupt(format!("damaged zip archive: {e}")))?;
+        if member.compression() != zip::CompressionMethod::Deflated {
+            return Ok(None);
+        }
+        let name = String::from_utf8_lossy(member.name_raw()).into_owned();
+        let data = located(&self.blob, &name, member.data_start(), member.compressed_size())?;
+        Ok(Some((data, member.size())))
+    }
+
     /// A member's bytes: a stored member is a slice of the archive (read in place), a deflated
     /// one is inflated into memory, within the budget.
     pub fn member(&mut self, index: usize) -> Result<Blob, OpenError> {
@@ -65,11 +77,7 @@ impl Archive {
                 if member.compressed_size() != size {
                     return Err(OpenError::corrupt(format!("zip member {name}: stored size differs from its length")));
                 }
-                // `by_index_raw` has located the data, so its start is known.
-                let start = member.data_start().ok_or_else(|| OpenError::corrupt(format!("zip member {name}: data not located")))?;
-                self.blob
-                    .slice(start, size)
-                    .map_err(|_| OpenError::corrupt(format!("zip member {name} extends past the end of the archive")))
+                located(&self.blob, &name, member.data_start(), size)
             }
             zip::CompressionMethod::Deflated => {
                 drop(member);
@@ -96,4 +104,10 @@ impl Archive {
             other => Err(OpenError::UnknownFormat(format!("zip member {name} uses {other} compression, which wfs cannot read"))),
         }
     }
+}
+
+/// The `len` bytes of a member's data in the archive, from where `by_index_raw` located them.
+fn located(archive: &Blob, name: &str, start: Option<u64>, len: u64) -> Result<Blob, OpenError> {
+    let start = start.ok_or_else(|| OpenError::corrupt(format!("zip member {name}: data not located")))?;
+    archive.slice(start, len).map_err(|_| OpenError::corrupt(format!("zip member {name} extends past the end of the archive")))
 }
