@@ -11,6 +11,7 @@ pub mod cache;
 pub mod daemon;
 pub mod dtype;
 pub mod error;
+pub mod export;
 pub mod formats;
 #[doc(hidden)]
 pub mod fuzzing;
