@@ -679,7 +679,7 @@ def fig_safetensors_source(w, work, layers, n, runs, res):
                 f"{g / c:.2f}x faster", "> 1x", g / c > 1)
 
 
-# ----------------------------------------------------------------------------- GGUF (figure 8)
+# ----------------------------------------------------------------------------- GGUF (figure 10)
 
 GGUF_TYPES = ("q4_k", "q8_0")
 DECODE_RUN = 64 * 1024  # bytes of float32 wfs decodes together (src/formats/gguf.rs DECODE_UNIT)
@@ -768,7 +768,8 @@ def fig_gguf(w, work, total, runs, res):
         w.mount(src)
         path = w.mnt / rel["q4_k"]
         header = path.stat().st_size - nbytes
-        offsets = [header + rng.randrange(0, nbytes // 4096) * 4096 for _ in range(300)]
+        # Page-aligned in the file, as the kernel asks for them; the data start `header` bytes in.
+        offsets = [rng.randrange(1, (header + nbytes) // 4096) * 4096 for _ in range(300)]
         touched = sum((o - header + 4095) // DECODE_RUN - (o - header) // DECODE_RUN + 1 for o in offsets) / len(offsets)
         fd = os.open(path, os.O_RDONLY)
         d0 = w.decodes()
