@@ -74,7 +74,8 @@ struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // SIGTERM, not SIGKILL: nginx's master stops its workers before it exits.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
         let _ = self.0.wait();
     }
 }
@@ -97,16 +98,15 @@ impl Nginx {
             copy_tree(&fixture(fixture_path), &www.join(fixture_path));
             copy_tree(&fixture(fixture_path), &www.join("org/repo/resolve/main").join(fixture_path));
         }
-        let status = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
-            .arg("-keyout")
-            .arg(dir.path().join("key.pem"))
-            .arg("-out")
-            .arg(dir.path().join("cert.pem"))
-            .stderr(Stdio::null())
-            .status()
-            .expect("openssl (tests/setup.sh installs it)");
-        assert!(status.success());
+        // A certificate authority of the test's own, and the server's certificate signed by it.
+        let openssl = |args: &str| {
+            let status = Command::new("openssl").args(args.split(' ')).current_dir(dir.path()).stderr(Stdio::null()).status();
+            assert!(status.expect("openssl (tests/setup.sh installs it)").success(), "openssl {args}");
+        };
+        openssl("req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=wfs-test-ca -keyout ca.key -out ca.pem");
+        openssl("req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout key.pem -out server.csr");
+        std::fs::write(dir.path().join("san.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+        openssl("x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile san.ext -out cert.pem");
         let (http, https) = (free_port(), free_port());
         let d = dir.path().display();
         let conf = format!(
@@ -132,6 +132,7 @@ http {{
             .arg(dir.path().join("nginx.conf"))
             .arg("-p")
             .arg(dir.path())
+            .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nginx (tests/setup.sh installs it)");
@@ -172,7 +173,8 @@ fn tree_of(root: &Path) -> BTreeMap<String, Vec<u8>> {
                 info.as_object_mut().unwrap().remove("source");
                 out.insert(name, info.to_string().into_bytes());
             } else {
-                out.insert(name, std::fs::read(entry.path()).unwrap_or_else(|e| panic!("read {name}: {e}")));
+                let bytes = std::fs::read(entry.path()).unwrap_or_else(|e| panic!("read {name}: {e}"));
+                out.insert(name, bytes);
             }
         }
     }
@@ -194,7 +196,7 @@ fn assert_same_tree(remote: &Mount, local: &Path, what: &str) {
 #[test]
 fn http_https_and_redirects_give_the_local_tree() {
     let nginx = Nginx::start();
-    let cert = nginx.dir.path().join("cert.pem");
+    let cert = nginx.dir.path().join("ca.pem");
     for (i, path) in MOUNTED.iter().enumerate() {
         // Each fixture over one of the three ways in, all of them over the run.
         let (url, env) = match i % 3 {
@@ -280,23 +282,37 @@ fn secrets_in_urls_are_never_shown() {
 fn few_requests_to_mount_a_large_file_and_one_per_read() {
     let nginx = Nginx::start();
     // A 1 GiB checkpoint: the fixture's data file, extended (sparsely) past its tensors.
-    let data = nginx.www("ckpt/tf2_keras/ckpt-1.data-00000-of-00001");
-    std::fs::OpenOptions::new().write(true).open(&data).unwrap().set_len(1 << 30).unwrap();
     let local = tempfile::tempdir().unwrap();
     for name in ["ckpt-1.index", "ckpt-1.data-00000-of-00001"] {
-        std::fs::copy(nginx.www(&format!("ckpt/tf2_keras/{name}")), local.path().join(name)).unwrap();
+        std::fs::copy(fixture(&format!("ckpt/tf2_keras/{name}")), local.path().join(name)).unwrap();
     }
-    let mount = Mount::new(Path::new(&nginx.url("ckpt/tf2_keras/ckpt-1.index")), &["--cache-size", "0"]);
+    for data in [nginx.www("ckpt/tf2_keras/ckpt-1.data-00000-of-00001"), local.path().join("ckpt-1.data-00000-of-00001")] {
+        std::fs::OpenOptions::new().write(true).open(&data).unwrap().set_len(1 << 30).unwrap();
+    }
+    let url = nginx.url("ckpt/tf2_keras/ckpt-1.index");
+    let mount = Mount::new(Path::new(&url), &[]);
     let at_mount = nginx.requests();
     // A HEAD and one ranged GET for each of the two files.
     assert!(at_mount.len() <= 4, "{at_mount:#?}");
     assert!(at_mount.iter().all(|r| r.starts_with("HEAD") || (r.contains(" 206 ") && r.contains("bytes="))), "{at_mount:#?}");
     let local_mount = Mount::new(&local.path().join("ckpt-1.index"), &[]);
-    let tsv = local_mount.text("tensors.tsv");
-    let tensor = tsv.lines().nth(1).unwrap().split('\t').next().unwrap();
-    assert_eq!(mount.read(&format!("{tensor}.raw")), local_mount.read(&format!("{tensor}.raw")));
+    let tensors = stored_tensors(&local_mount);
+    assert_eq!(mount.read(&tensors[0]), local_mount.read(&tensors[0]));
+    assert!(nginx.requests().len() <= at_mount.len() + 1);
+    // With nothing cached, a tensor's read is one request for one block, never the whole file.
+    let uncached = Mount::new(Path::new(&url), &["--cache-size", "0"]);
+    let before = nginx.requests().len();
+    assert_eq!(uncached.read(&tensors[1]), local_mount.read(&tensors[1]));
     let after = nginx.requests();
-    assert_eq!(after.len(), at_mount.len() + 1, "{after:#?}");
+    assert_eq!(after.len(), before + 1, "{after:#?}");
+    assert!(after[before].contains(" 206 \"bytes=0-1048575\""), "{}", after[before]);
+}
+
+/// The `.raw` files of the tensors read from the source when read (strings are read at mount).
+fn stored_tensors(mount: &Mount) -> Vec<String> {
+    let tsv = mount.text("tensors.tsv");
+    let rows = tsv.lines().skip(1).map(|l| l.split('\t').collect::<Vec<_>>());
+    rows.filter(|row| row[1] != "string").map(|row| format!("{}.raw", row[0].strip_suffix(".npy").unwrap())).collect()
 }
 
 /// What the proxy does with the next connections.
@@ -399,7 +415,7 @@ fn faults_fail_reads_with_eio_and_the_mount_keeps_serving() {
     let proxy = Proxy::start(nginx.http);
     let path = "ckpt/tf2_keras/ckpt-2.index";
     let local = Mount::new(&fixture(path), &[]);
-    let tensors: Vec<String> = local.text("tensors.tsv").lines().skip(1).map(|l| format!("{}.raw", l.split('\t').next().unwrap())).collect();
+    let tensors = stored_tensors(&local);
     assert!(tensors.len() >= 6);
     // No cache: every read of a tensor is a request.
     let mount = Mount::new(Path::new(&proxy.url(path)), &["--cache-size", "0", "--timeout", "1"]);
