@@ -17,7 +17,7 @@ use object_store::path::Path as StorePath;
 use object_store::{BackoffConfig, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, RetryConfig};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// Bytes fetched per request and cached per entry.
@@ -75,9 +75,32 @@ fn handle() -> Result<tokio::runtime::Handle, ReadError> {
     Ok(runtime.as_ref().expect("just set").handle().clone())
 }
 
-/// Stops the request runtime and its threads (before the mount daemon forks); the next
-/// request starts a new one with new connections.
+/// Readahead tasks still running: the runtime stops only once they are done, since a request
+/// cut off by the runtime's shutdown would fail inside the cache's loader.
+static READAHEADS: Mutex<usize> = Mutex::new(0);
+static READAHEAD_DONE: Condvar = Condvar::new();
+
+/// Counts one readahead task while it lives.
+struct Readahead;
+
+impl Readahead {
+    fn start() -> Readahead {
+        *READAHEADS.lock().unwrap() += 1;
+        Readahead
+    }
+}
+
+impl Drop for Readahead {
+    fn drop(&mut self) {
+        *READAHEADS.lock().unwrap() -= 1;
+        READAHEAD_DONE.notify_all();
+    }
+}
+
+/// Stops the request runtime and its threads (before the mount daemon forks), once its
+/// readahead is done; the next request starts a new one with new connections.
 pub fn quiesce() {
+    drop(READAHEAD_DONE.wait_while(READAHEADS.lock().unwrap(), |running| *running > 0).unwrap());
     let runtime = RUNTIME.lock().unwrap().take();
     GENERATION.fetch_add(1, Ordering::SeqCst);
     if let Some(runtime) = runtime {
@@ -209,10 +232,16 @@ pub struct RemoteObject {
     etag: Option<String>,
     /// The object's blocks in the cache are keyed `(id, block number)`.
     id: u64,
-    /// Where the last read ended: a read starting there is sequential.
-    last_end: AtomicU64,
+    /// The run of sequential reads the last read ended.
+    run: Mutex<Run>,
     /// Blocks below this were already handed to readahead.
     ahead: AtomicU64,
+}
+
+/// Consecutive reads `[start, end)` of one object.
+struct Run {
+    start: u64,
+    end: u64,
 }
 
 impl std::fmt::Debug for RemoteObject {
@@ -237,7 +266,7 @@ impl RemoteObject {
             size: meta.size,
             etag: meta.e_tag,
             id: store.cache.new_id(),
-            last_end: AtomicU64::new(u64::MAX),
+            run: Mutex::new(Run { start: 0, end: u64::MAX }),
             ahead: AtomicU64::new(0),
         });
         if object.size > 0 {
@@ -262,7 +291,17 @@ impl RemoteObject {
         }
         let end = offset + buf.len() as u64;
         let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
-        if self.last_end.swap(end, Ordering::Relaxed) == offset {
+        // Readahead once a sequential run is a block long: metadata reads, however
+        // sequential, are short and fetch nothing ahead.
+        let run_length = {
+            let mut run = self.run.lock().unwrap();
+            if run.end != offset {
+                run.start = offset;
+            }
+            run.end = end;
+            end - run.start
+        };
+        if run_length >= BLOCK {
             self.read_ahead(last + 1)?;
         }
         // The blocks after the first are fetched at the same time, each by its own thread.
@@ -296,8 +335,12 @@ impl RemoteObject {
         let handle = handle()?;
         for n in start..until {
             let object = self.clone();
+            let counted = Readahead::start();
             // Failures are not cached: the reader that needs the block fetches it again.
-            handle.spawn_blocking(move || object.block(n));
+            handle.spawn_blocking(move || {
+                let _counted = counted;
+                object.block(n)
+            });
         }
         Ok(())
     }

@@ -466,3 +466,77 @@ fn a_server_that_ignores_range_is_refused_at_mount() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("ignores Range requests"), "{err}");
 }
+
+/// s3s-fs serving bucket `models` (the fixtures) with one access key.
+struct S3 {
+    dir: tempfile::TempDir,
+    port: u16,
+    _process: Server,
+}
+
+const S3_KEY: &str = "AKIAWFSTEST";
+const S3_SECRET: &str = "wfs-test-s3cret-key";
+
+impl S3 {
+    /// `None` where s3s-fs is not installed (tests/setup.sh installs it).
+    fn start() -> Option<S3> {
+        let dir = tempfile::Builder::new().prefix("wfs-s3-").tempdir().unwrap();
+        for fixture_path in SERVED {
+            copy_tree(&fixture(fixture_path), &dir.path().join("models").join(fixture_path));
+        }
+        let port = free_port();
+        let process = Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", S3_KEY, "--secret-key", S3_SECRET])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let Ok(process) = process else {
+            eprintln!("s3s-fs is not installed (tests/setup.sh installs it): skipping");
+            return None;
+        };
+        let process = Server(process);
+        wait_for_port(port);
+        Some(S3 { dir, port, _process: process })
+    }
+
+    /// `wfs ARGS` with no AWS settings but those given.
+    fn wfs(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let mut command = wfs();
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("AWS_")) {
+            command.env_remove(key);
+        }
+        command.args(args).env("HOME", self.dir.path()).envs(env.iter().copied()).output().unwrap()
+    }
+}
+
+#[test]
+fn s3_with_environment_or_profile_credentials_gives_the_local_tree() {
+    let Some(s3) = S3::start() else { return };
+    let endpoint = format!("http://127.0.0.1:{}", s3.port);
+    let env = [("AWS_ACCESS_KEY_ID", S3_KEY), ("AWS_SECRET_ACCESS_KEY", S3_SECRET), ("AWS_ENDPOINT_URL", &endpoint), ("AWS_REGION", "us-east-1")];
+    for path in ["h5/k2_functional.h5", "keras3/k3_sharded.weights.json", "ckpt/tf2_keras/ckpt-2.index", "ckpt/tf1_saver/model.ckpt-5", "savedmodel/tf_module.zip"] {
+        let tmp = tempfile::Builder::new().prefix("wfs-test-").tempdir().unwrap();
+        let point = tmp.path().join("m");
+        let url = format!("s3://models/{path}");
+        let out = s3.wfs(&["mount", &url, point.to_str().unwrap()], &env);
+        assert!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
+        let mount = Mount { dir: tmp, point };
+        assert_same_tree(&mount, &fixture(path), &url);
+    }
+    // The same from the shared profile files alone.
+    let aws = s3.dir.path().join(".aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    std::fs::write(aws.join("credentials"), format!("[default]\naws_access_key_id = {S3_KEY}\naws_secret_access_key = {S3_SECRET}\n")).unwrap();
+    std::fs::write(aws.join("config"), format!("[default]\nregion = us-east-1\nendpoint_url = {endpoint}\n")).unwrap();
+    let out = s3.wfs(&["cat", "s3://models/ckpt/tf2_keras/ckpt-1.index", "tensors.tsv"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let local = wfs().args(["cat", fixture("ckpt/tf2_keras/ckpt-1.index").to_str().unwrap(), "tensors.tsv"]).output().unwrap();
+    assert_eq!(out.stdout, local.stdout);
+    // A wrong secret is refused at mount, in one line that does not show it.
+    let out = s3.wfs(&["info", "s3://models/h5/k2_functional.h5"], &[("AWS_SECRET_ACCESS_KEY", "not-the-s3cret")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!err.contains("not-the-s3cret") && !err.contains(S3_SECRET), "{err}");
+}
