@@ -279,9 +279,9 @@ impl RemoteObject {
         self.size
     }
 
-    /// The URL as shown to users.
-    pub fn shown(&self) -> &str {
-        &self.shown
+    /// The object's name: the last part of its path.
+    pub fn file_name(&self) -> Option<String> {
+        self.path.filename().map(str::to_string)
     }
 
     /// Fills `buf` from `offset` (the caller checked the range against [`Self::len`]).

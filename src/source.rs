@@ -138,6 +138,15 @@ impl Blob {
         }
     }
 
+    /// The name of the file that the blob is, local or remote (not of one it is a part of).
+    pub fn file_name(&self) -> Option<String> {
+        match self {
+            Blob::File(f) => f.path().file_name().map(|n| n.to_string_lossy().into_owned()),
+            Blob::Remote(r) => r.file_name(),
+            Blob::Memory(_) | Blob::Slice(_) => None,
+        }
+    }
+
     /// `true` for bytes on a remote store (read in ranges, never mapped whole).
     pub fn is_remote(&self) -> bool {
         match self {

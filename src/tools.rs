@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 /// How many bytes one read asks for (the size of the kernel's largest FUSE read).
-const READ_SIZE: u32 = 1 << 20;
+pub const READ_SIZE: u32 = 1 << 20;
 
 /// Resolves a `/`-separated path from the root, following the tree's symlinks.
 pub fn resolve(fs: &Fs, path: &str) -> Option<Ino> {
@@ -34,15 +34,64 @@ pub fn resolve(fs: &Fs, path: &str) -> Option<Ino> {
 
 /// Copies a whole file of the tree to `out`.
 pub fn copy_file(fs: &Fs, ino: Ino, out: &mut impl Write) -> io::Result<u64> {
+    copy_file_with_progress(fs, ino, out, &mut |_, _| {})
+}
+
+/// Copies a whole file of the tree to `out`, calling `progress` with the bytes written so far
+/// and the file's size after every read.
+pub fn copy_file_with_progress(fs: &Fs, ino: Ino, out: &mut impl Write, progress: &mut dyn FnMut(u64, u64)) -> io::Result<u64> {
+    let total = fs.attr(ino).map_or(0, |a| a.size);
+    let mut buf = Vec::new();
     let mut offset = 0u64;
     loop {
-        let chunk = fs.read(ino, offset, READ_SIZE).map_err(io::Error::from_raw_os_error)?;
-        if chunk.is_empty() {
+        let len = fs.read_into(ino, offset, READ_SIZE, &mut buf).map_err(io::Error::from_raw_os_error)?;
+        if len == 0 {
             return Ok(offset);
         }
-        out.write_all(&chunk)?;
-        offset += chunk.len() as u64;
+        out.write_all(&buf[..len])?;
+        offset += len as u64;
+        progress(offset, total);
     }
+}
+
+/// Like `copy_file_with_progress`, with the reads from the tree and the writes to `out` on two
+/// threads, so that they overlap: one large file then takes about as long as the slower side.
+pub fn copy_file_overlapped(fs: &Fs, ino: Ino, out: &mut impl Write, progress: &mut dyn FnMut(u64, u64)) -> io::Result<u64> {
+    let total = fs.attr(ino).map_or(0, |a| a.size);
+    // Filled buffers go to the writer (two may wait), emptied ones come back to the reader.
+    let (filled, to_write) = std::sync::mpsc::sync_channel::<io::Result<(Vec<u8>, usize)>>(2);
+    let (emptied, to_fill) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut offset = 0u64;
+            loop {
+                let mut buf = to_fill.try_recv().unwrap_or_default();
+                match fs.read_into(ino, offset, READ_SIZE, &mut buf) {
+                    Ok(0) => return,
+                    Ok(len) => {
+                        offset += len as u64;
+                        // A closed channel means the writer failed and stopped.
+                        if filled.send(Ok((buf, len))).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = filled.send(Err(io::Error::from_raw_os_error(e)));
+                        return;
+                    }
+                }
+            }
+        });
+        let mut written = 0u64;
+        for chunk in to_write {
+            let (buf, len) = chunk?;
+            out.write_all(&buf[..len])?;
+            written += len as u64;
+            progress(written, total);
+            let _ = emptied.send(buf);
+        }
+        Ok(written)
+    })
 }
 
 /// One line per entry of directory `ino` (`name/` for directories, `name -> target` for
@@ -165,10 +214,11 @@ mod tests {
         let mut calls = 0;
         let done = export(&fs, ROOT, dir.path(), &mut |_, total| {
             calls += 1;
-            assert_eq!(total, 6);
+            assert_eq!(total, 7);
         })
         .unwrap();
-        assert_eq!((done.files, calls), (6, 6));
+        assert_eq!((done.files, calls), (7, 7));
+        assert!(std::fs::read(dir.path().join("model.safetensors")).unwrap().ends_with(&[7, 8, 9]));
         assert_eq!(std::fs::read(dir.path().join("layers/0/bias.raw")).unwrap(), vec![7, 8, 9]);
         assert_eq!(std::fs::read_link(dir.path().join("layers/0")).unwrap().to_str(), Some("d"));
     }

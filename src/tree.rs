@@ -1,5 +1,6 @@
 //! The mount tree, built once from a `Model`: inodes, names made safe, and exact file sizes.
 
+use crate::export::Safetensors;
 use crate::model::{Model, TensorBytes, Tensor};
 use crate::names::{sanitize, sanitize_within, shorten};
 use crate::npy;
@@ -68,7 +69,27 @@ struct TopLevel {
     tsv: String,
     tensors: usize,
     bytes: u64,
+    /// Its `model.safetensors`, and for each of its tensors (in `tensors.tsv` order) the id and
+    /// what its key has before the tensor's name: nothing for the innermost top level, else the
+    /// path from this one to the part it lies in (`ckpt-1/`).
+    safetensors: Option<(Ino, Vec<(usize, String)>)>,
 }
+
+/// What a tree offers beyond the model's own files.
+#[derive(Clone, Copy, Debug)]
+pub struct TreeOptions {
+    /// `model.safetensors` at each top level (TREE.md 8).
+    pub safetensors: bool,
+}
+
+impl Default for TreeOptions {
+    fn default() -> Self {
+        TreeOptions { safetensors: true }
+    }
+}
+
+/// The name of the assembled safetensors file at each top level.
+pub const SAFETENSORS_FILE: &str = "model.safetensors";
 
 /// Directories up to this many entries are searched by a scan rather than a map.
 const SCANNED_DIR_LEN: usize = 16;
@@ -87,8 +108,13 @@ fn tsv_field(name: &str) -> std::borrow::Cow<'_, str> {
 }
 
 impl Tree {
-    /// Builds the whole tree. `source` is what `info.json` reports as the source.
+    /// Builds the whole tree with the default options. `source` is what `info.json` reports as
+    /// the source.
     pub fn build(model: Model, source: &str) -> Tree {
+        Self::build_with(model, source, TreeOptions::default())
+    }
+
+    pub fn build_with(model: Model, source: &str, options: TreeOptions) -> Tree {
         let mut tree = Tree {
             nodes: vec![Node::Dir { entries: Vec::new(), index: None, subdirs: 0 }],
             parents: vec![ROOT],
@@ -116,8 +142,11 @@ impl Tree {
             }
             let info_ino = tree.add_bytes(dir, "info.json", Vec::new());
             let tsv_ino = tree.add_bytes(dir, "tensors.tsv", Vec::new());
+            // Its name is taken now, before the model's own files; its bytes come at the end.
+            let safetensors = options.safetensors.then(|| (tree.add_bytes(dir, SAFETENSORS_FILE, Vec::new()), Vec::new()));
             let depth = tree.path_of(dir).len();
-            tops.push(TopLevel { raw, dir, depth, info, info_ino, tsv_ino, tsv: String::from(TSV_HEADER), tensors: 0, bytes: 0 });
+            let tsv = String::from(TSV_HEADER);
+            tops.push(TopLevel { raw, dir, depth, info, info_ino, tsv_ino, tsv, tensors: 0, bytes: 0, safetensors });
         }
 
         for dir in &model.dirs {
@@ -151,12 +180,16 @@ impl Tree {
             }
             let mut rel = tree.path_of(parent);
             rel.push(base);
+            let innermost = tops.iter().filter(|t| tensor.path.starts_with(&t.raw)).map(|t| t.depth).max().unwrap_or(0);
             if tensor.name.is_empty() {
                 // Keras and TensorFlow names are the tensor's path below its innermost top level.
-                let depth = tops.iter().filter(|t| tensor.path.starts_with(&t.raw)).map(|t| t.depth).max().unwrap_or(0);
-                tensor.name = rel[depth..].join("/");
+                tensor.name = rel[innermost..].join("/");
             }
             for top in tops.iter_mut().filter(|t| tensor.path.starts_with(&t.raw)) {
+                if let Some((_, keys)) = &mut top.safetensors {
+                    let prefix = rel[top.depth..innermost].iter().map(|c| format!("{c}/")).collect();
+                    keys.push((id, prefix));
+                }
                 let path = rel[top.depth..].join("/");
                 let suffix = if npy_len.is_some() { ".npy" } else { ".raw" };
                 let row = format!("{path}{suffix}\t{}\t{}\t{}\t{}\n", tensor.dtype.name(), shape.trim_end(), raw_len, tsv_field(&tensor.name));
@@ -167,6 +200,17 @@ impl Tree {
             tree.tensors.push(tensor);
         }
         for mut top in tops {
+            if let Some((ino, keys)) = top.safetensors.take() {
+                let format = top.info.get("format").and_then(Value::as_str).unwrap_or_default();
+                let tensors = keys.into_iter().map(|(id, prefix)| (prefix + &tree.tensors[id].name, &tree.tensors[id]));
+                match Safetensors::assemble(tensors, format) {
+                    Ok(file) => tree.set_content(ino, Arc::new(file)),
+                    Err(why) => {
+                        log::warn!("{} left out: {why}", tree.path_of(ino).join("/"));
+                        tree.detach(ino);
+                    }
+                }
+            }
             top.info.insert("tensors".into(), json!(top.tensors));
             top.info.insert("bytes".into(), json!(top.bytes));
             tree.set_bytes(top.info_ino, crate::model::json_text(&Value::Object(top.info)));
@@ -190,9 +234,24 @@ impl Tree {
     }
 
     fn set_bytes(&mut self, ino: Ino, bytes: Vec<u8>) {
-        let size = bytes.len() as u64;
-        let content = Content::Bytes(Arc::new(crate::model::InMemory(bytes.into())));
-        self.nodes[(ino - 1) as usize] = Node::File { content, size };
+        self.set_content(ino, Arc::new(crate::model::InMemory(bytes.into())));
+    }
+
+    fn set_content(&mut self, ino: Ino, bytes: Arc<dyn TensorBytes>) {
+        let size = bytes.len();
+        self.nodes[(ino - 1) as usize] = Node::File { content: Content::Bytes(bytes), size };
+    }
+
+    /// Takes a file out of its directory (its inode stays, unreachable).
+    fn detach(&mut self, ino: Ino) {
+        let parent = self.parents[(ino - 1) as usize];
+        let name = self.names[(ino - 1) as usize].clone();
+        if let Some(Node::Dir { entries, index, .. }) = self.nodes.get_mut((parent - 1) as usize) {
+            entries.retain(|&e| e != ino);
+            if let Some(map) = index {
+                map.remove(&name);
+            }
+        }
     }
 
     fn add_bytes(&mut self, parent: Ino, name: &str, bytes: Vec<u8>) -> Ino {

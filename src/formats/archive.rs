@@ -31,9 +31,11 @@ impl Archive {
     /// The names of the archive's files (not directories), with their indexes.
     pub fn file_names(&mut self) -> Vec<(usize, String)> {
         (0..self.zip.len())
-            .filter_map(|i| match self.zip.by_index_raw(i) {
-                Ok(f) if f.is_file() => Some((i, f.name().to_string())),
-                _ => None,
+            .filter_map(|i| {
+                let member = self.zip.by_index_raw(i).ok().filter(|f| f.is_file())?;
+                // A name that does not decode (invalid UTF-8 under the UTF-8 flag) names nothing wfs serves.
+                let name = member.name().ok()?.into_owned();
+                Some((i, name))
             })
             .collect()
     }
@@ -51,20 +53,38 @@ impl Archive {
         blob.read_vec(0, blob.len()).map_err(|e| OpenError::unreadable(e.to_string()))
     }
 
+    /// A deflated member's compressed bytes (in place) and its inflated size, for readers that
+    /// inflate on demand; `None` for a member that is not deflated.
+    pub fn deflated(&mut self, index: usize) -> Result<Option<(Blob, u64)>, OpenError> {
+        let member = self.zip.by_index_raw(index).map_err(|e| OpenError::corrupt(format!("damaged zip archive: {e}")))?;
+        if member.compression() != zip::CompressionMethod::Deflated {
+            return Ok(None);
+        }
+        let name = String::from_utf8_lossy(member.name_raw()).into_owned();
+        let start = member.data_start().ok_or_else(|| OpenError::corrupt(format!("zip member {name}: data not located")))?;
+        let data = self
+            .blob
+            .slice(start, member.compressed_size())
+            .map_err(|_| OpenError::corrupt(format!("zip member {name} extends past the end of the archive")))?;
+        Ok(Some((data, member.size())))
+    }
+
     /// A member's bytes: a stored member is a slice of the archive (read in place), a deflated
     /// one is inflated into memory, within the budget.
     pub fn member(&mut self, index: usize) -> Result<Blob, OpenError> {
         let corrupt = |e: zip::result::ZipError| OpenError::corrupt(format!("damaged zip archive: {e}"));
         let member = self.zip.by_index_raw(index).map_err(corrupt)?;
-        let name = member.name().to_string();
+        let name = String::from_utf8_lossy(member.name_raw()).into_owned();
         let size = member.size();
         match member.compression() {
             zip::CompressionMethod::Stored => {
                 if member.compressed_size() != size {
                     return Err(OpenError::corrupt(format!("zip member {name}: stored size differs from its length")));
                 }
+                // `by_index_raw` has located the data, so its start is known.
+                let start = member.data_start().ok_or_else(|| OpenError::corrupt(format!("zip member {name}: data not located")))?;
                 self.blob
-                    .slice(member.data_start(), size)
+                    .slice(start, size)
                     .map_err(|_| OpenError::corrupt(format!("zip member {name} extends past the end of the archive")))
             }
             zip::CompressionMethod::Deflated => {
@@ -76,7 +96,7 @@ impl Archive {
                     )));
                 }
                 let mut out = Vec::with_capacity(size.min(1 << 26) as usize);
-                // One byte past the declared size detects (and bounds) a member that inflates further.
+                // One byte past the declared size bounds a member that inflates further (zip refuses that byte).
                 self.zip
                     .by_index(index)
                     .map_err(corrupt)?

@@ -3,11 +3,17 @@
 pub mod archive;
 pub mod bundle;
 pub mod checkpoint;
+pub mod gguf;
 pub mod h5;
 pub mod h5_driver;
 pub mod keras3;
 pub mod keras_h5;
+pub mod numpy;
+pub mod safetensors;
+pub mod onnx;
+pub mod paged;
 pub mod savedmodel;
+pub mod tflite;
 
 use crate::cache::ChunkCache;
 use crate::error::OpenError;
@@ -30,7 +36,14 @@ pub enum Sniffed {
     Zip,
     /// A JSON object (a sharded weights index, if it has a `weight_map`).
     Json,
+    Gguf,
     GitLfsPointer,
+    Safetensors,
+    Npy,
+    /// A protobuf that starts like an ONNX `ModelProto`.
+    Onnx,
+    /// A FlatBuffer with the TensorFlow Lite identifier.
+    Tflite,
     Empty,
     Unknown,
 }
@@ -44,8 +57,20 @@ pub fn sniff(blob: &Blob) -> Sniffed {
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
         return Sniffed::Zip;
     }
+    if tflite::sniff(&head) {
+        return Sniffed::Tflite;
+    }
+    if head.starts_with(gguf::MAGIC) {
+        return Sniffed::Gguf;
+    }
     if head.starts_with(b"version https://git-lfs.github.com/spec/") {
         return Sniffed::GitLfsPointer;
+    }
+    if safetensors::sniff(&head, len) {
+        return Sniffed::Safetensors;
+    }
+    if head.starts_with(crate::npy::MAGIC) {
+        return Sniffed::Npy;
     }
     if head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
         return Sniffed::Json;
@@ -57,6 +82,9 @@ pub fn sniff(blob: &Blob) -> Sniffed {
             return Sniffed::Hdf5;
         }
         at = if at == 0 { 512 } else { at * 2 };
+    }
+    if onnx::sniff(blob) {
+        return Sniffed::Onnx;
     }
     Sniffed::Unknown
 }
@@ -114,10 +142,19 @@ fn open_blob(blob: &Blob, dir: Option<&Dir>, options: &ReadOptions) -> Result<Mo
             let mut archive = archive::Archive::open(blob)?;
             match savedmodel::root_in(&mut archive) {
                 Some(root) => savedmodel::read_archive(archive, root),
+                None if numpy::is_npz(&mut archive) => numpy::read_npz(archive, options),
                 None => keras3::read_archive(archive, options),
             }
         }
-        Sniffed::Json => keras3::read_sharded(blob, dir, options),
+        Sniffed::Safetensors => safetensors::read(blob),
+        Sniffed::Npy => numpy::read_npy(blob),
+        Sniffed::Json => match dir {
+            Some(dir) if safetensors::indexes_safetensors(blob, dir) => safetensors::read_sharded(blob, dir),
+            _ => keras3::read_sharded(blob, dir, options),
+        },
+        Sniffed::Onnx => onnx::read(blob, dir),
+        Sniffed::Tflite => tflite::read(blob),
+        Sniffed::Gguf => gguf::read(blob, options),
         Sniffed::GitLfsPointer => Err(OpenError::UnknownFormat(
             "this is a Git LFS pointer, not the model itself (run `git lfs pull`)".into(),
         )),
