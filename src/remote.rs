@@ -135,10 +135,8 @@ impl Store {
     fn client(&self) -> Result<Arc<dyn ObjectStore>, ReadError> {
         let generation = GENERATION.load(Ordering::SeqCst);
         let mut client = self.client.lock().unwrap();
-        if let Some((built, c)) = client.as_ref() {
-            if *built == generation {
-                return Ok(c.clone());
-            }
+        if let Some((_, c)) = client.as_ref().filter(|(built, _)| *built == generation) {
+            return Ok(c.clone());
         }
         let built = self.build().map_err(|e| ReadError::Io(std::io::Error::other(reason(&e))))?;
         *client = Some((generation, built.clone()));
@@ -438,7 +436,7 @@ impl RemoteSource {
         let url = url::Url::parse(source).map_err(|e| bad(&e.to_string()))?;
         let mut segments: Vec<String> = url
             .path_segments()
-            .map(|s| s.map(|seg| percent_decode(seg)).collect::<Result<_, _>>())
+            .map(|s| s.map(percent_decode).collect::<Result<_, _>>())
             .transpose()
             .map_err(|_| bad("the path is not UTF-8"))?
             .unwrap_or_default();

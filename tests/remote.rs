@@ -444,7 +444,8 @@ fn serve(mut client: TcpStream, upstream: u16, fault: u8) {
         _ => {
             let keep = |l: &String| {
                 let lower = l.to_ascii_lowercase();
-                !lower.starts_with("connection:") && !(fault == Fault::NoRange as u8 && lower.starts_with("range:"))
+                let dropped = lower.starts_with("connection:") || (fault == Fault::NoRange as u8 && lower.starts_with("range:"));
+                !dropped
             };
             let mut request: String = head.iter().filter(|l| keep(l)).cloned().collect();
             request.push_str("Connection: close\r\n\r\n");
