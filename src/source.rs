@@ -217,7 +217,8 @@ pub enum Dir {
 }
 
 impl Dir {
-    /// Opens the file `name` of this directory; `name` must be a plain file name.
+    /// Opens the file `name` of this directory; `name` must be a plain file name. The error
+    /// says why, not which file: callers name it as their users know it.
     pub fn open(&self, name: &str) -> Result<Blob, OpenError> {
         if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
             return Err(OpenError::corrupt(format!("{name:?} is not a file name beside the source")));
@@ -225,8 +226,7 @@ impl Dir {
         match self {
             Dir::Local(dir) => {
                 let path = dir.join(name);
-                let file = SourceFile::open(&path)
-                    .map_err(|e| OpenError::unreadable(format!("{}: {}", path.display(), crate::formats::io_reason(&e))))?;
+                let file = SourceFile::open(&path).map_err(|e| OpenError::unreadable(crate::formats::io_reason(&e)))?;
                 Ok(Blob::File(Arc::new(file)))
             }
             Dir::Remote(dir) => Ok(Blob::Remote(dir.open(name)?)),

@@ -113,7 +113,10 @@ fn latest_in_state_file(dir: &Path) -> Option<String> {
 
 /// Reads the checkpoint `stem` of `dir` into `model` below `under`; returns its info fields.
 fn load(dir: &Dir, stem: &str, under: &[&str], model: &mut Model, budget: &mut u64) -> Result<Map<String, Value>, OpenError> {
-    let mut beside = |suffix: &str| dir.open(&format!("{stem}{suffix}")).map_err(|e| e.to_string());
+    let mut beside = |suffix: &str| {
+        let name = format!("{stem}{suffix}");
+        dir.open(&name).map_err(|e| format!("{}: {e}", dir.shown(&name)))
+    };
     load_from(&mut beside, under, model, budget)
 }
 
