@@ -5,12 +5,14 @@ same run. Every figure is the median of N runs; ratios compare medians. See benc
     sudo python3 bench/run.py            # full size (~1 GiB inputs), 5 runs per figure
     sudo python3 bench/run.py --quick    # ~1 minute smoke run (64 MiB inputs, 3 runs)
 
-Needs Python 3 with h5py and numpy (and safetensors for figure 8), fusermount3/FUSE, and root for dropping the page cache
-(`echo 3 > /proc/sys/vm/drop_caches`) before cold runs; without root, "cold" runs are warm and
-the report says so.
+Needs Python 3 with h5py and numpy (crc32c too for figure (c), safetensors for figure 8),
+fusermount3/FUSE, and root for dropping the page cache (`echo 3 > /proc/sys/vm/drop_caches`)
+before cold runs; without root, "cold" runs are warm and the report says so. Missing modules
+are reported before anything runs.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import random
@@ -24,8 +26,29 @@ import threading
 import time
 from pathlib import Path
 
-import h5py
-import numpy as np
+try:
+    import h5py
+    import numpy as np
+except ImportError as e:
+    sys.exit(f"bench: missing Python module {e.name}: {sys.executable} -m pip install {e.name}")
+
+# Python modules that only some figures need (by --only number), checked before anything runs
+# so that a missing one is reported with how to install it, not as a crash after the others.
+FIGURE_MODULES = {7: ["crc32c"], 8: ["safetensors"]}
+FIGURE_NAMES = {7: "(c)"}
+
+
+def check_figure_modules(figures):
+    """Exits with how to install what the chosen figures need, if anything is missing."""
+    missing = {f: [m for m in FIGURE_MODULES.get(f, []) if importlib.util.find_spec(m) is None] for f in figures}
+    missing = {f: mods for f, mods in missing.items() if mods}
+    if missing:
+        mods = sorted({m for ms in missing.values() for m in ms})
+        others = ",".join(str(f) for f in sorted(set(figures) - set(missing)))
+        sys.exit(f"bench: figure(s) {', '.join(FIGURE_NAMES.get(f, str(f)) for f in sorted(missing))} need the Python "
+                 f"module(s) {', '.join(mods)}: {sys.executable} -m pip install {' '.join(mods)}"
+                 + (f" (or run the others: --only {others})" if others else ""))
+
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -531,7 +554,7 @@ def fig_safetensors(w, src, out_root, runs, res):
     """(8) model.safetensors: copying it against copying every .raw of the mount, and `wfs convert`
     against an h5py + safetensors script. Source in page cache, fresh mount per copy."""
     out = Path(tempfile.mkdtemp(prefix="wfs-bench-st-", dir=out_root))
-    whole, raws, conv, script, floor, conv_null, script_null = [], [], [], [], [], [], []
+    whole, raws, conv, script, floor, conv_null, script_null, cat = [], [], [], [], [], [], [], []
     nbytes = 0
     for _ in range(runs):
         warm(src)
@@ -556,8 +579,9 @@ def fig_safetensors(w, src, out_root, runs, res):
         (out / "zeros").unlink()
         conv_null.append(timed([w.exe, "convert", str(src), "-"], stdout=subprocess.DEVNULL))
         script_null.append(timed([sys.executable, "-c", SAVE_SAFETENSORS, str(src), "/dev/null"]))
+        cat.append(timed(["cat", str(src)], stdout=subprocess.DEVNULL))
     shutil.rmtree(out, ignore_errors=True)
-    a, b, c, d, f, cn, sn = map(median, (whole, raws, conv, script, floor, conv_null, script_null))
+    a, b, c, d, f, cn, sn, r = map(median, (whole, raws, conv, script, floor, conv_null, script_null, cat))
     res.add(8, f"`cp MNT/model.safetensors` ({human(nbytes)}) into {out_root} vs `cp` of every `.raw` of the same "
                f"mount (source in page cache, fresh mount)", mbs(nbytes, a), mbs(nbytes, b), f"{b / a:.0%}",
             ">= 80%", b / a >= 0.8)
@@ -568,6 +592,8 @@ def fig_safetensors(w, src, out_root, runs, res):
     res.add(8, "`wfs convert model.h5 -` > /dev/null vs the same script writing to /dev/null (the converters "
                "alone, without the destination's cost)", ms(cn), ms(sn), f"{sn / cn:.2f}x faster", ">= 3x",
             sn / cn >= 3)
+    res.add(8, "(limit) `cat model.h5` > /dev/null (reading the source once)", ms(r), f"wfs convert - {ms(cn)}",
+            f"{r / cn:.0%}", "", None)
 
 
 def write_safetensors(path, layers, seed=2):
@@ -617,13 +643,17 @@ def fig_safetensors_source(w, work, layers, n, runs, res):
             plain.write_bytes(f.read(end - begin))
     nbytes = end - begin
     cat = lambda p: timed(["cat", str(p)], stdout=subprocess.DEVNULL)
-    mount_t, list_t, cold, plain_cold, get_t = [], [], [], [], []
+    # The floor: a file with no tensors (daemon start and FUSE mount alone).
+    empty = work / "empty.safetensors"
+    empty.write_bytes((8).to_bytes(8, "little") + b"{}      ")
+    mount_t, empty_t, list_t, cold, plain_cold, get_t = [], [], [], [], [], []
     warm(src)
     for _ in range(runs):
-        t = time.perf_counter()
-        w.mount(src)
-        mount_t.append(time.perf_counter() - t)
-        w.umount()
+        for source, times in ((src, mount_t), (empty, empty_t)):
+            t = time.perf_counter()
+            w.mount(source)
+            times.append(time.perf_counter() - t)
+            w.umount()
         if have_st:
             list_t.append(timed([sys.executable, "-c", lister, str(src)], stdout=subprocess.DEVNULL))
         drop_caches()
@@ -641,11 +671,15 @@ def fig_safetensors_source(w, work, layers, n, runs, res):
             f"{median(list_t) / m:.1f}x faster" if have_st else "", "< 20 ms", m < 0.02)
     res.add("(s)", f"first read (cold) of a {human(nbytes)} safetensors tensor `.raw` vs cold `cat` of the same bytes",
             mbs(nbytes, c), mbs(nbytes, pc), f"{pc / c:.0%}", ">= 70%", pc / c >= 0.7)
+    res.add("(s)", "(info) `wfs mount` of a safetensors file with no tensors (daemon start and FUSE mount)",
+            ms(median(empty_t)), "", "", "", None)
     if have_st:
         g = median(get_t)
         res.add("(s)", "first read (cold) vs `safe_open(...).get_tensor` cold (fresh interpreter)", ms(c), ms(g),
                 f"{g / c:.2f}x faster", "> 1x", g / c > 1)
-# ----------------------------------------------------------------------------- GGUF (figure 8)
+
+
+# ----------------------------------------------------------------------------- GGUF (figure 10)
 
 GGUF_TYPES = ("q4_k", "q8_0")
 DECODE_RUN = 64 * 1024  # bytes of float32 wfs decodes together (src/formats/gguf.rs DECODE_UNIT)
@@ -734,7 +768,8 @@ def fig_gguf(w, work, total, runs, res):
         w.mount(src)
         path = w.mnt / rel["q4_k"]
         header = path.stat().st_size - nbytes
-        offsets = [header + rng.randrange(0, nbytes // 4096) * 4096 for _ in range(300)]
+        # Page-aligned in the file, as the kernel asks for them; the data start `header` bytes in.
+        offsets = [rng.randrange(1, (header + nbytes) // 4096) * 4096 for _ in range(300)]
         touched = sum((o - header + 4095) // DECODE_RUN - (o - header) // DECODE_RUN + 1 for o in offsets) / len(offsets)
         fd = os.open(path, os.O_RDONLY)
         d0 = w.decodes()
@@ -800,6 +835,7 @@ def main():
         args.size, args.runs = "64M", 3
     total = parse_size(args.size)
     only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 11))
+    check_figure_modules(only)
 
     out_root = Path(args.out_dir or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()))
     exe = locate_wfs(args.wfs)
@@ -812,7 +848,7 @@ def main():
     try:
         if not CAN_DROP:
             log("WARNING: not root: cannot drop the page cache; 'cold' figures are warm")
-        if only & set(range(1, 7)):
+        if only & {1, 2, 3, 4, 5, 6, 8}:  # the figures that read the generated .h5 files
             src, layers, n, big, meds = make_inputs(work, total, args.tensors)
             warm(src["plain"])
         else:

@@ -7,8 +7,9 @@ use crate::dtype::DType;
 use crate::error::ReadError;
 use crate::model::{Tensor, TensorBytes};
 use serde_json::json;
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write;
+use std::io::Write;
 use std::sync::Arc;
 
 /// The largest header the reference reader accepts (`HeaderTooLarge` above it).
@@ -68,10 +69,10 @@ impl Safetensors {
     /// stored once, under its first key. A key already taken gets the tree's collision suffix
     /// (`~2`, `~3`, ...). Tensors safetensors cannot hold are listed in the metadata's
     /// `left_out` (a JSON array of keys); `source_format` names the source's format.
-    pub fn assemble<'a>(tensors: impl IntoIterator<Item = (String, &'a Tensor)>, source_format: &str) -> Result<Safetensors, AssembleError> {
+    pub fn assemble<'a>(tensors: impl IntoIterator<Item = (Cow<'a, str>, &'a Tensor)>, source_format: &str) -> Result<Safetensors, AssembleError> {
         let mut seen: HashMap<*const (), (DType, &'a [u64])> = HashMap::new();
-        let mut keys: HashSet<String> = HashSet::from([METADATA_KEY.to_string()]);
-        let mut entries = String::new();
+        let mut keys: HashSet<Cow<'a, str>> = HashSet::from([Cow::Borrowed(METADATA_KEY)]);
+        let mut entries = Vec::new();
         let mut left_out = Vec::new();
         let (mut ends, mut sources) = (Vec::new(), Vec::new());
         let mut end = 0u64;
@@ -81,18 +82,18 @@ impl Safetensors {
                 continue;
             }
             seen.insert(identity, (tensor.dtype, &tensor.shape));
-            let key = unique_key(&mut keys, key);
-            let Some(stored) = stored(tensor) else {
-                left_out.push(key);
-                continue;
-            };
-            let begin = end;
-            end += stored.bytes.len();
-            let quoted = serde_json::to_string(&key).unwrap_or_default();
-            let shape = stored.shape.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
-            let _ = write!(entries, r#","{}:{{"dtype":"{}","shape":[{shape}],"data_offsets":[{begin},{end}]}}"#, &quoted[1..], stored.dtype);
-            ends.push(end);
-            sources.push(stored.bytes);
+            let key = unique_key(&keys, key);
+            match stored(tensor) {
+                Some(stored) => {
+                    let begin = end;
+                    end += stored.bytes.len();
+                    write_entry(&mut entries, &key, &stored, begin, end);
+                    ends.push(end);
+                    sources.push(stored.bytes);
+                }
+                None => left_out.push(key.to_string()),
+            }
+            keys.insert(key);
         }
         let mut metadata = serde_json::Map::new();
         metadata.insert("format".into(), json!("pt"));
@@ -100,16 +101,17 @@ impl Safetensors {
         if !left_out.is_empty() {
             metadata.insert("left_out".into(), json!(serde_json::to_string(&left_out).unwrap_or_default()));
         }
-        let mut json = format!(r#"{{"{METADATA_KEY}":{}"#, serde_json::Value::Object(metadata));
-        json.push_str(&entries);
-        json.push('}');
-        let padded = json.len().next_multiple_of(8);
+        let metadata = format!(r#"{{"{METADATA_KEY}":{}"#, serde_json::Value::Object(metadata));
+        let json_len = metadata.len() + entries.len() + 1;
+        let padded = json_len.next_multiple_of(8);
         if padded as u64 > MAX_HEADER {
             return Err(AssembleError::HeaderTooLarge(padded as u64));
         }
         let mut header = Vec::with_capacity(8 + padded);
         header.extend_from_slice(&(padded as u64).to_le_bytes());
-        header.extend_from_slice(json.as_bytes());
+        header.extend_from_slice(metadata.as_bytes());
+        header.extend_from_slice(&entries);
+        header.push(b'}');
         header.resize(8 + padded, b' ');
         Ok(Safetensors { header: header.into(), ends, sources })
     }
@@ -120,11 +122,26 @@ impl Safetensors {
     }
 }
 
-/// `key`, or the first of `key~2`, `key~3`, ... not yet taken; taken from then on.
-fn unique_key(keys: &mut HashSet<String>, key: String) -> String {
-    let key = if keys.contains(&key) { (2u64..).map(|n| format!("{key}~{n}")).find(|k| !keys.contains(k)).expect("some suffix is free") } else { key };
-    keys.insert(key.clone());
-    key
+/// `key`, or the first of `key~2`, `key~3`, ... not in `keys`.
+fn unique_key<'a>(keys: &HashSet<Cow<'a, str>>, key: Cow<'a, str>) -> Cow<'a, str> {
+    if !keys.contains(&key) {
+        return key;
+    }
+    let free = (2u64..).map(|n| format!("{key}~{n}")).find(|k| !keys.contains(k.as_str())).expect("some suffix is free");
+    Cow::Owned(free)
+}
+
+/// One tensor's header entry, after a comma, as the reference writer spells it:
+/// `"key":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}`.
+fn write_entry(out: &mut Vec<u8>, key: &str, stored: &Stored, begin: u64, end: u64) {
+    out.push(b',');
+    // Writing JSON into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, key);
+    let _ = write!(out, r#":{{"dtype":"{}","shape":["#, stored.dtype);
+    for (i, d) in stored.shape.iter().enumerate() {
+        let _ = write!(out, "{}{d}", if i == 0 { "" } else { "," });
+    }
+    let _ = write!(out, r#"],"data_offsets":[{begin},{end}]}}"#);
 }
 
 impl TensorBytes for Safetensors {
@@ -181,7 +198,7 @@ mod tests {
     fn layout_matches_the_reference_writer() {
         let a = tensor("a", DType::F32, vec![2], vec![1, 2, 3, 4, 5, 6, 7, 8]);
         let b = tensor("b.c", DType::BF16, vec![1], vec![9, 10]);
-        let file = Safetensors::assemble([("a".to_string(), &a), ("b.c".to_string(), &b)], "test").unwrap();
+        let file = Safetensors::assemble([("a".into(), &a), ("b.c".into(), &b)], "test").unwrap();
         let bytes = read_all(&file);
         let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         assert_eq!((8 + n) % 8, 0);
@@ -196,7 +213,7 @@ mod tests {
     #[test]
     fn reads_at_any_offset_match_a_whole_read() {
         let tensors: Vec<Tensor> = (0..5u8).map(|i| tensor(&format!("t{i}"), DType::U8, vec![u64::from(i)], vec![i; usize::from(i)])).collect();
-        let file = Safetensors::assemble(tensors.iter().map(|t| (t.name.clone(), t)), "test").unwrap();
+        let file = Safetensors::assemble(tensors.iter().map(|t| (t.name.as_str().into(), t)), "test").unwrap();
         let whole = read_all(&file);
         for start in 0..whole.len() {
             for len in 0..=whole.len() - start {
@@ -225,7 +242,7 @@ mod tests {
     fn reading_one_tensor_reads_nothing_of_the_others() {
         let sources: Vec<Arc<Counted>> = (0..3).map(|_| Arc::new(Counted(InMemory(vec![5u8; 1000].into()), 0.into()))).collect();
         let tensors: Vec<Tensor> = sources.iter().enumerate().map(|(i, s)| Tensor::named(&format!("t{i}"), DType::U8, vec![1000], s.clone())).collect();
-        let file = Safetensors::assemble(tensors.iter().map(|t| (t.name.clone(), t)), "test").unwrap();
+        let file = Safetensors::assemble(tensors.iter().map(|t| (t.name.as_str().into(), t)), "test").unwrap();
         let mut buf = vec![0u8; 1000];
         file.read_at(file.header().len() as u64 + 1000, &mut buf).unwrap();
         let counts: Vec<u64> = sources.iter().map(|s| s.1.load(std::sync::atomic::Ordering::Relaxed)).collect();

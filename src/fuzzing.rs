@@ -154,7 +154,7 @@ pub fn parse_npy_header(bytes: &[u8]) -> Result<(String, Vec<u64>), String> {
     if !matches!(bytes[6], 1 | 2) {
         return Err(format!("version {} written", bytes[6]));
     }
-    if bytes.len() % 64 != 0 {
+    if !bytes.len().is_multiple_of(64) {
         return Err(format!("data starts at {}, not a multiple of 64", bytes.len()));
     }
     if bytes.last() != Some(&b'\n') {

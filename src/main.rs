@@ -398,12 +398,15 @@ fn convert(fs: &Fs, ino: wfs::tree::Ino, out: &std::path::Path) -> std::io::Resu
     let tty = std::io::stderr().is_terminal();
     let mut progress = |done: u64, total: u64| {
         if tty {
-            eprint!("\rwfs: converted {} of {} MiB", done >> 20, total >> 20);
+            eprint!("\rwfs: converted {:.1} of {:.1} MiB", done as f64 / (1 << 20) as f64, total as f64 / (1 << 20) as f64);
         }
     };
     let result = if out.as_os_str() == "-" {
-        let mut stdout = std::io::stdout().lock();
-        tools::copy_file_overlapped(fs, ino, &mut stdout, &mut progress).and_then(|_| stdout.flush()).or_else(ignore_closed_pipe)
+        // Standard output's own handle is line-buffered, which splits binary data at newlines:
+        // a duplicate of its descriptor writes each chunk whole.
+        use std::os::fd::AsFd;
+        let stdout = std::io::stdout().as_fd().try_clone_to_owned();
+        stdout.and_then(|fd| tools::copy_file_overlapped(fs, ino, &mut std::fs::File::from(fd), &mut progress).map(|_| ())).or_else(ignore_closed_pipe)
     } else {
         let written = std::fs::File::create(out).and_then(|mut file| tools::copy_file_overlapped(fs, ino, &mut file, &mut progress).map(|_| ()));
         if written.is_err() && std::fs::symlink_metadata(out).is_ok_and(|m| m.is_file()) {

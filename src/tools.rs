@@ -58,19 +58,21 @@ pub fn copy_file_with_progress(fs: &Fs, ino: Ino, out: &mut impl Write, progress
 /// threads, so that they overlap: one large file then takes about as long as the slower side.
 pub fn copy_file_overlapped(fs: &Fs, ino: Ino, out: &mut impl Write, progress: &mut dyn FnMut(u64, u64)) -> io::Result<u64> {
     let total = fs.attr(ino).map_or(0, |a| a.size);
-    // Filled buffers go to the writer (two may wait), emptied ones come back to the reader.
-    let (filled, to_write) = std::sync::mpsc::sync_channel::<io::Result<(Vec<u8>, usize)>>(2);
+    // Three buffers circulate: filled ones go to the writer, emptied ones come back.
+    let (filled, to_write) = std::sync::mpsc::channel::<io::Result<(Vec<u8>, usize)>>();
     let (emptied, to_fill) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..3 {
+        let _ = emptied.send(vec![0u8; READ_SIZE as usize]);
+    }
     std::thread::scope(|scope| {
         scope.spawn(move || {
             let mut offset = 0u64;
-            loop {
-                let mut buf = to_fill.try_recv().unwrap_or_default();
+            // Ends when the file is read, or when the writer has failed and dropped its ends.
+            while let Ok(mut buf) = to_fill.recv() {
                 match fs.read_into(ino, offset, READ_SIZE, &mut buf) {
                     Ok(0) => return,
                     Ok(len) => {
                         offset += len as u64;
-                        // A closed channel means the writer failed and stopped.
                         if filled.send(Ok((buf, len))).is_err() {
                             return;
                         }

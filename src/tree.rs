@@ -5,7 +5,8 @@ use crate::model::{Model, TensorBytes, Tensor};
 use crate::names::{sanitize, sanitize_within, shorten};
 use crate::npy;
 use serde_json::{Map, Value, json};
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 pub type Ino = u64;
@@ -75,6 +76,24 @@ struct TopLevel {
     safetensors: Option<(Ino, Vec<(usize, String)>)>,
 }
 
+/// What building the tree knows about directories: the inode of every raw directory path made
+/// so far (so that links resolve to what was made), and which names are reserved in them.
+struct Dirs {
+    known: HashMap<Vec<String>, Ino>,
+    /// Safe names of the links to come, by raw directory path.
+    link_names: HashMap<Vec<String>, HashSet<String>>,
+    /// Raw paths of the `layers/` directories, whose decimal names are the index links'.
+    layer_dirs: HashSet<Vec<String>>,
+}
+
+impl Dirs {
+    /// True if safe name `name` in raw directory `dir` belongs to a link.
+    fn reserved(&self, dir: &[String], name: &str) -> bool {
+        let decimal = !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit());
+        (decimal && self.layer_dirs.contains(dir)) || self.link_names.get(dir).is_some_and(|n| n.contains(name))
+    }
+}
+
 /// What a tree offers beyond the model's own files.
 #[derive(Clone, Copy, Debug)]
 pub struct TreeOptions {
@@ -121,9 +140,21 @@ impl Tree {
             names: vec![String::new()],
             tensors: Vec::new(),
         };
-        // Safe names of every raw directory path seen, so links resolve to what was made.
-        let mut dir_paths: HashMap<Vec<String>, Ino> = HashMap::new();
-        dir_paths.insert(Vec::new(), ROOT);
+        // Link names are promised, and so are decimal names in `layers/` (`layers/<i>` is the
+        // i-th layer, TREE.md 5, even where the order is unknown and there is no such link): a
+        // directory or file that would take one gets the collision suffix instead.
+        let mut link_names: HashMap<Vec<String>, HashSet<String>> = HashMap::new();
+        for link in &model.links {
+            if let Some((name, dir)) = link.path.split_last() {
+                link_names.entry(dir.to_vec()).or_default().insert(sanitize(name));
+            }
+        }
+        let tops_raw = std::iter::once(Vec::new()).chain(model.parts.iter().map(|p| p.path.clone()));
+        let layer_dirs = tops_raw.map(|mut top| {
+            top.push("layers".into());
+            top
+        });
+        let mut dirs = Dirs { known: HashMap::from([(Vec::new(), ROOT)]), link_names, layer_dirs: layer_dirs.collect() };
 
         // The mount's top level, then each part's (a checkpoint of a directory): each gets an
         // info.json and a tensors.tsv over the tensors below it, filled in once all are placed.
@@ -133,7 +164,7 @@ impl Tree {
         root_info.extend(model.info.iter().map(|(k, v)| (k.clone(), v.clone())));
         let mut tops = Vec::new();
         for (raw, info) in std::iter::once((Vec::new(), root_info)).chain(model.parts.iter().map(|p| (p.path.clone(), p.info.clone()))) {
-            let dir = tree.make_dirs(&mut dir_paths, &raw);
+            let dir = tree.make_dirs(&mut dirs, &raw);
             // A part at the root or at another part's place would give a directory two
             // info.json files: the first top level there keeps its own.
             if tops.iter().any(|t: &TopLevel| t.dir == dir) {
@@ -150,22 +181,22 @@ impl Tree {
         }
 
         for dir in &model.dirs {
-            tree.make_dirs(&mut dir_paths, dir);
+            tree.make_dirs(&mut dirs, dir);
         }
         for file in &model.files {
             let (dir, name) = file.path.split_at(file.path.len().saturating_sub(1));
-            let parent = tree.make_dirs(&mut dir_paths, dir);
+            let parent = tree.make_dirs(&mut dirs, dir);
             let name = name.first().map_or("%00", String::as_str);
-            let safe = tree.unique_name(parent, &sanitize(name), &[""]);
+            let safe = tree.unique_name(parent, &sanitize(name), &[""], &|n| dirs.reserved(dir, n));
             let size = file.bytes.len();
             tree.insert(parent, safe, Node::File { content: Content::Bytes(file.bytes.clone()), size });
         }
         for mut tensor in model.tensors {
             let (dir, name) = tensor.path.split_at(tensor.path.len().saturating_sub(1));
-            let parent = tree.make_dirs(&mut dir_paths, dir);
+            let parent = tree.make_dirs(&mut dirs, dir);
             let name = name.first().map_or("%00", String::as_str);
             let longest_suffix = TENSOR_SUFFIXES.iter().map(|s| s.len()).max().unwrap_or(0);
-            let base = tree.unique_name(parent, &sanitize_within(name, 255 - longest_suffix), &TENSOR_SUFFIXES);
+            let base = tree.unique_name(parent, &sanitize_within(name, 255 - longest_suffix), &TENSOR_SUFFIXES, &|_| false);
             let id = tree.tensors.len();
             let raw_len = tensor.bytes.len();
             let header_len = npy::header(tensor.dtype, &tensor.shape).len() as u64;
@@ -202,7 +233,11 @@ impl Tree {
         for mut top in tops {
             if let Some((ino, keys)) = top.safetensors.take() {
                 let format = top.info.get("format").and_then(Value::as_str).unwrap_or_default();
-                let tensors = keys.into_iter().map(|(id, prefix)| (prefix + &tree.tensors[id].name, &tree.tensors[id]));
+                let tensors = keys.into_iter().map(|(id, prefix)| {
+                    let tensor = &tree.tensors[id];
+                    let key = if prefix.is_empty() { Cow::Borrowed(tensor.name.as_str()) } else { Cow::Owned(prefix + &tensor.name) };
+                    (key, tensor)
+                });
                 match Safetensors::assemble(tensors, format) {
                     Ok(file) => tree.set_content(ino, Arc::new(file)),
                     Err(why) => {
@@ -218,16 +253,16 @@ impl Tree {
         }
 
         for link in &model.links {
-            let Some(&target_ino) = dir_paths.get(&link.target) else {
+            let Some(&target_ino) = dirs.known.get(&link.target) else {
                 continue;
             };
             let target_safe = tree.path_of(target_ino);
             let (dir, name) = link.path.split_at(link.path.len().saturating_sub(1));
-            let parent = tree.make_dirs(&mut dir_paths, dir);
+            let parent = tree.make_dirs(&mut dirs, dir);
             let parent_safe = tree.path_of(parent);
             let target = relative(&parent_safe, &target_safe);
             let name = name.first().map_or("%00", String::as_str);
-            let safe = tree.unique_name(parent, &sanitize(name), &[""]);
+            let safe = tree.unique_name(parent, &sanitize(name), &[""], &|_| false);
             tree.insert(parent, safe, Node::Symlink(target));
         }
         tree
@@ -284,9 +319,15 @@ impl Tree {
         ino
     }
 
-    /// A name not yet used in `parent` for any of `base + suffix`: `base`, `base~2`, ...
-    fn unique_name(&self, parent: Ino, base: &str, suffixes: &[&str]) -> String {
-        let free = |b: &str| suffixes.iter().all(|s| self.lookup(parent, &format!("{b}{s}")).is_none());
+    /// A name neither used in `parent` nor `reserved` for any of `base + suffix`: `base`,
+    /// `base~2`, ...
+    fn unique_name(&self, parent: Ino, base: &str, suffixes: &[&str], reserved: &dyn Fn(&str) -> bool) -> String {
+        let free = |b: &str| {
+            suffixes.iter().all(|s| {
+                let name = format!("{b}{s}");
+                self.lookup(parent, &name).is_none() && !reserved(&name)
+            })
+        };
         if free(base) {
             return base.to_string();
         }
@@ -303,15 +344,15 @@ impl Tree {
     }
 
     /// Returns the directory for raw path `dir`, creating what is missing.
-    fn make_dirs(&mut self, known: &mut HashMap<Vec<String>, Ino>, dir: &[String]) -> Ino {
-        if let Some(&ino) = known.get(dir) {
+    fn make_dirs(&mut self, dirs: &mut Dirs, dir: &[String]) -> Ino {
+        if let Some(&ino) = dirs.known.get(dir) {
             return ino;
         }
-        let parent = self.make_dirs(known, &dir[..dir.len() - 1]);
-        let name = &dir[dir.len() - 1];
-        let safe = self.unique_name(parent, &sanitize(name), &[""]);
+        let (name, above) = dir.split_last().expect("the root is known");
+        let parent = self.make_dirs(dirs, above);
+        let safe = self.unique_name(parent, &sanitize(name), &[""], &|n| dirs.reserved(above, n));
         let ino = self.insert(parent, safe, Node::Dir { entries: Vec::new(), index: None, subdirs: 0 });
-        known.insert(dir.to_vec(), ino);
+        dirs.known.insert(dir.to_vec(), ino);
         ino
     }
 
@@ -435,6 +476,33 @@ mod tests {
             _ => panic!(),
         }
         assert_eq!(relative(&["a".into(), "b".into()], &["a".into(), "c".into()]), "../c");
+    }
+
+    #[test]
+    fn index_links_take_decimal_names_from_layers() {
+        let mut model = Model::default();
+        for (i, name) in ["inp", "..", "1", "3", "plain"].iter().enumerate() {
+            let dir = vec!["layers".to_string(), name.to_string()];
+            model.tensors.push(tensor(&["layers", name, "k"], vec![i as u8], DType::U8, vec![1]));
+            model.links.push(ModelLink { path: vec!["layers".into(), i.to_string()], target: dir });
+        }
+        let tree = Tree::build(model, "src");
+        let link = |i: usize| match tree.node(tree.resolve(&format!("layers/{i}")).unwrap()).unwrap() {
+            Node::Symlink(t) => t.clone(),
+            _ => panic!("layers/{i} is not a link"),
+        };
+        assert_eq!((0..5).map(link).collect::<Vec<_>>(), ["inp", "%2E%2E", "1~2", "3~2", "plain"]);
+        assert!(tree.resolve("layers/1~2/k.npy").is_some() && tree.resolve("layers/3~2/k.npy").is_some());
+
+        // Without index links (the order unknown), a decimal name still never means a layer;
+        // elsewhere it is an ordinary name.
+        let mut model = Model::default();
+        for dir in ["layers", "datasets"] {
+            model.tensors.push(tensor(&[dir, "7", "k"], vec![1], DType::U8, vec![1]));
+        }
+        let tree = Tree::build(model, "src");
+        assert!(tree.resolve("layers/7").is_none() && tree.resolve("layers/7~2/k.npy").is_some());
+        assert!(tree.resolve("datasets/7/k.npy").is_some());
     }
 
     #[test]

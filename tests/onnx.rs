@@ -269,3 +269,21 @@ fn real_models_match_their_oracles() {
         assert_eq!(serde_json::json!(types), part["graph"]["op_types"], "{item}");
     }
 }
+
+/// A model on standard input has no directory: its own initializers mount, external data is
+/// refused rather than looked for beside the working directory.
+#[test]
+fn standard_input() {
+    use std::process::Stdio;
+    let run = |rel: &str| {
+        let file = std::fs::File::open(fixture(rel)).unwrap();
+        wfs().args(["info", "-"]).stdin(Stdio::from(file)).output().unwrap()
+    };
+    let out = run("onnx/typed.onnx");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["tensors"], 27);
+    let out = run("onnx/external_one/model.onnx");
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("external data cannot be found beside a model read from standard input"));
+}

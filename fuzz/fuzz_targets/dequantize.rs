@@ -11,8 +11,8 @@ fuzz_target!(|data: &[u8]| {
         quant.dequantize(data, &mut all);
         let mut short = vec![0f32; all.len() / 2];
         quant.dequantize(data, &mut short);
+        let mut one = vec![0f32; elems];
         for (block, want) in data.chunks_exact(bytes).zip(all.chunks_exact(elems)) {
-            let mut one = vec![0f32; elems];
             quant.dequantize(block, &mut one);
             assert!(one.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()), "{quant:?}");
         }

@@ -61,11 +61,7 @@ impl Archive {
             return Ok(None);
         }
         let name = String::from_utf8_lossy(member.name_raw()).into_owned();
-        let start = member.data_start().ok_or_else(|| OpenError::corrupt(format!("zip member {name}: data not located")))?;
-        let data = self
-            .blob
-            .slice(start, member.compressed_size())
-            .map_err(|_| OpenError::corrupt(format!("zip member {name} extends past the end of the archive")))?;
+        let data = located(&self.blob, &name, member.data_start(), member.compressed_size())?;
         Ok(Some((data, member.size())))
     }
 
@@ -81,11 +77,7 @@ impl Archive {
                 if member.compressed_size() != size {
                     return Err(OpenError::corrupt(format!("zip member {name}: stored size differs from its length")));
                 }
-                // `by_index_raw` has located the data, so its start is known.
-                let start = member.data_start().ok_or_else(|| OpenError::corrupt(format!("zip member {name}: data not located")))?;
-                self.blob
-                    .slice(start, size)
-                    .map_err(|_| OpenError::corrupt(format!("zip member {name} extends past the end of the archive")))
+                located(&self.blob, &name, member.data_start(), size)
             }
             zip::CompressionMethod::Deflated => {
                 drop(member);
@@ -112,4 +104,10 @@ impl Archive {
             other => Err(OpenError::UnknownFormat(format!("zip member {name} uses {other} compression, which wfs cannot read"))),
         }
     }
+}
+
+/// The `len` bytes of a member's data in the archive, from where `by_index_raw` located them.
+fn located(archive: &Blob, name: &str, start: Option<u64>, len: u64) -> Result<Blob, OpenError> {
+    let start = start.ok_or_else(|| OpenError::corrupt(format!("zip member {name}: data not located")))?;
+    archive.slice(start, len).map_err(|_| OpenError::corrupt(format!("zip member {name} extends past the end of the archive")))
 }

@@ -91,11 +91,18 @@ pub fn sniff(blob: &Blob) -> Sniffed {
 
 /// Opens SOURCE (a path) and returns its model.
 pub fn open_path(path: &Path, options: &ReadOptions) -> Result<Model, OpenError> {
-    // A checkpoint prefix names no file itself, so it is recognised before anything is opened.
-    if let Some(prefix) = checkpoint::prefix_of(path) {
+    // A path that exists is mounted as what it is (TREE.md 1); a checkpoint prefix names no
+    // file itself, so it is the reading of a path where nothing exists.
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && checkpoint::is_prefix(path) => {
+            return checkpoint::open_prefix(path);
+        }
+        Err(e) => return Err(OpenError::unreadable(io_reason(&e))),
+    };
+    if let Some(prefix) = checkpoint::prefix_of_index(path) {
         return checkpoint::open_prefix(&prefix);
     }
-    let meta = std::fs::metadata(path).map_err(|e| OpenError::unreadable(io_reason(&e)))?;
     if meta.is_dir() {
         if savedmodel::is_savedmodel_dir(path) {
             return savedmodel::open_dir(path);

@@ -649,7 +649,7 @@ impl Reader {
     fn strings(&mut self, t: &TensorRecord, shape: Vec<u64>, count: u64) -> Result<Resolved, OpenError> {
         let name = t.name.as_str();
         if t.string_data.len() as u64 != count {
-            return Err(corrupt(format!("initializer {name:?}: {} strings, its shape needs {count}", t.string_data.len())));
+            return Err(OpenError::Corrupt(format!("ONNX initializer {name:?}: {} strings, its shape needs {count}", t.string_data.len())));
         }
         let width = t.string_data.iter().map(|&(_, len)| len).max().unwrap_or(0).max(1);
         let total = width.saturating_mul(count);

@@ -683,6 +683,20 @@ mod tests {
     }
 
     #[test]
+    fn infinite_and_nan_scales_propagate() {
+        // Q8_0 with d = +inf: inf·q for q != 0, NaN for q = 0 (inf·0), as in C.
+        let mut block = [0u8; 34];
+        block[..2].copy_from_slice(&0x7C00u16.to_le_bytes());
+        block[2] = 1;
+        block[3] = 0xFF; // -1
+        let y = decode(Quant::Q8_0, &block);
+        assert_eq!((y[0], y[1]), (f32::INFINITY, f32::NEG_INFINITY));
+        assert!(y[2].is_nan());
+        block[..2].copy_from_slice(&0x7E00u16.to_le_bytes());
+        assert!(decode(Quant::Q8_0, &block).iter().all(|v| v.is_nan()));
+    }
+
+    #[test]
     fn scales_of_the_fp4_types() {
         assert_eq!(e8m0_half(127), 0.5);
         assert_eq!(e8m0_half(0), 2f32.powi(-128));
