@@ -25,6 +25,8 @@ impl log::Log for Logger {
         // `wfs umount` ends: its messages count one level lower.
         let level = match record.level() {
             log::Level::Warn if record.target().starts_with("fuser") => log::Level::Info,
+            // rustls reports each failed handshake; the request's own error says it once.
+            _ if record.target().starts_with("rustls") => log::Level::Debug,
             level => level,
         };
         if level > log::max_level() {

@@ -42,7 +42,8 @@ struct Cli {
 /// Where the model comes from, shared by every command that reads one.
 #[derive(Args)]
 struct SourceArgs {
-    /// A model file, a directory (SavedModel, checkpoints), a checkpoint prefix, or - for standard input
+    /// A model file, a directory (SavedModel, checkpoints), a checkpoint prefix, - for standard
+    /// input, or a URL: https://..., s3://BUCKET/KEY, hf://ORG/REPO[@REVISION]/FILE
     source: PathBuf,
     /// Memory for decoded chunks of compressed tensors, e.g. 256M, 2G
     #[arg(long, default_value = "256M", value_parser = parse_size)]
@@ -50,6 +51,24 @@ struct SourceArgs {
     /// Most bytes read from standard input (SOURCE -), held in memory while in use
     #[arg(long, default_value = "4G", value_parser = parse_size)]
     stdin_limit: u64,
+    /// Seconds a request to a remote source may take before it is retried (3 retries)
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout: u64,
+}
+
+impl SourceArgs {
+    /// The source as a URL, if it is one.
+    fn url(&self) -> Option<&str> {
+        self.source.to_str().filter(|s| wfs::remote::is_url(s))
+    }
+
+    /// The source as it may be shown (a URL without its credentials).
+    fn shown(&self) -> String {
+        match self.url() {
+            Some(url) => wfs::remote::redact(url),
+            None => self.source.display().to_string(),
+        }
+    }
 }
 
 /// What the tree offers beyond the model's own files.
@@ -268,6 +287,11 @@ fn open_fs(args: &SourceArgs, options: TreeOptions) -> Result<(&'static Fs, Opti
         let bytes = read_stdin(args.stdin_limit).context("standard input")?;
         let model = formats::open_bytes(bytes, &read_options).context("standard input")?;
         (model, "-".to_string(), None)
+    } else if let Some(url) = args.url() {
+        let remote = wfs::remote::RemoteOptions { timeout: Duration::from_secs(args.timeout), retries: 3 };
+        let shown = args.shown();
+        let model = formats::open_url(url, &read_options, &remote).with_context(|| shown.clone())?;
+        (model, shown, None)
     } else {
         let shown = args.source.display().to_string();
         let source = formats::canonical_source(&args.source)
@@ -286,7 +310,7 @@ fn run(command: Command) -> Result<()> {
         Command::Mount { source, tree, mountpoint, foreground, threads, options, log_file, idle_timeout } => {
             let mut settings = MountSettings {
                 mountpoint: mountpoint.clone(),
-                source_name: source.source.display().to_string(),
+                source_name: source.shown(),
                 foreground,
                 threads: threads as usize,
                 allow_other: false,
@@ -299,6 +323,8 @@ fn run(command: Command) -> Result<()> {
             apply_options(&mut settings, &mut tree_options, &options).map_err(Usage)?;
             settings.mountpoint = daemon::prepare_mountpoint(&mountpoint)?;
             let (fs, modified) = open_fs(&source, tree_options)?;
+            // The daemon forks: the remote requests' threads must not exist at that moment.
+            wfs::remote::quiesce();
             if let Some(t) = modified {
                 settings.owner.time = t;
             }

@@ -1,7 +1,9 @@
 //! Where tensor bytes come from: the source file (checked for changes on every read), memory
-//! (standard input, inflated archive members), or a byte range of either (archive members).
+//! (standard input, inflated archive members), a remote object (read in ranges), or a byte
+//! range of any of them (archive members); and the directory the files beside a source lie in.
 
-use crate::error::ReadError;
+use crate::error::{OpenError, ReadError};
+use crate::remote::{RemoteDir, RemoteObject};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -68,6 +70,7 @@ pub enum Blob {
     /// A `Vec` rather than `[u8]` so that standard input read into a `Vec` is never copied.
     Memory(Arc<Vec<u8>>),
     Slice(Arc<Slice>),
+    Remote(Arc<RemoteObject>),
 }
 
 /// A byte range of a file on disk.
@@ -92,6 +95,7 @@ impl Blob {
             Blob::File(f) => f.len(),
             Blob::Memory(m) => m.len() as u64,
             Blob::Slice(s) => s.len,
+            Blob::Remote(r) => r.len(),
         }
     }
 
@@ -130,6 +134,25 @@ impl Blob {
                 if f.unchanged() { Ok(()) } else { Err(ReadError::SourceChanged) }
             }
             Blob::Slice(s) => s.inner.read_at(s.offset + offset, buf),
+            Blob::Remote(r) => r.read_at(offset, buf),
+        }
+    }
+
+    /// The name of the file that the blob is, local or remote (not of one it is a part of).
+    pub fn file_name(&self) -> Option<String> {
+        match self {
+            Blob::File(f) => f.path().file_name().map(|n| n.to_string_lossy().into_owned()),
+            Blob::Remote(r) => r.file_name(),
+            Blob::Memory(_) | Blob::Slice(_) => None,
+        }
+    }
+
+    /// `true` for bytes on a remote store (read in ranges, never mapped whole).
+    pub fn is_remote(&self) -> bool {
+        match self {
+            Blob::Remote(_) => true,
+            Blob::Slice(s) => s.inner.is_remote(),
+            Blob::File(_) | Blob::Memory(_) => false,
         }
     }
 
@@ -137,7 +160,7 @@ impl Blob {
     pub fn location(&self, offset: u64, len: u64) -> Option<Location> {
         match self {
             Blob::File(f) => Some(Location { file: f.path().to_path_buf(), offset, len }),
-            Blob::Memory(_) => None,
+            Blob::Memory(_) | Blob::Remote(_) => None,
             Blob::Slice(s) => s.inner.location(s.offset + offset, len),
         }
     }
@@ -180,6 +203,41 @@ impl Blob {
                 let ptr = unsafe { whole.ptr.add(s.offset as usize) };
                 Ok(Mapping { ptr, len: s.len as usize, _owner: whole._owner })
             }
+            Blob::Remote(_) => Err(std::io::Error::other("a remote file is read in ranges, never mapped whole")),
+        }
+    }
+}
+
+/// Where the files that belong with a source lie (checkpoint data files, shards): a local
+/// directory or a directory of a remote store. Readers ask it for their sibling files by name.
+#[derive(Clone)]
+pub enum Dir {
+    Local(PathBuf),
+    Remote(Arc<RemoteDir>),
+}
+
+impl Dir {
+    /// Opens the file `name` of this directory; `name` must be a plain file name. The error
+    /// says why, not which file: callers name it as their users know it.
+    pub fn open(&self, name: &str) -> Result<Blob, OpenError> {
+        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+            return Err(OpenError::corrupt(format!("{name:?} is not a file name beside the source")));
+        }
+        match self {
+            Dir::Local(dir) => {
+                let path = dir.join(name);
+                let file = SourceFile::open(&path).map_err(|e| OpenError::unreadable(crate::formats::io_reason(&e)))?;
+                Ok(Blob::File(Arc::new(file)))
+            }
+            Dir::Remote(dir) => Ok(Blob::Remote(dir.open(name)?)),
+        }
+    }
+
+    /// How the file `name` of this directory is shown to users.
+    pub fn shown(&self, name: &str) -> String {
+        match self {
+            Dir::Local(dir) => dir.join(name).display().to_string(),
+            Dir::Remote(dir) => dir.shown(name),
         }
     }
 }

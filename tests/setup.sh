@@ -10,6 +10,9 @@ command -v fusermount3 >/dev/null || missing+=(fuse3)
 command -v cc >/dev/null || missing+=(build-essential)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
 command -v getfattr >/dev/null || missing+=(attr)
+# tests/remote.rs serves fixtures with nginx over HTTP and HTTPS (a certificate made by openssl).
+command -v nginx >/dev/null || missing+=(nginx-light)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -35,6 +38,10 @@ python3 -c 'import safetensors' 2>/dev/null || pip_install safetensors
 
 command -v cargo >/dev/null || { echo "setup: Rust (cargo) is required: https://rustup.rs" >&2; exit 1; }
 [ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing (load the fuse module or run with --device /dev/fuse)" >&2; exit 1; }
+
+# tests/remote.rs serves s3:// with s3s-fs (an S3-compatible server over a directory); 0.14 is
+# the last release that builds with Rust 1.92+.
+command -v s3s-fs >/dev/null || cargo install --locked s3s-fs@0.14.1 --features binary
 
 # The fuzz smoke run (WFS_FUZZ_SMOKE=1, see tests/run.sh) needs cargo-fuzz.
 if [ "${WFS_FUZZ_SMOKE:-0}" = 1 ] && ! command -v cargo-fuzz >/dev/null; then

@@ -8,7 +8,7 @@ use crate::dtype::DType;
 use crate::error::{OpenError, ReadError};
 use crate::model::{Extent, InMemory, Model, ModelLink, Part, Tensor, TensorBytes, path_of};
 use crate::names::split_path;
-use crate::source::{Blob, SourceFile};
+use crate::source::{Blob, Dir, SourceFile};
 use prost::Message;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
@@ -50,10 +50,21 @@ fn index_path(prefix: &Path) -> PathBuf {
 
 /// One checkpoint, mounted at the top.
 pub fn open_prefix(prefix: &Path) -> Result<Model, OpenError> {
+    let (dir, stem) = split_prefix(prefix)?;
+    open_prefix_in(&Dir::Local(dir), &stem)
+}
+
+/// The checkpoint `stem` (`stem.index` + `stem.data-*`) of `dir`, mounted at the top.
+pub fn open_prefix_in(dir: &Dir, stem: &str) -> Result<Model, OpenError> {
     let mut model = Model { format: "tf-checkpoint".into(), ..Model::default() };
     let mut budget = MAX_STRING_TOTAL;
-    model.info = load(prefix, &[], &mut model, &mut budget)?;
+    model.info = load(dir, stem, &[], &mut model, &mut budget)?;
     Ok(model)
+}
+
+fn split_prefix(prefix: &Path) -> Result<(PathBuf, String), OpenError> {
+    let stem = prefix.file_name().and_then(|n| n.to_str()).ok_or_else(|| OpenError::unreadable("checkpoint prefix is not a UTF-8 file name"))?;
+    Ok((prefix.parent().unwrap_or(Path::new(".")).to_path_buf(), stem.to_string()))
 }
 
 /// A directory's checkpoints: `None` if it holds none; one is mounted at the top, several each
@@ -77,7 +88,7 @@ pub fn open_dir(dir: &Path) -> Result<Option<Model>, OpenError> {
                 let mut info = Map::new();
                 info.insert("format".into(), json!("tf-checkpoint"));
                 info.insert("source".into(), json!(dir.join(prefix).display().to_string()));
-                info.extend(load(&dir.join(prefix), &[prefix], &mut model, &mut budget)?);
+                info.extend(load(&Dir::Local(dir.to_path_buf()), prefix, &[prefix], &mut model, &mut budget)?);
                 model.parts.push(Part { path: vec![prefix.clone()], info });
             }
             model.info.insert("checkpoints".into(), json!(prefixes));
@@ -100,15 +111,11 @@ fn latest_in_state_file(dir: &Path) -> Option<String> {
     (!name.is_empty()).then(|| name.to_string())
 }
 
-/// Reads the checkpoint at `prefix` into `model` below `under`; returns its info fields.
-fn load(prefix: &Path, under: &[&str], model: &mut Model, budget: &mut u64) -> Result<Map<String, Value>, OpenError> {
+/// Reads the checkpoint `stem` of `dir` into `model` below `under`; returns its info fields.
+fn load(dir: &Dir, stem: &str, under: &[&str], model: &mut Model, budget: &mut u64) -> Result<Map<String, Value>, OpenError> {
     let mut beside = |suffix: &str| {
-        let mut name = prefix.as_os_str().to_owned();
-        name.push(suffix);
-        let path = PathBuf::from(name);
-        SourceFile::open(&path)
-            .map(|f| Blob::File(Arc::new(f)))
-            .map_err(|e| format!("{}: {}", path.display(), io_reason(&e)))
+        let name = format!("{stem}{suffix}");
+        dir.open(&name).map_err(|e| format!("{}: {e}", dir.shown(&name)))
     };
     load_from(&mut beside, under, model, budget)
 }

@@ -5,6 +5,7 @@ use crate::cache::ChunkCache;
 use crate::dtype::DType;
 use crate::error::{OpenError, ReadError};
 use crate::model::{ByteSwapped, Extent, InMemory, Tensor, TensorBytes};
+use super::h5_driver;
 use crate::source::{Blob, Mapping};
 use hdf5::{Dataset, Group, Location};
 use hdf5_sys::h5::{haddr_t, hsize_t, herr_t};
@@ -42,11 +43,15 @@ pub fn open(path: &std::path::Path) -> Result<hdf5::File, OpenError> {
     hdf5::File::open(path).map_err(|e| OpenError::corrupt(format!("cannot read HDF5 file: {}", first_line(&e.to_string()))))
 }
 
-/// Opens the HDF5 file a blob holds: a whole source file by its path, anything else (an archive
-/// member, standard input) as a file image that libhdf5 parses in place, never copied.
+/// Opens the HDF5 file a blob holds: a whole source file by its path, a remote one through a
+/// driver that reads it in ranges, anything else (an archive member, standard input) as a file
+/// image that libhdf5 parses in place, never copied.
 pub fn open_blob(blob: &Blob) -> Result<hdf5::File, OpenError> {
     if let Blob::File(file) = blob {
         return open(file.path());
+    }
+    if blob.is_remote() {
+        return locked(|| h5_driver::open(blob));
     }
     let image = blob.map().map_err(|e| OpenError::unreadable(format!("cannot map the HDF5 bytes: {e}")))?;
     locked(|| unsafe { open_image(image) })

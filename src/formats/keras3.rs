@@ -12,11 +12,10 @@ use super::keras_h5::{add_layer_dir, layer_name, push_dataset};
 use crate::error::OpenError;
 use crate::model::{Extent, Model, ModelFile};
 use crate::names::split_path;
-use crate::source::{Blob, SourceFile};
+use crate::source::{Blob, Dir};
 use hdf5::{Dataset, Group, LocationType};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 /// Deepest object nesting followed (guards against hostile files).
@@ -86,7 +85,7 @@ pub fn read_archive(mut zip: Archive, options: &ReadOptions) -> Result<Model, Op
 }
 
 /// A sharded weights index (`m.weights.json`) and the shards beside it in `dir`.
-pub fn read_sharded(index: &Blob, dir: Option<&Path>, options: &ReadOptions) -> Result<Model, OpenError> {
+pub fn read_sharded(index: &Blob, dir: Option<&Dir>, options: &ReadOptions) -> Result<Model, OpenError> {
     let not_index = || OpenError::UnknownFormat("JSON file that is not a Keras sharded weights index (no weight_map)".into());
     if index.len() > MAX_JSON {
         return Err(not_index());
@@ -113,16 +112,14 @@ pub fn read_sharded(index: &Blob, dir: Option<&Path>, options: &ReadOptions) -> 
     }
     let mut shards = Vec::new();
     for name in names {
-        if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-            return Err(OpenError::corrupt(format!("shard name {name:?} is not a file beside the index")));
-        }
-        let path = dir.join(name);
-        let source = SourceFile::open(&path).map_err(|e| OpenError::unreadable(format!("shard {name}: {}", super::io_reason(&e))))?;
-        let blob = Blob::File(Arc::new(source));
+        let blob = dir.open(name).map_err(|e| match e {
+            OpenError::Corrupt(_) => OpenError::corrupt(format!("shard name {name:?} is not a file beside the index")),
+            other => OpenError::unreadable(format!("shard {name}: {other}")),
+        })?;
         if super::sniff(&blob) != super::Sniffed::Hdf5 {
             return Err(OpenError::corrupt(format!("shard {name} is not an HDF5 file")));
         }
-        shards.push((h5::open(&path)?, H5Context { blob, cache: options.cache.clone() }));
+        shards.push((h5::open_blob(&blob)?, H5Context { blob, cache: options.cache.clone() }));
     }
     let mut model = Model { format: "keras-weights-sharded".into(), ..Model::default() };
     model.info.insert("shards".into(), json!(shards.len()));

@@ -5,6 +5,7 @@ pub mod bundle;
 pub mod checkpoint;
 pub mod gguf;
 pub mod h5;
+pub mod h5_driver;
 pub mod keras3;
 pub mod keras_h5;
 pub mod numpy;
@@ -17,7 +18,8 @@ pub mod tflite;
 use crate::cache::ChunkCache;
 use crate::error::OpenError;
 use crate::model::Model;
-use crate::source::{Blob, SourceFile};
+use crate::remote::{RemoteOptions, RemoteSource};
+use crate::source::{Blob, Dir, SourceFile};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -109,7 +111,25 @@ pub fn open_path(path: &Path, options: &ReadOptions) -> Result<Model, OpenError>
             .ok_or_else(|| OpenError::UnknownFormat("directory holds no model wfs can read".into()));
     }
     let file = SourceFile::open(path).map_err(|e| OpenError::unreadable(io_reason(&e)))?;
-    open_blob(&Blob::File(Arc::new(file)), path.parent(), options)
+    open_blob(&Blob::File(Arc::new(file)), path.parent().map(|p| Dir::Local(p.to_path_buf())).as_ref(), options)
+}
+
+/// Opens a remote SOURCE (`https://`, `s3://`, `hf://`): a model file, a checkpoint's
+/// `.index` or its prefix, with the files that belong with it found beside it.
+pub fn open_url(url: &str, options: &ReadOptions, remote: &RemoteOptions) -> Result<Model, OpenError> {
+    let source = RemoteSource::parse(url, remote, options.cache.clone())?;
+    let dir = Dir::Remote(source.dir.clone());
+    if let Some(stem) = source.name.strip_suffix(".index") {
+        return checkpoint::open_prefix_in(&dir, stem);
+    }
+    match source.dir.open(&source.name) {
+        Ok(object) => open_blob(&Blob::Remote(object), Some(&dir), options),
+        // A checkpoint prefix names no object itself.
+        Err(missing) => match source.dir.open(&format!("{}.index", source.name)) {
+            Ok(_) => checkpoint::open_prefix_in(&dir, &source.name),
+            Err(_) => Err(missing),
+        },
+    }
 }
 
 /// Opens a model held in memory (standard input): every format a file may hold, except those
@@ -119,7 +139,7 @@ pub fn open_bytes(bytes: Vec<u8>, options: &ReadOptions) -> Result<Model, OpenEr
 }
 
 /// `dir` is where files that belong with the source lie (the shards of a sharded index).
-fn open_blob(blob: &Blob, dir: Option<&Path>, options: &ReadOptions) -> Result<Model, OpenError> {
+fn open_blob(blob: &Blob, dir: Option<&Dir>, options: &ReadOptions) -> Result<Model, OpenError> {
     match sniff(blob) {
         Sniffed::Hdf5 => {
             let file = h5::open_blob(blob)?;

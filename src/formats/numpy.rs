@@ -18,7 +18,7 @@ use std::sync::Arc;
 /// A lone `.npy` file: one tensor named after the file (`array` when it has no name, on
 /// standard input).
 pub fn read_npy(blob: &Blob) -> Result<Model, OpenError> {
-    let file_name = blob.location(0, 0).and_then(|l| l.file.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let file_name = blob.file_name();
     let name = file_name.as_deref().map_or("array", |n| n.strip_suffix(".npy").unwrap_or(n));
     let stored = Stored(blob.clone());
     let (tensor, header) = array(name, &stored).map_err(|why| OpenError::corrupt(format!("npy: {why}")))?;

@@ -14,11 +14,11 @@ use super::io_reason;
 use crate::dtype::DType;
 use crate::error::{OpenError, ReadError};
 use crate::model::{Extent, InMemory, Model, Tensor, TensorBytes};
-use crate::source::{Blob, SourceFile};
+use crate::source::{Blob, Dir, SourceFile};
 use prost::Message;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 use std::sync::Arc;
 
 /// Bytes of tensor data decoded at mount (typed fields, strings, sparse indices), all tensors
@@ -65,10 +65,10 @@ pub fn sniff(blob: &Blob) -> bool {
 
 /// An ONNX model; `dir` is the model's directory, where external data files must lie (`None`
 /// for a model read from standard input, which can then have none).
-pub fn read(blob: &Blob, dir: Option<&Path>) -> Result<Model, OpenError> {
+pub fn read(blob: &Blob, dir: Option<&Dir>) -> Result<Model, OpenError> {
     let mut reader = Reader {
         src: Paged::new(blob),
-        dir: dir.map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d }.to_path_buf()),
+        dir: dir.cloned(),
         external: HashMap::new(),
         decoded_budget: MAX_DECODED,
         text_budget: MAX_TEXT,
@@ -299,7 +299,7 @@ type Resolved = (DType, Vec<u64>, Arc<dyn TensorBytes>);
 
 struct Reader {
     src: Paged,
-    dir: Option<PathBuf>,
+    dir: Option<Dir>,
     /// External data files opened so far, by their `location`.
     external: HashMap<String, Blob>,
     decoded_budget: u64,
@@ -690,7 +690,12 @@ impl Reader {
     }
 
     fn open_external(&self, location: &str) -> Result<Blob, String> {
-        let dir = self.dir.as_ref().ok_or("external data cannot be found beside a model read from standard input")?;
+        let dir = match self.dir.as_ref().ok_or("external data cannot be found beside a model read from standard input")? {
+            Dir::Local(dir) if dir.as_os_str().is_empty() => Path::new("."),
+            Dir::Local(dir) => dir.as_path(),
+            // A remote directory has files, not subdirectories: plain names only.
+            remote @ Dir::Remote(_) => return remote.open(location).map_err(|e| format!("external data file {location}: {e}")),
+        };
         let leaves = || format!("external data location {location:?} leaves the model's directory");
         let rel = Path::new(location);
         if location.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)) {

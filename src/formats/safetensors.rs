@@ -4,13 +4,11 @@
 //! reference reader's validation rules (FORMATS.md 6.1.2) are enforced: a refusal names the
 //! rule, as the reference reader's error does.
 
-use super::io_reason;
 use crate::dtype::DType;
 use crate::error::OpenError;
 use crate::model::{Extent, Model, Tensor};
-use crate::source::{Blob, SourceFile};
+use crate::source::{Blob, Dir};
 use serde_json::{Map, Value, json};
-use std::path::Path;
 use std::sync::Arc;
 
 /// The reference reader refuses longer headers.
@@ -172,24 +170,14 @@ fn weight_map(index: &Blob) -> Result<(Value, Vec<String>), OpenError> {
 
 /// True if `index` is a sharded safetensors index: its `weight_map` names a shard beside it
 /// (in `dir`) that is a safetensors file (a Keras sharded `.weights.json` names HDF5 shards).
-pub fn indexes_safetensors(index: &Blob, dir: &Path) -> bool {
+pub fn indexes_safetensors(index: &Blob, dir: &Dir) -> bool {
     let Ok((_, shards)) = weight_map(index) else { return false };
-    shards.first().and_then(|name| shard_path(dir, name).ok()).and_then(|path| SourceFile::open(&path).ok()).is_some_and(|file| {
-        super::sniff(&Blob::File(Arc::new(file))) == super::Sniffed::Safetensors
-    })
-}
-
-/// `dir/name` for a shard name that names a file beside the index, nothing else.
-fn shard_path(dir: &Path, name: &str) -> Result<std::path::PathBuf, OpenError> {
-    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
-        return Err(OpenError::corrupt(format!("safetensors index: shard name {name:?} is not a file beside the index")));
-    }
-    Ok(dir.join(name))
+    shards.first().and_then(|name| dir.open(name).ok()).is_some_and(|blob| super::sniff(&blob) == super::Sniffed::Safetensors)
 }
 
 /// A sharded model: the index and the shards beside it in `dir`, as one tree. Every tensor of
 /// every shard must be listed in the index, in that shard (FORMATS.md 6.1.3).
-pub fn read_sharded(index: &Blob, dir: &Path) -> Result<Model, OpenError> {
+pub fn read_sharded(index: &Blob, dir: &Dir) -> Result<Model, OpenError> {
     let (json, mut shard_names) = weight_map(index)?;
     shard_names.sort();
     let mut model = Model { format: "safetensors-sharded".into(), ..Model::default() };
@@ -199,9 +187,10 @@ pub fn read_sharded(index: &Blob, dir: &Path) -> Result<Model, OpenError> {
     let mut found: std::collections::HashMap<String, Tensor> = std::collections::HashMap::new();
     let mut shards_info = Vec::new();
     for name in &shard_names {
-        let path = shard_path(dir, name)?;
-        let file = SourceFile::open(&path).map_err(|e| OpenError::unreadable(format!("shard {name}: {}", io_reason(&e))))?;
-        let blob = Blob::File(Arc::new(file));
+        let blob = dir.open(name).map_err(|e| match e {
+            OpenError::Corrupt(_) => OpenError::corrupt(format!("safetensors index: shard name {name:?} is not a file beside the index")),
+            other => OpenError::unreadable(format!("shard {name}: {other}")),
+        })?;
         let in_shard = |e: OpenError| match e {
             OpenError::Corrupt(why) => OpenError::Corrupt(format!("shard {name}: {why}")),
             other => other,

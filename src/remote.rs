@@ -1,0 +1,573 @@
+//! Models on web servers, S3 and the Hugging Face Hub (TREE.md 9), read in byte ranges.
+//!
+//! Requests go through `object_store` (HTTP, S3 signing, retries with backoff, timeouts,
+//! redirects). Fetched ranges are 1 MiB blocks in the shared [`ChunkCache`] (`--cache-size`),
+//! loaded once however many readers want them; a sequential reader gets the next blocks
+//! fetched ahead, several requests at once. Every object is pinned at mount to the size and
+//! ETag it had then: a response for anything else fails the read rather than mixing versions.
+//!
+//! The runtime that drives the requests is owned here and started on first use; [`quiesce`]
+//! stops it (and drops every connection) so that the mount daemon can fork single-threaded.
+
+use crate::cache::ChunkCache;
+use crate::error::{OpenError, ReadError};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::http::HttpBuilder;
+use object_store::path::Path as StorePath;
+use object_store::{BackoffConfig, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, RetryConfig};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// Bytes fetched per request and cached per entry.
+const BLOCK: u64 = 1 << 20;
+/// Blocks fetched ahead of a sequential reader (requests in flight at once).
+const READAHEAD_BLOCKS: u64 = 16;
+
+/// How requests behave.
+#[derive(Clone, Debug)]
+pub struct RemoteOptions {
+    /// Longest a request may take before it is retried (and the read fails once retries run out).
+    pub timeout: Duration,
+    /// Retries of a failed request, with exponential backoff.
+    pub retries: usize,
+}
+
+/// `true` for a source that names a remote object rather than a local path.
+pub fn is_url(source: &str) -> bool {
+    ["http://", "https://", "s3://", "hf://"].iter().any(|scheme| source.starts_with(scheme))
+}
+
+/// The URL as it may be shown (messages, `info.json`, the mount table): without user info and
+/// query string, where credentials and signed tokens live.
+pub fn redact(source: &str) -> String {
+    let (without_query, _) = source.split_once(['?', '#']).unwrap_or((source, ""));
+    let Some((scheme, rest)) = without_query.split_once("://") else { return without_query.to_string() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}{path}")
+}
+
+// ---- runtime -------------------------------------------------------------------------------
+
+static RUNTIME: Mutex<Option<tokio::runtime::Runtime>> = Mutex::new(None);
+/// Bumped by [`quiesce`]: clients made before it belong to a stopped runtime.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+fn handle() -> Result<tokio::runtime::Handle, ReadError> {
+    // Readahead tasks run on the runtime's own threads: they keep to the runtime they began in.
+    if let Ok(current) = tokio::runtime::Handle::try_current() {
+        return Ok(current);
+    }
+    let mut runtime = RUNTIME.lock().unwrap();
+    if runtime.is_none() {
+        *runtime = Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .max_blocking_threads(4 * READAHEAD_BLOCKS as usize)
+                .thread_name("wfs-remote")
+                .enable_all()
+                .build()?,
+        );
+    }
+    Ok(runtime.as_ref().expect("just set").handle().clone())
+}
+
+/// Readahead tasks still running: the runtime stops only once they are done, since a request
+/// cut off by the runtime's shutdown would fail inside the cache's loader.
+static READAHEADS: Mutex<usize> = Mutex::new(0);
+static READAHEAD_DONE: Condvar = Condvar::new();
+
+/// Counts one readahead task while it lives.
+struct Readahead;
+
+impl Readahead {
+    fn start() -> Readahead {
+        *READAHEADS.lock().unwrap() += 1;
+        Readahead
+    }
+}
+
+impl Drop for Readahead {
+    fn drop(&mut self) {
+        *READAHEADS.lock().unwrap() -= 1;
+        READAHEAD_DONE.notify_all();
+    }
+}
+
+/// Stops the request runtime and its threads (before the mount daemon forks), once its
+/// readahead is done; the next request starts a new one with new connections.
+pub fn quiesce() {
+    drop(READAHEAD_DONE.wait_while(READAHEADS.lock().unwrap(), |running| *running > 0).unwrap());
+    let runtime = RUNTIME.lock().unwrap().take();
+    GENERATION.fetch_add(1, Ordering::SeqCst);
+    if let Some(runtime) = runtime {
+        runtime.shutdown_timeout(Duration::from_secs(5));
+    }
+}
+
+// ---- stores --------------------------------------------------------------------------------
+
+/// Which service a store talks to, with what it needs to (re)build its client.
+#[derive(Debug)]
+enum Service {
+    /// A web server (also the Hub): `base` is `scheme://host[:port][/path]`.
+    Http { base: String, headers: HeaderMap },
+    S3 { bucket: String },
+}
+
+/// One server or bucket, its client and the cache its objects' blocks go to.
+pub struct Store {
+    service: Service,
+    options: RemoteOptions,
+    cache: Arc<ChunkCache>,
+    client: Mutex<Option<(u64, Arc<dyn ObjectStore>)>>,
+}
+
+impl Store {
+    fn new(service: Service, options: &RemoteOptions, cache: Arc<ChunkCache>) -> Arc<Store> {
+        Arc::new(Store { service, options: options.clone(), cache, client: Mutex::new(None) })
+    }
+
+    /// The client of the current runtime generation, built on first use.
+    fn client(&self) -> Result<Arc<dyn ObjectStore>, ReadError> {
+        let generation = GENERATION.load(Ordering::SeqCst);
+        let mut client = self.client.lock().unwrap();
+        if let Some((_, c)) = client.as_ref().filter(|(built, _)| *built == generation) {
+            return Ok(c.clone());
+        }
+        let built = self.build().map_err(|e| ReadError::Io(std::io::Error::other(reason(&e))))?;
+        *client = Some((generation, built.clone()));
+        Ok(built)
+    }
+
+    fn build(&self) -> object_store::Result<Arc<dyn ObjectStore>> {
+        // rustls needs a process-wide crypto provider; a second install is a harmless no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let timeout = self.options.timeout;
+        let client = ClientOptions::new().with_timeout(timeout).with_connect_timeout(timeout).with_allow_http(true);
+        let retry = RetryConfig {
+            backoff: BackoffConfig { init_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(2), base: 2.0 },
+            max_retries: self.options.retries,
+            retry_timeout: timeout.saturating_mul(self.options.retries as u32 + 1),
+        };
+        Ok(match &self.service {
+            Service::Http { base, headers } => Arc::new(
+                HttpBuilder::new()
+                    .with_url(base.as_str())
+                    .with_client_options(client.with_default_headers(headers.clone()))
+                    .with_retry(retry)
+                    .build()?,
+            ),
+            Service::S3 { bucket } => {
+                let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                for (key, value) in aws_profile() {
+                    builder = builder.with_config(key, value);
+                }
+                Arc::new(builder.with_client_options(client).with_retry(retry).build()?)
+            }
+        })
+    }
+
+    fn block_on<T>(&self, request: impl AsyncFnOnce(Arc<dyn ObjectStore>) -> Result<T, ReadError>) -> Result<T, ReadError> {
+        let client = self.client()?;
+        handle()?.block_on(request(client))
+    }
+}
+
+/// Settings of the AWS profile (`AWS_PROFILE`, else `default`) from the shared config and
+/// credentials files, for what the environment does not set itself.
+fn aws_profile() -> Vec<(AmazonS3ConfigKey, String)> {
+    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_default();
+    let file = |var: &str, name: &str| std::env::var_os(var).map(std::path::PathBuf::from).unwrap_or_else(|| home.join(".aws").join(name));
+    // The config file names sections `[profile NAME]` (except `[default]`), credentials `[NAME]`.
+    let config_section = if profile == "default" { profile.clone() } else { format!("profile {profile}") };
+    let mut settings = ini_section(&file("AWS_SHARED_CREDENTIALS_FILE", "credentials"), &profile);
+    settings.extend(ini_section(&file("AWS_CONFIG_FILE", "config"), &config_section));
+    let mut out = Vec::new();
+    for (name, value) in settings {
+        let (key, env): (_, &[&str]) = match name.as_str() {
+            "aws_access_key_id" => (AmazonS3ConfigKey::AccessKeyId, &["AWS_ACCESS_KEY_ID"]),
+            "aws_secret_access_key" => (AmazonS3ConfigKey::SecretAccessKey, &["AWS_SECRET_ACCESS_KEY"]),
+            "aws_session_token" => (AmazonS3ConfigKey::Token, &["AWS_SESSION_TOKEN"]),
+            "region" => (AmazonS3ConfigKey::Region, &["AWS_REGION", "AWS_DEFAULT_REGION"]),
+            "endpoint_url" => (AmazonS3ConfigKey::Endpoint, &["AWS_ENDPOINT_URL", "AWS_ENDPOINT"]),
+            _ => continue,
+        };
+        if env.iter().all(|var| std::env::var_os(var).is_none()) && !out.iter().any(|(k, _)| *k == key) {
+            out.push((key, value));
+        }
+    }
+    out
+}
+
+/// `key = value` lines of section `[name]` of an INI file (empty if the file or section is missing).
+fn ini_section(path: &std::path::Path, name: &str) -> Vec<(String, String)> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    let mut inside = false;
+    let mut found = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = section.trim() == name;
+        } else if let (true, Some((key, value))) = (inside, line.split_once('=')) {
+            found.push((key.trim().to_ascii_lowercase(), value.trim().to_string()));
+        }
+    }
+    found
+}
+
+// ---- objects -------------------------------------------------------------------------------
+
+/// One remote file, pinned to its size and ETag at mount.
+pub struct RemoteObject {
+    store: Arc<Store>,
+    path: StorePath,
+    shown: String,
+    size: u64,
+    etag: Option<String>,
+    /// The object's blocks in the cache are keyed `(id, block number)`.
+    id: u64,
+    /// The run of sequential reads the last read ended.
+    run: Mutex<Run>,
+    /// Blocks below this were already handed to readahead.
+    ahead: AtomicU64,
+}
+
+/// Consecutive reads `[start, end)` of one object.
+struct Run {
+    start: u64,
+    end: u64,
+}
+
+impl std::fmt::Debug for RemoteObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteObject").field("shown", &self.shown).field("size", &self.size).finish()
+    }
+}
+
+impl RemoteObject {
+    /// Looks the object up and reads its first block, which also proves that the server
+    /// answers ranged requests with ranges.
+    fn open(store: &Arc<Store>, path: StorePath, shown: String) -> Result<Arc<RemoteObject>, OpenError> {
+        let unreadable = |e: ReadError| OpenError::unreadable(match e {
+            ReadError::Io(e) => e.to_string(),
+            other => other.to_string(),
+        });
+        let meta = store.block_on(async |c| c.head(&path).await.map_err(head_error)).map_err(unreadable)?;
+        let object = Arc::new(RemoteObject {
+            store: store.clone(),
+            path,
+            shown,
+            size: meta.size,
+            etag: meta.e_tag,
+            id: store.cache.new_id(),
+            run: Mutex::new(Run { start: 0, end: u64::MAX }),
+            ahead: AtomicU64::new(0),
+        });
+        if object.size > 0 {
+            object.block(0).map_err(unreadable)?;
+        }
+        Ok(object)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.size
+    }
+
+    /// The object's name: the last part of its path.
+    pub fn file_name(&self) -> Option<String> {
+        self.path.filename().map(str::to_string)
+    }
+
+    /// Fills `buf` from `offset` (the caller checked the range against [`Self::len`]).
+    pub fn read_at(self: &Arc<Self>, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let end = offset + buf.len() as u64;
+        let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
+        // Readahead once a sequential run is a block long: metadata reads, however
+        // sequential, are short and fetch nothing ahead.
+        let run_length = {
+            let mut run = self.run.lock().unwrap();
+            if run.end != offset {
+                run.start = offset;
+            }
+            run.end = end;
+            end - run.start
+        };
+        if run_length >= BLOCK {
+            self.read_ahead(last + 1)?;
+        }
+        // The blocks after the first are fetched at the same time, each by its own thread.
+        let blocks: Vec<Arc<[u8]>> = std::thread::scope(|scope| {
+            let rest: Vec<_> = (first + 1..=last).map(|n| scope.spawn(move || self.block(n))).collect();
+            let mut blocks = vec![self.block(first)?];
+            for fetch in rest {
+                blocks.push(fetch.join().map_err(|_| ReadError::Io(std::io::Error::other("block fetch panicked")))??);
+            }
+            Ok::<_, ReadError>(blocks)
+        })?;
+        let mut filled = 0usize;
+        for (n, block) in (first..).zip(&blocks) {
+            let from = (offset + filled as u64 - n * BLOCK) as usize;
+            let take = (block.len() - from).min(buf.len() - filled);
+            buf[filled..filled + take].copy_from_slice(&block[from..from + take]);
+            filled += take;
+        }
+        Ok(())
+    }
+
+    fn block_count(&self) -> u64 {
+        self.size.div_ceil(BLOCK)
+    }
+
+    /// Starts fetching the blocks from `next` on that are not yet cached or on their way.
+    fn read_ahead(self: &Arc<Self>, next: u64) -> Result<(), ReadError> {
+        let until = (next + READAHEAD_BLOCKS).min(self.block_count());
+        let ahead = self.ahead.swap(until, Ordering::Relaxed);
+        let start = if (next..until).contains(&ahead) { ahead } else { next };
+        let handle = handle()?;
+        for n in start..until {
+            let object = self.clone();
+            let counted = Readahead::start();
+            // Failures are not cached: the reader that needs the block fetches it again.
+            handle.spawn_blocking(move || {
+                let _counted = counted;
+                object.block(n)
+            });
+        }
+        Ok(())
+    }
+
+    /// Block `n`, from the cache or fetched (once, however many readers ask at the same time).
+    fn block(&self, n: u64) -> Result<Arc<[u8]>, ReadError> {
+        let start = n * BLOCK;
+        let end = (start + BLOCK).min(self.size);
+        self.store.cache.get_or_load((self.id, n), || {
+            self.store.block_on(async |client| {
+                // A weak ETag cannot be matched strongly; the ETag of the answer is compared anyway.
+                let if_match = self.etag.clone().filter(|e| !e.starts_with("W/"));
+                let options = GetOptions { range: Some((start..end).into()), if_match, ..GetOptions::default() };
+                let answer = client.get_opts(&self.path, options).await.map_err(read_error)?;
+                if answer.meta.size != self.size || (self.etag.is_some() && answer.meta.e_tag != self.etag) {
+                    return Err(ReadError::SourceChanged);
+                }
+                let bytes = answer.bytes().await.map_err(read_error)?;
+                if bytes.len() as u64 != end - start {
+                    return Err(ReadError::SourceChanged);
+                }
+                Ok(Arc::<[u8]>::from(&bytes[..]))
+            })
+        })
+    }
+}
+
+fn head_error(e: object_store::Error) -> ReadError {
+    match e {
+        object_store::Error::NotFound { .. } => ReadError::Io(std::io::Error::new(std::io::ErrorKind::NotFound, "not found")),
+        other => ReadError::Io(std::io::Error::other(reason(&other))),
+    }
+}
+
+fn read_error(e: object_store::Error) -> ReadError {
+    match e {
+        object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. } => ReadError::SourceChanged,
+        other => ReadError::Io(std::io::Error::other(reason(&other))),
+    }
+}
+
+/// A request failure in one line. The URLs in it carry no secrets: user info and query
+/// strings never reach the client, and tokens travel in headers.
+fn reason(e: &object_store::Error) -> String {
+    if matches!(e, object_store::Error::NotSupported { .. }) {
+        return "the server ignores Range requests (wfs reads remote files in ranges and never downloads them whole)".into();
+    }
+    let mut text = e.to_string();
+    // The underlying causes say more than the wrapper's first words.
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text.lines().map(str::trim).collect::<Vec<_>>().join(" ")
+}
+
+// ---- URLs and directories ------------------------------------------------------------------
+
+/// The files beside a remote object: a store and a directory in it.
+pub struct RemoteDir {
+    store: Arc<Store>,
+    /// Segments of the directory's path in the store.
+    dir: Vec<String>,
+    /// The directory's URL as shown (ends in `/`).
+    shown: String,
+}
+
+impl RemoteDir {
+    /// Opens the file `name` of this directory (a plain name, checked by the caller).
+    pub fn open(&self, name: &str) -> Result<Arc<RemoteObject>, OpenError> {
+        let path = StorePath::from_iter(self.dir.iter().map(String::as_str).chain([name]));
+        RemoteObject::open(&self.store, path, self.shown(name))
+    }
+
+    /// How `name` in this directory is shown.
+    pub fn shown(&self, name: &str) -> String {
+        format!("{}{name}", self.shown)
+    }
+}
+
+/// A remote source: its directory and file name there.
+pub struct RemoteSource {
+    pub dir: Arc<RemoteDir>,
+    pub name: String,
+}
+
+impl RemoteSource {
+    /// Parses `http(s)://`, `s3://bucket/key` and `hf://org/repo[@rev]/path`.
+    pub fn parse(source: &str, options: &RemoteOptions, cache: Arc<ChunkCache>) -> Result<RemoteSource, OpenError> {
+        let bad = |why: &str| OpenError::unreadable(format!("not a usable URL: {why}"));
+        let url = url::Url::parse(source).map_err(|e| bad(&e.to_string()))?;
+        let mut segments: Vec<String> = url
+            .path_segments()
+            .map(|s| s.map(percent_decode).collect::<Result<_, _>>())
+            .transpose()
+            .map_err(|_| bad("the path is not UTF-8"))?
+            .unwrap_or_default();
+        let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| bad("no host"))?.to_string();
+        let (service, shown_base) = match url.scheme() {
+            "http" | "https" => {
+                let mut headers = HeaderMap::new();
+                if !url.username().is_empty() {
+                    let user = percent_decode(url.username()).map_err(|_| bad("user name is not UTF-8"))?;
+                    let password = percent_decode(url.password().unwrap_or_default()).map_err(|_| bad("password is not UTF-8"))?;
+                    headers.insert(AUTHORIZATION, secret_header(&format!("Basic {}", base64(format!("{user}:{password}").as_bytes())))?);
+                }
+                let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+                let base = format!("{}://{host}{port}", url.scheme());
+                (Service::Http { base: base.clone(), headers }, base)
+            }
+            "s3" => (Service::S3 { bucket: host.clone() }, format!("s3://{host}")),
+            "hf" => {
+                let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
+                let endpoint = endpoint.trim_end_matches('/').to_string();
+                let mut headers = HeaderMap::new();
+                if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()) {
+                    headers.insert(AUTHORIZATION, secret_header(&format!("Bearer {token}"))?);
+                }
+                // hf://org/repo@rev/path: the host is the organisation.
+                if segments.len() < 2 {
+                    return Err(bad("expected hf://ORG/REPO[@REVISION]/FILE"));
+                }
+                let repo_rev = segments.remove(0);
+                let (repo, rev) = repo_rev.split_once('@').unwrap_or((&repo_rev, "main"));
+                if repo.is_empty() || rev.is_empty() {
+                    return Err(bad("expected hf://ORG/REPO[@REVISION]/FILE"));
+                }
+                let shown = format!("hf://{host}/{repo_rev}");
+                let mut path = vec![host.clone(), repo.to_string(), "resolve".into(), rev.to_string()];
+                path.append(&mut segments);
+                segments = path;
+                (Service::Http { base: redact(&endpoint), headers }, shown)
+            }
+            other => return Err(bad(&format!("unknown scheme {other}"))),
+        };
+        let name = segments.pop().unwrap_or_default();
+        // What is shown of the directory: the user's form, from the prefix of segments it added.
+        let shown_dir = match url.scheme() {
+            "hf" => format!("{shown_base}/{}", segments[4..].iter().map(|s| format!("{s}/")).collect::<String>()),
+            _ => format!("{shown_base}/{}", segments.iter().map(|s| format!("{s}/")).collect::<String>()),
+        };
+        let store = Store::new(service, options, cache);
+        Ok(RemoteSource { dir: Arc::new(RemoteDir { store, dir: segments, shown: shown_dir }), name })
+    }
+}
+
+fn secret_header(value: &str) -> Result<HeaderValue, OpenError> {
+    let mut header = HeaderValue::from_str(value).map_err(|_| OpenError::unreadable("credentials hold characters a header cannot"))?;
+    header.set_sensitive(true);
+    Ok(header)
+}
+
+fn percent_decode(s: &str) -> Result<String, std::string::FromUtf8Error> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out)
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() { ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_not_shown() {
+        assert_eq!(redact("https://user:pw@host:8443/a/b.h5?X-Amz-Signature=abc#frag"), "https://host:8443/a/b.h5");
+        assert_eq!(redact("https://host/a@b/c"), "https://host/a@b/c");
+        assert_eq!(redact("s3://bucket/key"), "s3://bucket/key");
+    }
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        for (plain, coded) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")] {
+            assert_eq!(base64(plain.as_bytes()), coded);
+        }
+    }
+
+    #[test]
+    fn urls_name_directory_and_file() {
+        let options = RemoteOptions { timeout: Duration::from_secs(1), retries: 0 };
+        let cache = Arc::new(ChunkCache::new(1 << 20));
+        let s = RemoteSource::parse("https://u:p@h:1/d/e%20f/m.h5?t=1", &options, cache.clone()).unwrap();
+        assert_eq!((s.dir.dir.clone(), s.name.as_str(), s.dir.shown("x")), (vec!["d".to_string(), "e f".into()], "m.h5", "https://h:1/d/e f/x".into()));
+        assert!(matches!(&s.dir.store.service, Service::Http { headers, .. } if headers[AUTHORIZATION].is_sensitive()));
+        let s = RemoteSource::parse("hf://org/repo@v1/sub/w.safetensors", &options, cache.clone()).unwrap();
+        assert_eq!(s.dir.dir, ["org", "repo", "resolve", "v1", "sub"]);
+        assert_eq!(s.dir.shown("w"), "hf://org/repo@v1/sub/w");
+        let s = RemoteSource::parse("s3://bucket/k/ckpt.index", &options, cache.clone()).unwrap();
+        assert_eq!((s.dir.dir.clone(), s.name.as_str()), (vec!["k".to_string()], "ckpt.index"));
+        for bad in ["hf://org", "s3:///key", "ftp://h/x"] {
+            assert!(RemoteSource::parse(bad, &options, cache.clone()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn profile_sections_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credentials");
+        std::fs::write(&path, "[other]\naws_access_key_id = NO\n[default]\naws_access_key_id = AKIA\n aws_secret_access_key=s3cr3t \n").unwrap();
+        assert_eq!(ini_section(&path, "default"), [("aws_access_key_id".to_string(), "AKIA".to_string()), ("aws_secret_access_key".into(), "s3cr3t".into())]);
+        assert!(ini_section(&path, "missing").is_empty());
+    }
+}

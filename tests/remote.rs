@@ -1,0 +1,598 @@
+//! Remote sources (TREE.md 9) against real servers started here on 127.0.0.1: nginx over HTTP
+//! and HTTPS (also laid out as a Hugging Face Hub repository), s3s-fs for S3, and a small
+//! fault-injecting proxy in front of nginx. Every remote mount must give the same tree, byte
+//! for byte, as the local mount of the same files.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The fixtures served, as paths below tests/fixtures, with the file or prefix mounted.
+const SERVED: &[&str] = &["ckpt/sharded", "ckpt/tf1_saver", "ckpt/tf2_dtypes", "ckpt/tf2_keras", "savedmodel/tf_module.zip", "savedmodel/tfk_deflated.zip", "h5", "keras3", "safetensors", "onnx", "gguf", "tflite", "numpy"];
+const MOUNTED: &[&str] = &[
+    "h5/k2_functional.h5",
+    "h5/k2_sequential.h5",
+    "h5/k2_weights.h5",
+    "h5/k3_legacy.h5",
+    "h5/plain_data.h5",
+    "h5/v_bigendian.h5",
+    "h5/v_compact.h5",
+    "h5/v_fletcher_lzf.h5",
+    "h5/v_float16.h5",
+    "h5/v_gzip_shuffle.h5",
+    "h5/v_latest.h5",
+    "h5/v_unallocated.h5",
+    "h5/v_userblock.h5",
+    "keras3/k3_deflated.keras",
+    "keras3/k3_functional.keras",
+    "keras3/k3_mixed.keras",
+    "keras3/k3_sharded.weights.json",
+    "keras3/k3_sub.weights.h5",
+    "safetensors/all_dtypes.safetensors",
+    "safetensors/float6.safetensors",
+    "safetensors/sharded/model.safetensors.index.json",
+    "onnx/external_one/model.onnx",
+    "onnx/external_per/model.onnx",
+    "onnx/raw.onnx",
+    "onnx/sparse.onnx",
+    "onnx/typed.onnx",
+    "gguf/align64.gguf",
+    "gguf/all_types.gguf",
+    "gguf/big_endian.gguf",
+    "gguf/handmade.gguf",
+    "gguf/v1.gguf",
+    "gguf/v2.gguf",
+    "tflite/buffer_offset.tflite",
+    "tflite/constants.tflite",
+    "tflite/float.tflite",
+    "tflite/float16.tflite",
+    "tflite/int8.tflite",
+    "tflite/old_schema.tflite",
+    "numpy/arrays.npz",
+    "numpy/bytes.npy",
+    "numpy/compressed.npz",
+    "numpy/fortran_be.npy",
+    "numpy/matrix.npy",
+    "numpy/mixed.npz",
+    "numpy/model.weights.npz",
+    "ckpt/sharded/ckpt-1.index",
+    "ckpt/tf1_saver/model.ckpt-5",
+    "ckpt/tf2_dtypes/dtypes.index",
+    "ckpt/tf2_keras/ckpt-2.index",
+    "savedmodel/tf_module.zip",
+    "savedmodel/tfk_deflated.zip",
+];
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server on port {port} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        }
+    } else {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap();
+    }
+}
+
+/// A server process started by a test, stopped when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: nginx's master stops its workers before it exits.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// nginx serving `www/` over HTTP and HTTPS, with an access log of every request.
+struct Nginx {
+    dir: tempfile::TempDir,
+    http: u16,
+    https: u16,
+    _process: Server,
+}
+
+impl Nginx {
+    /// Serves the fixtures at `/<fixture path>` and as Hub repository `org/repo` at
+    /// `/org/repo/resolve/main/`, plus `/moved/...` redirecting to `/...`.
+    fn start() -> Nginx {
+        let dir = tempfile::Builder::new().prefix("wfs-nginx-").tempdir().unwrap();
+        let www = dir.path().join("www");
+        for fixture_path in SERVED {
+            copy_tree(&fixture(fixture_path), &www.join(fixture_path));
+            copy_tree(&fixture(fixture_path), &www.join("org/repo/resolve/main").join(fixture_path));
+        }
+        // A certificate authority of the test's own, and the server's certificate signed by it.
+        let openssl = |args: &str| {
+            let status = Command::new("openssl").args(args.split(' ')).current_dir(dir.path()).stderr(Stdio::null()).status();
+            assert!(status.expect("openssl (tests/setup.sh installs it)").success(), "openssl {args}");
+        };
+        openssl("req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=wfs-test-ca -keyout ca.key -out ca.pem");
+        openssl("req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout key.pem -out server.csr");
+        std::fs::write(dir.path().join("san.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+        openssl("x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile san.ext -out cert.pem");
+        let (http, https) = (free_port(), free_port());
+        let d = dir.path().display();
+        let conf = format!(
+            "user root; daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;
+events {{ worker_connections 256; }}
+http {{
+  client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
+  log_format counted '$request_method $uri $status \"$http_range\" \"$http_authorization\"';
+  access_log {d}/access.log counted;
+  default_type application/octet-stream;
+  server {{
+    listen 127.0.0.1:{http}; listen 127.0.0.1:{https} ssl;
+    ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;
+    root {d}/www;
+    location /moved/ {{ rewrite ^/moved/(.*)$ /$1 redirect; }}
+  }}
+}}"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        let process = Command::new("nginx")
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .arg("-p")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (tests/setup.sh installs it)");
+        let process = Server(process);
+        wait_for_port(http);
+        wait_for_port(https);
+        Nginx { dir, http, https, _process: process }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.http)
+    }
+
+    fn www(&self, path: &str) -> PathBuf {
+        self.dir.path().join("www").join(path)
+    }
+
+    /// The access log's lines so far.
+    fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default().lines().map(str::to_string).collect()
+    }
+}
+
+/// Every entry below `root`: kind, link target or bytes (info.json without its `source`).
+fn tree_of(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, rel: &str, out: &mut BTreeMap<String, Vec<u8>>) {
+        for entry in std::fs::read_dir(root.join(rel)).unwrap() {
+            let entry = entry.unwrap();
+            let name = format!("{rel}{}", entry.file_name().to_str().unwrap());
+            let kind = entry.file_type().unwrap();
+            if kind.is_symlink() {
+                out.insert(name, std::fs::read_link(entry.path()).unwrap().into_os_string().into_encoded_bytes());
+            } else if kind.is_dir() {
+                out.insert(format!("{name}/"), Vec::new());
+                walk(root, &format!("{name}/"), out);
+            } else if entry.file_name() == "info.json" {
+                let mut info: serde_json::Value = serde_json::from_slice(&std::fs::read(entry.path()).unwrap()).unwrap();
+                info.as_object_mut().unwrap().remove("source");
+                out.insert(name, info.to_string().into_bytes());
+            } else {
+                let bytes = std::fs::read(entry.path()).unwrap_or_else(|e| panic!("read {name}: {e}"));
+                out.insert(name, bytes);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, "", &mut out);
+    out
+}
+
+fn assert_same_tree(remote: &Mount, local: &Path, what: &str) {
+    let local = Mount::new(local, &[]);
+    let (r, l) = (tree_of(&remote.point), tree_of(&local.point));
+    assert_eq!(r.keys().collect::<Vec<_>>(), l.keys().collect::<Vec<_>>(), "{what}: entries");
+    for (name, bytes) in &l {
+        assert!(r[name] == *bytes, "{what}: {name} differs");
+    }
+    assert!(l.contains_key("tensors.tsv"), "{what}: a whole tree");
+}
+
+#[test]
+fn http_https_and_redirects_give_the_local_tree() {
+    let nginx = Nginx::start();
+    let cert = nginx.dir.path().join("ca.pem");
+    for (i, path) in MOUNTED.iter().enumerate() {
+        // Each fixture over one of the three ways in, all of them over the run.
+        let (url, env) = match i % 3 {
+            0 => (nginx.url(path), None),
+            1 => (format!("https://127.0.0.1:{}/{path}", nginx.https), Some(&cert)),
+            _ => (nginx.url(&format!("moved/{path}")), None),
+        };
+        let mount = mount_with_env(&url, &[], env.map(|c| ("SSL_CERT_FILE", c.as_os_str())));
+        assert_same_tree(&mount, &fixture(path), &url);
+        let info = mount.text("info.json");
+        assert!(info.contains(&url), "info.json names the URL: {info}");
+    }
+    // Without the certificate trusted, HTTPS is refused at mount.
+    let untrusted = format!("https://127.0.0.1:{}/{}", nginx.https, MOUNTED[0]);
+    let out = wfs().args(["info", &untrusted, "--timeout", "5"]).env("SSL_CERT_FILE", "/dev/null").output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn mount_with_env(url: &str, args: &[&str], env: Option<(&str, &std::ffi::OsStr)>) -> Mount {
+    let dir = tempfile::Builder::new().prefix("wfs-test-").tempdir().unwrap();
+    let point = dir.path().join("m");
+    let mut command = wfs();
+    command.arg("mount").arg(url).arg(&point).args(args);
+    if let Some((key, value)) = env {
+        command.env(key, value);
+    }
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "wfs mount {url}: {}", String::from_utf8_lossy(&out.stderr));
+    Mount { dir, point }
+}
+
+#[test]
+fn hub_urls_use_revision_endpoint_and_token() {
+    let nginx = Nginx::start();
+    let endpoint = format!("http://127.0.0.1:{}", nginx.http);
+    let dir = tempfile::Builder::new().prefix("wfs-test-").tempdir().unwrap();
+    let point = dir.path().join("m");
+    let out = wfs()
+        .args(["mount", "hf://org/repo@main/ckpt/tf2_keras/ckpt-1.index"])
+        .arg(&point)
+        .env("HF_ENDPOINT", &endpoint)
+        .env("HF_TOKEN", "hf_test_token_123")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mount = Mount { dir, point };
+    assert_same_tree(&mount, &fixture("ckpt/tf2_keras/ckpt-1.index"), "hf://");
+    let requests = nginx.requests();
+    assert!(requests.iter().all(|r| r.contains("/org/repo/resolve/main/ckpt/tf2_keras/ckpt-1.") && r.contains("\"Bearer hf_test_token_123\"")), "{requests:#?}");
+    assert!(!mount.text("info.json").contains("hf_test_token"));
+    // Without @revision the Hub's default branch is read.
+    let out = wfs().args(["ls", "hf://org/repo/ckpt/tf2_keras/ckpt-1"]).env("HF_ENDPOINT", &endpoint).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn secrets_in_urls_are_never_shown() {
+    let nginx = Nginx::start();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let url = format!("http://alice:s3cretpw@127.0.0.1:{}/ckpt/tf2_keras/ckpt-1.index?token=qu3rysecret", nginx.http);
+    let mount = mount_with_env(&url, &["-v", "--log-file", log.path().to_str().unwrap()], None);
+    let shown = [
+        mount.text("info.json"),
+        std::fs::read_to_string("/proc/self/mountinfo").unwrap(),
+        std::fs::read_to_string(log.path()).unwrap(),
+    ];
+    for text in &shown {
+        assert!(!text.contains("s3cretpw") && !text.contains("qu3rysecret") && !text.contains("alice"), "{text}");
+    }
+    assert!(shown[0].contains(&format!("http://127.0.0.1:{}/ckpt/tf2_keras/ckpt-1.index", nginx.http)));
+    // The user info was sent, as basic authentication.
+    assert!(nginx.requests().iter().all(|r| r.ends_with("\"Basic YWxpY2U6czNjcmV0cHc=\"")), "{:#?}", nginx.requests());
+    // Nor in errors.
+    let missing = format!("http://alice:s3cretpw@127.0.0.1:{}/nothing/here.h5?token=qu3rysecret", nginx.http);
+    let out = wfs().args(["info", &missing]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!err.contains("s3cretpw") && !err.contains("qu3rysecret") && err.contains("not found"), "{err}");
+}
+
+/// A 1 GiB safetensors file of 1000 tensors of 1 MiB (sparse but for a pattern in tensor
+/// 500), written by the test by the format's rules (the local mount of it is the oracle).
+fn large_safetensors(path: &Path) {
+    let mut header = String::from("{");
+    for i in 0..1000u64 {
+        header.push_str(&format!("\"t{i:03}\":{{\"dtype\":\"F32\",\"shape\":[512,512],\"data_offsets\":[{},{}]}},", i << 20, (i + 1) << 20));
+    }
+    header.pop();
+    header.push('}');
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut file = std::fs::File::create(path).unwrap();
+    file.write_all(&(header.len() as u64).to_le_bytes()).unwrap();
+    file.write_all(header.as_bytes()).unwrap();
+    let data_start = 8 + header.len() as u64;
+    file.set_len(data_start + (1000 << 20)).unwrap();
+    let pattern: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::os::unix::fs::FileExt::write_all_at(&file, &pattern, data_start + (500 << 20) + 4096).unwrap();
+}
+
+#[test]
+fn few_requests_to_mount_a_large_file_and_one_per_read() {
+    let nginx = Nginx::start();
+    large_safetensors(&nginx.www("large.safetensors"));
+    let local = Mount::new(&nginx.www("large.safetensors"), &[]);
+    let mount = Mount::new(Path::new(&nginx.url("large.safetensors")), &[]);
+    let at_mount = nginx.requests();
+    assert!(at_mount.len() <= 3, "{at_mount:#?}");
+    assert!(at_mount.iter().all(|r| r.starts_with("HEAD") || (r.contains(" 206 ") && r.contains("bytes="))), "{at_mount:#?}");
+    // One 4 KiB range of tensor 500: one more request, for one block.
+    let read_4k = |m: &Mount| {
+        let file = std::fs::File::open(m.path("tensors/t500.raw")).unwrap();
+        let mut buf = vec![0u8; 4096];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, 4096).unwrap();
+        buf
+    };
+    assert_eq!(read_4k(&mount), read_4k(&local));
+    assert!(read_4k(&local).iter().any(|&b| b != 0));
+    let after = nginx.requests();
+    assert_eq!(after.len(), at_mount.len() + 1, "{after:#?}");
+    assert!(after.last().unwrap().contains(" 206 \"bytes=5"), "{after:#?}");
+}
+
+#[test]
+fn without_a_cache_a_tensor_read_is_one_ranged_request() {
+    let nginx = Nginx::start();
+    let url = nginx.url("ckpt/tf2_keras/ckpt-1.index");
+    let local = Mount::new(&fixture("ckpt/tf2_keras/ckpt-1.index"), &[]);
+    let tensors = stored_tensors(&local);
+    let uncached = Mount::new(Path::new(&url), &["--cache-size", "0"]);
+    let before = nginx.requests().len();
+    assert_eq!(uncached.read(&tensors[0]), local.read(&tensors[0]));
+    let after = nginx.requests();
+    assert_eq!(after.len(), before + 1, "{after:#?}");
+    assert!(after[before].starts_with("GET /ckpt/tf2_keras/ckpt-1.data-00000-of-00001 206 \"bytes=0-"), "{}", after[before]);
+}
+
+/// The `.raw` files of the tensors read from the source when read (strings are read at mount).
+fn stored_tensors(mount: &Mount) -> Vec<String> {
+    let tsv = mount.text("tensors.tsv");
+    let rows = tsv.lines().skip(1).map(|l| l.split('\t').collect::<Vec<_>>());
+    rows.filter(|row| row[1] != "string").map(|row| format!("{}.raw", row[0].strip_suffix(".npy").unwrap())).collect()
+}
+
+/// What the proxy does with the next connections.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum Fault {
+    Pass,
+    /// Close the connection without answering.
+    Drop,
+    Status500,
+    Status503,
+    /// Answer nothing until the client gives up.
+    Stall,
+    /// Forward the request without its Range header (a server that ignores ranges).
+    NoRange,
+}
+
+/// A proxy in front of nginx that injects `fault` into the next `count` connections (then
+/// passes), one request per connection.
+struct Proxy {
+    port: u16,
+    fault: Arc<AtomicU8>,
+    count: Arc<AtomicU32>,
+}
+
+impl Proxy {
+    fn start(upstream: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let fault = Arc::new(AtomicU8::new(Fault::Pass as u8));
+        let count = Arc::new(AtomicU32::new(0));
+        let (f, c) = (fault.clone(), count.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let injected = c.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+                let fault = if injected { f.load(Ordering::SeqCst) } else { Fault::Pass as u8 };
+                std::thread::spawn(move || serve(client, upstream, fault));
+            }
+        });
+        Proxy { port, fault, count }
+    }
+
+    fn inject(&self, fault: Fault, count: u32) {
+        self.fault.store(fault as u8, Ordering::SeqCst);
+        self.count.store(count, Ordering::SeqCst);
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+fn serve(mut client: TcpStream, upstream: u16, fault: u8) {
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        head.push(line);
+    }
+    let answer = |client: &mut TcpStream, status: &str| {
+        let _ = write!(client, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    };
+    match fault {
+        f if f == Fault::Drop as u8 => {}
+        f if f == Fault::Status500 as u8 => answer(&mut client, "500 Internal Server Error"),
+        f if f == Fault::Status503 as u8 => answer(&mut client, "503 Service Unavailable"),
+        f if f == Fault::Stall as u8 => std::thread::sleep(Duration::from_secs(60)),
+        _ => {
+            let keep = |l: &String| {
+                let lower = l.to_ascii_lowercase();
+                let dropped = lower.starts_with("connection:") || (fault == Fault::NoRange as u8 && lower.starts_with("range:"));
+                !dropped
+            };
+            let mut request: String = head.iter().filter(|l| keep(l)).cloned().collect();
+            request.push_str("Connection: close\r\n\r\n");
+            let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)) else { return };
+            if server.write_all(request.as_bytes()).is_ok() {
+                let mut response = Vec::new();
+                let _ = server.read_to_end(&mut response);
+                let _ = client.write_all(&response);
+            }
+        }
+    }
+    let _ = client.shutdown(Shutdown::Both);
+}
+
+/// Reads `rel` in the mount: its bytes, or the errno of the failure.
+fn read(mount: &Mount, rel: &str) -> Result<Vec<u8>, i32> {
+    std::fs::read(mount.path(rel)).map_err(|e| e.raw_os_error().unwrap_or(0))
+}
+
+#[test]
+fn faults_fail_reads_with_eio_and_the_mount_keeps_serving() {
+    let nginx = Nginx::start();
+    let proxy = Proxy::start(nginx.http);
+    let path = "ckpt/tf2_keras/ckpt-2.index";
+    let local = Mount::new(&fixture(path), &[]);
+    let tensors = stored_tensors(&local);
+    assert!(tensors.len() >= 6);
+    // No cache: every read of a tensor is a request.
+    let mount = Mount::new(Path::new(&proxy.url(path)), &["--cache-size", "0", "--timeout", "1"]);
+    let mut next = tensors.iter();
+    let mut expect_read = |fault: Fault, count: u32, ok: bool| {
+        let tensor = next.next().unwrap();
+        proxy.inject(fault, count);
+        let started = Instant::now();
+        let got = read(&mount, tensor);
+        let took = started.elapsed();
+        proxy.inject(Fault::Pass, 0);
+        if ok {
+            assert_eq!(got.as_ref().ok(), Some(&local.read(tensor)), "{fault:?} x{count}: {tensor}");
+        } else {
+            assert_eq!(got.err(), Some(libc::EIO), "{fault:?} x{count}: {tensor}");
+            assert!(took < Duration::from_secs(30), "{fault:?}: failing took {took:?}");
+            // The same read works once the server answers again.
+            assert_eq!(read(&mount, tensor).ok(), Some(local.read(tensor)), "after {fault:?}: {tensor}");
+        }
+    };
+    // Passing faults are retried away; lasting ones fail the read, bounded in time.
+    expect_read(Fault::Drop, 1, true);
+    expect_read(Fault::Status503, 2, true);
+    expect_read(Fault::Status500, 100, false);
+    expect_read(Fault::Drop, 100, false);
+    expect_read(Fault::Stall, 100, false);
+
+    // An object replaced on the server (same size, new content): reads fail, never mix.
+    let data = nginx.www("ckpt/tf2_keras/ckpt-2.data-00000-of-00001");
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes.iter_mut().for_each(|b| *b = !*b);
+    std::fs::write(&data, &bytes).unwrap();
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    std::fs::File::options().write(true).open(&data).unwrap().set_modified(later).unwrap();
+    let tensor = next.next().unwrap();
+    assert_eq!(read(&mount, tensor).err(), Some(libc::EIO), "changed object");
+    assert!(mount.text("info.json").contains("tf-checkpoint"), "the mount still serves");
+}
+
+#[test]
+fn a_server_that_ignores_range_is_refused_at_mount() {
+    let nginx = Nginx::start();
+    let proxy = Proxy::start(nginx.http);
+    proxy.inject(Fault::NoRange, 1000);
+    let out = wfs().args(["info", &proxy.url("savedmodel/tf_module.zip")]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("ignores Range requests"), "{err}");
+}
+
+/// s3s-fs serving bucket `models` (the fixtures) with one access key.
+struct S3 {
+    dir: tempfile::TempDir,
+    port: u16,
+    _process: Server,
+}
+
+const S3_KEY: &str = "AKIAWFSTEST";
+const S3_SECRET: &str = "wfs-test-s3cret-key";
+
+impl S3 {
+    /// `None` where s3s-fs is not installed (tests/setup.sh installs it).
+    fn start() -> Option<S3> {
+        let dir = tempfile::Builder::new().prefix("wfs-s3-").tempdir().unwrap();
+        for fixture_path in SERVED {
+            copy_tree(&fixture(fixture_path), &dir.path().join("models").join(fixture_path));
+        }
+        let port = free_port();
+        let process = Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", S3_KEY, "--secret-key", S3_SECRET])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let Ok(process) = process else {
+            eprintln!("s3s-fs is not installed (tests/setup.sh installs it): skipping");
+            return None;
+        };
+        let process = Server(process);
+        wait_for_port(port);
+        Some(S3 { dir, port, _process: process })
+    }
+
+    /// `wfs ARGS` with no AWS settings but those given.
+    fn wfs(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let mut command = wfs();
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("AWS_")) {
+            command.env_remove(key);
+        }
+        command.args(args).env("HOME", self.dir.path()).envs(env.iter().copied()).output().unwrap()
+    }
+}
+
+#[test]
+fn s3_with_environment_or_profile_credentials_gives_the_local_tree() {
+    let Some(s3) = S3::start() else { return };
+    let endpoint = format!("http://127.0.0.1:{}", s3.port);
+    let env = [("AWS_ACCESS_KEY_ID", S3_KEY), ("AWS_SECRET_ACCESS_KEY", S3_SECRET), ("AWS_ENDPOINT_URL", &endpoint), ("AWS_REGION", "us-east-1")];
+    for path in ["h5/k2_functional.h5", "keras3/k3_sharded.weights.json", "safetensors/sharded/model.safetensors.index.json", "onnx/external_one/model.onnx", "ckpt/tf2_keras/ckpt-2.index", "ckpt/tf1_saver/model.ckpt-5", "savedmodel/tf_module.zip"] {
+        let tmp = tempfile::Builder::new().prefix("wfs-test-").tempdir().unwrap();
+        let point = tmp.path().join("m");
+        let url = format!("s3://models/{path}");
+        let out = s3.wfs(&["mount", &url, point.to_str().unwrap()], &env);
+        assert!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
+        let mount = Mount { dir: tmp, point };
+        assert_same_tree(&mount, &fixture(path), &url);
+    }
+    // The same from the shared profile files alone.
+    let aws = s3.dir.path().join(".aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    std::fs::write(aws.join("credentials"), format!("[default]\naws_access_key_id = {S3_KEY}\naws_secret_access_key = {S3_SECRET}\n")).unwrap();
+    std::fs::write(aws.join("config"), format!("[default]\nregion = us-east-1\nendpoint_url = {endpoint}\n")).unwrap();
+    let out = s3.wfs(&["cat", "s3://models/ckpt/tf2_keras/ckpt-1.index", "tensors.tsv"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let local = wfs().args(["cat", fixture("ckpt/tf2_keras/ckpt-1.index").to_str().unwrap(), "tensors.tsv"]).output().unwrap();
+    assert_eq!(out.stdout, local.stdout);
+    // A wrong secret is refused at mount, in one line that does not show it.
+    let out = s3.wfs(&["info", "s3://models/h5/k2_functional.h5"], &[("AWS_SECRET_ACCESS_KEY", "not-the-s3cret")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!err.contains("not-the-s3cret") && !err.contains(S3_SECRET), "{err}");
+}
