@@ -20,6 +20,7 @@ pub mod logger;
 pub mod model;
 pub mod names;
 pub mod npy;
+pub mod pickle;
 pub mod source;
 pub mod tools;
 pub mod tree;

@@ -7,6 +7,7 @@ pub mod h5;
 pub mod keras3;
 pub mod keras_h5;
 pub mod savedmodel;
+pub mod torch;
 
 use crate::cache::ChunkCache;
 use crate::error::OpenError;
@@ -28,6 +29,8 @@ pub enum Sniffed {
     Zip,
     /// A JSON object (a sharded weights index, if it has a `weight_map`).
     Json,
+    /// A PyTorch file in the legacy (pre-1.6) format.
+    TorchLegacy,
     GitLfsPointer,
     Empty,
     Unknown,
@@ -41,6 +44,9 @@ pub fn sniff(blob: &Blob) -> Sniffed {
     let head = blob.read_vec(0, len.min(64)).unwrap_or_default();
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
         return Sniffed::Zip;
+    }
+    if head.starts_with(torch::LEGACY_MAGIC) {
+        return Sniffed::TorchLegacy;
     }
     if head.starts_with(b"version https://git-lfs.github.com/spec/") {
         return Sniffed::GitLfsPointer;
@@ -92,12 +98,16 @@ fn open_blob(blob: &Blob, dir: Option<&Path>, options: &ReadOptions) -> Result<M
         }
         Sniffed::Zip => {
             let mut archive = archive::Archive::open(blob)?;
+            if let Some(prefix) = torch::record_prefix(&mut archive) {
+                return torch::read_archive(archive, &prefix, options);
+            }
             match savedmodel::root_in(&mut archive) {
                 Some(root) => savedmodel::read_archive(archive, root),
                 None => keras3::read_archive(archive, options),
             }
         }
         Sniffed::Json => keras3::read_sharded(blob, dir, options),
+        Sniffed::TorchLegacy => torch::read_legacy(blob, options),
         Sniffed::GitLfsPointer => Err(OpenError::UnknownFormat(
             "this is a Git LFS pointer, not the model itself (run `git lfs pull`)".into(),
         )),
@@ -106,7 +116,7 @@ fn open_blob(blob: &Blob, dir: Option<&Path>, options: &ReadOptions) -> Result<M
             "looks like a TensorFlow checkpoint index, but its name does not end in .index".into(),
         )),
         Sniffed::Unknown => Err(OpenError::UnknownFormat(
-            "not a model file wfs can read (no HDF5, zip or checkpoint signature)".into(),
+            "not a model file wfs can read (no HDF5, zip, PyTorch or checkpoint signature)".into(),
         )),
     }
 }
