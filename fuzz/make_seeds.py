@@ -102,3 +102,13 @@ for i, s in enumerate([
 put("npy", "f32", bytes([11]) + (2).to_bytes(8, "big") + (3).to_bytes(8, "big"))
 put("npy", "str", bytes([200]) + (7).to_bytes(8, "big"))
 put("tree", "0", b"tlayers/dense/kernel\ntlayers/dense/kernel\nf../config.json\nd.\npckpt-1\ntckpt-1/variables/x\nlayers/0>layers/dense\nllatest>ckpt-1\nt\n")
+# PyTorch: whole files for `torch`, their data.pkl for `pickle` (storages "0".."3" exist there).
+import zipfile  # noqa: E402
+for name in ["state_dict.pt", "views.pt", "dtypes.pt", "module.pt", "lightning.ckpt", "big_endian.pt",
+             "state_dict_legacy.pt", "views_legacy.pt", "hostile/evil_os_system_legacy.pt"]:
+    put("torch", os.path.basename(name), read("torch/" + name))
+for name in ["views.pt", "module.pt", "lightning.ckpt", "protocol4.pt", "hostile/evil_root.pt"]:
+    with zipfile.ZipFile(os.path.join(FIX, "torch", name)) as z:
+        pkl = next(n for n in z.namelist() if n.endswith("/data.pkl"))
+        put("pickle", os.path.basename(name), z.read(pkl))
+put("pickle", "protocol0", b"(lp0\nI1\naVx\np1\naL1180591620717411303424L\naI-3\naF1.5\nac_codecs\nencode\np2\n(V\\u0000\np3\nVlatin1\np4\ntp5\nRp6\naNaI01\na.")

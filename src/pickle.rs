@@ -728,10 +728,9 @@ impl Vm<'_> {
                 b'b' => {
                     let state = self.pop()?;
                     let at = self.stack.len().checked_sub(1).ok_or_else(|| PickleError("pickle BUILD on an empty stack".into()))?;
-                    match self.target(at) {
-                        Ok(Node::Object(o)) => o.state = Some(state),
-                        // BUILD on a plain container sets attributes Python would refuse; ignore them.
-                        _ => {}
+                    // BUILD on a plain container sets attributes Python would refuse; they are ignored.
+                    if let Ok(Node::Object(o)) = self.target(at) {
+                        o.state = Some(state);
                     }
                 }
                 b'P' => {

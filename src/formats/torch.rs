@@ -66,8 +66,19 @@ pub fn read_archive(mut archive: Archive, prefix: &str, options: &ReadOptions) -
     }
     let pkl = archive.index_for_name(&format!("{prefix}/data.pkl")).ok_or_else(|| OpenError::corrupt("data.pkl is missing"))?;
     let pkl = archive.member(pkl)?;
-    let (pickle, _) = pickle::load(&pkl, 0, Limits::default()).map_err(|e| OpenError::corrupt(format!("data.pkl: {e}")))?;
-    extract(&pickle, &storages, big_endian, info, options)
+    read_data_pkl(&pkl, &storages, big_endian, info, options)
+}
+
+/// The zip format's `data.pkl` over its storages (by key).
+pub fn read_data_pkl(
+    pkl: &Blob,
+    storages: &HashMap<String, Blob>,
+    big_endian: bool,
+    info: Map<String, Json>,
+    options: &ReadOptions,
+) -> Result<Model, OpenError> {
+    let (pickle, _) = pickle::load(pkl, 0, Limits::default()).map_err(|e| OpenError::corrupt(format!("data.pkl: {e}")))?;
+    extract(&pickle, storages, big_endian, info, options)
 }
 
 /// A legacy file (FORMATS.md 8.8): magic, protocol and sys_info pickles, the object pickle,
@@ -313,9 +324,8 @@ impl Walk<'_> {
             Some(c) => json!(c),
             None => self.value(&o.class, name, in_module, depth + 1)?,
         });
-        for (i, arg) in o.args.iter().enumerate() {
-            let value = self.value(arg, &child(name, &i.to_string(), in_module), in_module, depth + 1)?;
-            out.entry("__args__").or_insert_with(|| Json::Array(Vec::new())).as_array_mut().map(|a| a.push(value));
+        if !o.args.is_empty() {
+            out.insert("__args__".into(), self.sequence(&o.args, name, in_module, depth)?);
         }
         let attributes = o.state.as_ref().and_then(|s| attribute_dicts(pickle, s));
         let module = attributes.as_ref().is_some_and(|dicts| {
@@ -367,7 +377,7 @@ impl Walk<'_> {
     }
 
     /// Adds a found tensor under `name` (or records why it could not be read); its JSON.
-    fn tensor(&mut self, found: Result<(Layout, Arc<dyn TensorBytes>), String>, name: &str) -> Json {
+    fn tensor(&mut self, found: Found, name: &str) -> Json {
         let name = if name.is_empty() { "tensor" } else { name };
         match found {
             Ok((layout, bytes)) => {
@@ -385,7 +395,7 @@ impl Walk<'_> {
 
     /// A tensor when `func(*args)` (then BUILD `state`) is one of torch's rebuild functions or
     /// a numpy array reconstruction; `None` for anything else.
-    fn rebuild(&self, func: &Value, args: &[Value], state: Option<&Value>) -> Option<Result<(Layout, Arc<dyn TensorBytes>), String>> {
+    fn rebuild(&self, func: &Value, args: &[Value], state: Option<&Value>) -> Option<Found> {
         let pickle = self.pickle;
         let (module, name) = pickle.global(func)?;
         match (module, name) {
@@ -415,7 +425,7 @@ impl Walk<'_> {
     }
 
     /// `(storage, storage_offset, size, stride, ...)` of torch's rebuild functions.
-    fn storage_tensor(&self, args: &[Value], dtype: Option<DType>) -> Result<(Layout, Arc<dyn TensorBytes>), String> {
+    fn storage_tensor(&self, args: &[Value], dtype: Option<DType>) -> Found {
         let pickle = self.pickle;
         let storage = match args.first().and_then(|s| pickle.node(s)) {
             Some(Node::Persistent(pid)) => storage_of(pickle, pid)?,
@@ -464,7 +474,7 @@ impl Walk<'_> {
         view_bytes(blob, layout, self.big_endian, &self.cache)
     }
 
-    fn numpy_array(&self, state: &[Value]) -> Result<(Layout, Arc<dyn TensorBytes>), String> {
+    fn numpy_array(&self, state: &[Value]) -> Found {
         let pickle = self.pickle;
         let [_, shape, dtype, fortran, data] = state else { return Err("numpy array state is not 5 items".into()) };
         let shape = self.dims(Some(shape)).ok_or("numpy array shape is not a tuple of integers")?;
@@ -508,6 +518,9 @@ fn attribute_dicts<'p>(pickle: &'p Pickle, state: &Value) -> Option<Vec<&'p [(Va
         _ => None,
     }
 }
+
+/// A tensor's layout and bytes, or why it cannot be read.
+type Found = Result<(Layout, Arc<dyn TensorBytes>), String>;
 
 /// A tensor's view of its storage, in elements of its dtype (FORMATS.md 8.4).
 struct Layout {
