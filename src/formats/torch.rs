@@ -21,9 +21,10 @@ use std::sync::Arc;
 /// The first pickle of a legacy file: protocol 2, then the magic number as a LONG1.
 pub const LEGACY_MAGIC: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19\x2e";
 const LEGACY_PROTOCOL_VERSION: i128 = 1001;
-/// Most references the walk follows: objects shared many times over (a reference bomb) would
-/// otherwise be visited exponentially often.
-const MAX_VISITS: u64 = 1 << 22;
+/// Most visits of objects already visited through another path: objects shared many times over
+/// (a reference bomb) would otherwise be visited exponentially often. First visits are bounded
+/// by the pickle's object limit.
+const MAX_REVISITS: u64 = 1 << 18;
 /// Deepest nesting followed; deeper values appear in `object.json` as truncated.
 const MAX_DEPTH: usize = 200;
 /// Most bytes of `object.json` files below the root (each level repeats its subtree).
@@ -156,7 +157,8 @@ fn extract(
         skipped: Vec::new(),
         levels: Vec::new(),
         level_bytes: 0,
-        visits: 0,
+        visited: vec![false; pickle.nodes.len()],
+        revisits: 0,
         ancestors: Vec::new(),
     };
     let root = walk.value(&pickle.root, "", false, 0)?;
@@ -201,7 +203,8 @@ struct Walk<'a> {
     /// (name, object.json text) of each level below the root that holds tensors.
     levels: Vec<(String, Vec<u8>)>,
     level_bytes: u64,
-    visits: u64,
+    visited: Vec<bool>,
+    revisits: u64,
     /// Nodes on the path from the root: a node met again is a cycle.
     ancestors: Vec<Id>,
 }
@@ -218,13 +221,16 @@ fn child(name: &str, key: &str, in_module: bool) -> String {
 
 impl Walk<'_> {
     fn value(&mut self, v: &Value, name: &str, in_module: bool, depth: usize) -> Result<Json, OpenError> {
-        self.visits += 1;
-        if self.visits > MAX_VISITS {
-            return Err(OpenError::corrupt(format!(
-                "data.pkl refers to its objects more than {MAX_VISITS} times (a reference bomb?)"
-            )));
-        }
         let Value::Ref(id) = v else { return Ok(scalar_json(v)) };
+        let seen = self.visited.get_mut(*id as usize).ok_or_else(|| OpenError::corrupt("data.pkl refers to an unknown object"))?;
+        if std::mem::replace(seen, true) {
+            self.revisits += 1;
+            if self.revisits > MAX_REVISITS {
+                return Err(OpenError::corrupt(format!(
+                    "data.pkl refers to its shared objects more than {MAX_REVISITS} times (a reference bomb?)"
+                )));
+            }
+        }
         if self.ancestors.contains(id) {
             return Ok(json!({"__cycle__": true}));
         }
