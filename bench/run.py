@@ -515,6 +515,58 @@ def fig_checkpoint(w, work, total, runs, res, n=10_000):
             ms(rd), ms(c), f"{c / rd:.2f}x", "", None)
 
 
+TORCH_WRITE = """import sys, torch
+total, n, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+g = torch.Generator().manual_seed(4)
+big = total // 4 // 4
+sd = {"embedding.weight": torch.randn(big // 4096, 4096, generator=g)}
+per = max((total - big * 4) // 4 // (n - 1), 1)
+for i in range(n - 1):
+    sd[f"layers.{i}.weight"] = torch.randn(per, generator=g)
+torch.save(sd, path)
+"""
+TORCH_KEYS = ("import sys, torch\nsd = torch.load(sys.argv[1], mmap=True, weights_only=True)\n"
+              "print(len(list(sd.keys())))\n")
+
+
+def fig_torch(w, work, total, n, runs, res, python):
+    """(t) A torch.save state dict: mount vs listing its keys with torch, and the first read of
+    its largest tensor vs cold `dd` of the same bytes of the file."""
+    import zipfile
+    src = work / "state_dict.pt"
+    if not src.exists():
+        log(f"  writing {src} with torch ...")
+        subprocess.run([python, "-c", TORCH_WRITE, str(total), str(n), str(src)], check=True)
+    with zipfile.ZipFile(src) as z:
+        member = next(i for i in z.infolist() if i.filename.endswith("/data/0"))
+    with open(src, "rb") as f:
+        f.seek(member.header_offset + 26)
+        name_len, extra_len = np.frombuffer(f.read(4), "<u2")
+    offset, nbytes = member.header_offset + 30 + int(name_len) + int(extra_len), member.file_size
+    dd = ["dd", f"if={src}", "of=/dev/null", "bs=1M", f"skip={offset}", f"count={nbytes}",
+          "iflag=skip_bytes,count_bytes", "status=none"]
+    warm(src)
+    ready_t, keys_t, cold_t, dd_t = [], [], [], []
+    for _ in range(runs):
+        _, ready = mount_and_walk(w, src)
+        w.umount()
+        ready_t.append(ready)
+        keys_t.append(timed([python, "-c", TORCH_KEYS, str(src)], stdout=subprocess.DEVNULL))
+        drop_caches()
+        w.mount(src)
+        cold_t.append(timed(["cat", str(w.mnt / "tensors/embedding/weight.raw")], stdout=subprocess.DEVNULL))
+        w.umount()
+        drop_caches()
+        dd_t.append(timed(dd))
+        warm(src)
+    r, k, c, d = (median(x) for x in (ready_t, keys_t, cold_t, dd_t))
+    res.add("(t)", f"torch state dict ({n} tensors, {human(total)}): `wfs mount` + `ls -R` vs "
+            "`torch.load(mmap=True, weights_only=True)` listing keys (fresh interpreter)", ms(r), ms(k),
+            f"{k / r:.1f}x faster", ">= 5x", k / r >= 5)
+    res.add("(t)", f"first read (cold) of its {human(nbytes)} tensor `.raw` vs cold `dd` of the same bytes",
+            mbs(nbytes, c), mbs(nbytes, d), f"{d / c:.0%}", ">= 70%", d / c >= 0.7)
+
+
 # ----------------------------------------------------------------------------- main
 
 def machine():
@@ -537,7 +589,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smoke run: --size 64M --runs 3")
     ap.add_argument("--wfs", help="wfs binary (default: build and use target/release/wfs)")
     ap.add_argument("--workdir", help="keep generated inputs here and reuse them across runs")
-    ap.add_argument("--only", help="comma-separated figure numbers to run, 7 for the checkpoint (c) (default all)")
+    ap.add_argument("--only", help="comma-separated figure numbers to run, 7 for the checkpoint (c), 8 for torch (t) (default 1-7)")
+    ap.add_argument("--torch-python", default=shutil.which("python3"),
+                    help="a Python with torch, for figure (t) (--only 8): writes the state dict and is its baseline")
     ap.add_argument("--out-dir", help="where figure 3 extracts to (default /dev/shm: tmpfs, so that the "
                     "destination disk, not the reader, is not what is measured)")
     args = ap.parse_args()
@@ -557,8 +611,14 @@ def main():
     try:
         if not CAN_DROP:
             log("WARNING: not root: cannot drop the page cache; 'cold' figures are warm")
-        src, layers, n, big, meds = make_inputs(work, total, args.tensors)
-        warm(src["plain"])
+        if 8 in only:
+            log("figure (t): torch state dict")
+            fig_torch(w, work, total, args.tensors, args.runs, res, args.torch_python)
+            only.discard(8)
+        n = args.tensors
+        if only:
+            src, layers, n, big, meds = make_inputs(work, total, args.tensors)
+            warm(src["plain"])
         if 1 in only:
             log("figure 1: mount to ready"); fig_mount(w, src["plain"], n, args.runs, res)
         if 2 in only:
