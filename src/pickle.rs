@@ -194,6 +194,7 @@ pub fn load(blob: &Blob, offset: u64, limits: Limits) -> Result<(Pickle, u64), P
         nodes: Vec::new(),
         stack: Vec::new(),
         marks: Vec::new(),
+        marked: 0,
         memo: HashMap::new(),
         objects: 0,
         bytes: 0,
@@ -278,6 +279,8 @@ struct Vm<'a> {
     nodes: Vec<Node>,
     stack: Vec<Value>,
     marks: Vec<Vec<Value>>,
+    /// Values held by the stacks that MARKs saved.
+    marked: usize,
     memo: HashMap<u64, Value>,
     objects: u64,
     bytes: u64,
@@ -318,14 +321,20 @@ impl Vm<'_> {
     /// The items pushed since the last MARK; the stack before it is restored.
     fn pop_mark(&mut self) -> Result<Vec<Value>, PickleError> {
         let saved = self.marks.pop().ok_or_else(|| PickleError("pickle pops a MARK that was never set".into()))?;
+        self.marked -= saved.len();
         Ok(std::mem::replace(&mut self.stack, saved))
     }
 
-    fn text_bytes(&mut self, n: u64) -> Result<Vec<u8>, PickleError> {
+    fn spend_bytes(&mut self, n: u64) -> Result<(), PickleError> {
         self.bytes += n;
         if self.bytes > self.limits.bytes {
             return fail(format!("pickle holds more than {} bytes of strings", self.limits.bytes));
         }
+        Ok(())
+    }
+
+    fn text_bytes(&mut self, n: u64) -> Result<Vec<u8>, PickleError> {
+        self.spend_bytes(n)?;
         self.input.take(n)
     }
 
@@ -457,6 +466,10 @@ impl Vm<'_> {
             if ops > self.limits.ops {
                 return fail(format!("pickle runs more than {} opcodes", self.limits.ops));
             }
+            // Scalars pushed and never stored make no objects, but fill the stacks.
+            if (self.stack.len() + self.marked) as u64 > self.limits.objects {
+                return fail(format!("pickle stacks more than {} values", self.limits.objects));
+            }
             let op = self.input.byte()?;
             match op {
                 b'.' => return self.pop(),
@@ -474,6 +487,7 @@ impl Vm<'_> {
                         return fail(format!("pickle nests more than {} MARKs", self.limits.marks));
                     }
                     let saved = std::mem::take(&mut self.stack);
+                    self.marked += saved.len();
                     self.marks.push(saved);
                 }
                 b'0' => {
@@ -545,12 +559,12 @@ impl Vm<'_> {
                 }
                 b'V' => {
                     let line = self.input.line(self.limits.bytes)?;
-                    self.bytes += line.len() as u64;
+                    self.spend_bytes(line.len() as u64)?;
                     self.stack.push(Value::Str(raw_unicode_escape(&line).into()));
                 }
                 b'S' => {
                     let line = self.input.line(self.limits.bytes)?;
-                    self.bytes += line.len() as u64;
+                    self.spend_bytes(line.len() as u64)?;
                     let v = python_string_literal(&line).ok_or_else(|| PickleError("pickle STRING is not a quoted literal".into()))?;
                     self.stack.push(Value::Bytes(v.into()));
                 }
@@ -912,6 +926,9 @@ mod tests {
         assert!(err.0.contains("bytes of strings"), "{err}");
         let err = run(b"\x80\x02h\x07.").unwrap_err();
         assert!(err.0.contains("memo entry 7"), "{err}");
+        let nones = [vec![b'N'; 100], vec![b'.']].concat();
+        let err = load(&Blob::Memory(Arc::new(nones)), 0, limits).unwrap_err();
+        assert!(err.0.contains("more than 50 values"), "{err}");
         let deep = [vec![b'('; 5000], vec![b'.']].concat();
         assert!(run(&deep).unwrap_err().0.contains("MARKs"));
         assert!(run(b"\x80\x02").unwrap_err().0.contains("truncated"));

@@ -639,9 +639,12 @@ impl TensorBytes for Strided {
             index[i] = rest % d;
             rest /= d;
         }
+        let mut position = self.offset + index.iter().zip(&self.stride).map(|(i, s)| i * s).sum::<u64>();
+        let inner = self.shape.len() - 1;
+        let end = offset + buf.len() as u64;
         let mut current: Option<(u64, Arc<[u8]>)> = None;
-        for element in first..=last {
-            let position = self.offset + index.iter().zip(&self.stride).map(|(i, s)| i * s).sum::<u64>();
+        let mut element = first;
+        while element <= last {
             let byte = position * self.es;
             let number = byte / GATHER_BLOCK;
             let block = match &current {
@@ -652,20 +655,30 @@ impl TensorBytes for Strided {
                     b
                 }
             };
-            let at = (byte % GATHER_BLOCK) as usize;
-            let value = &block[at..at + self.es as usize];
-            // The parts of this element inside the requested range.
-            let element_start = element * self.es;
-            let from = offset.max(element_start);
-            let to = (offset + buf.len() as u64).min(element_start + self.es);
-            buf[(from - offset) as usize..(to - offset) as usize]
-                .copy_from_slice(&value[(from - element_start) as usize..(to - element_start) as usize]);
-            for i in (0..index.len()).rev() {
-                index[i] += 1;
-                if index[i] < self.shape[i] {
-                    break;
-                }
-                index[i] = 0;
+            let at = byte % GATHER_BLOCK;
+            // Elements adjacent in storage (inner stride 1) are copied as one run, within the block.
+            let run = if self.stride[inner] == 1 {
+                (self.shape[inner] - index[inner]).min(last - element + 1).min((block.len() as u64 - at) / self.es)
+            } else {
+                1
+            };
+            // The part of the run inside the requested range.
+            let run_start = element * self.es;
+            let from = offset.max(run_start);
+            let to = end.min(run_start + run * self.es);
+            let source = (at + from - run_start) as usize..(at + to - run_start) as usize;
+            buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(&block[source]);
+            element += run;
+            // Advance the odometer by `run` (only the inner index moves by more than one).
+            index[inner] += run;
+            position += run * self.stride[inner];
+            let mut dim = inner;
+            while index[dim] == self.shape[dim] && dim > 0 {
+                position -= index[dim] * self.stride[dim];
+                index[dim] = 0;
+                dim -= 1;
+                index[dim] += 1;
+                position += self.stride[dim];
             }
         }
         Ok(())
@@ -937,6 +950,9 @@ mod tests {
         assert_eq!(gather(&[4, 3], &[1, 4], 0, storage.clone(), 1), [0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]);
         // x[1::3] and two-byte elements.
         assert_eq!(gather(&[4], &[3], 1, storage.clone(), 1), [1, 4, 7, 10]);
+        // Rows of a block: inner runs copied whole.
+        assert_eq!(gather(&[2, 3], &[4, 1], 1, storage.clone(), 1), [1, 2, 3, 5, 6, 7]);
+        assert_eq!(gather(&[2, 1, 2], &[6, 1, 1], 2, storage.clone(), 1), [2, 3, 8, 9]);
         let wide: Vec<u8> = (0..24).collect();
         assert_eq!(gather(&[2, 2], &[1, 3], 1, wide, 2), [2, 3, 8, 9, 4, 5, 10, 11]);
     }
