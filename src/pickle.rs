@@ -149,29 +149,28 @@ impl Pickle {
     /// The bytes of a bytes value, also when pickled at protocol 2 as
     /// `_codecs.encode(text, 'latin1')` or wrapped as `bytearray(...)`.
     pub fn bytes(&self, v: &Value) -> Option<Rc<[u8]>> {
-        match v {
-            Value::Bytes(b) => Some(b.clone()),
-            _ => {
-                let o = self.object(v)?;
-                match self.global(&o.class)? {
-                    ("_codecs", "encode") => {
-                        let text = match o.args.first()? {
-                            Value::Str(s) => s.clone(),
-                            _ => return None,
-                        };
-                        let codec = o.args.get(1).and_then(|c| self.text(c)).unwrap_or("utf-8".into()).to_ascii_lowercase();
-                        if codec == "latin1" || codec == "latin-1" || codec == "iso-8859-1" {
-                            text.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect::<Option<Vec<u8>>>().map(Into::into)
-                        } else {
-                            Some(text.as_bytes().into())
-                        }
-                    }
-                    ("builtins", "bytearray" | "bytes") => match o.args.first() {
-                        None => Some(Rc::from(&[][..])),
-                        Some(inner) => self.bytes(inner),
-                    },
-                    _ => None,
+        let mut v = v;
+        // `bytearray(bytearray(...))` may nest as deep as the file likes: unwrap in a loop.
+        loop {
+            if let Value::Bytes(b) = v {
+                return Some(b.clone());
+            }
+            let o = self.object(v)?;
+            match self.global(&o.class)? {
+                ("_codecs", "encode") => {
+                    let Value::Str(text) = o.args.first()? else { return None };
+                    let codec = o.args.get(1).and_then(|c| self.text(c)).unwrap_or("utf-8".into()).to_ascii_lowercase();
+                    return if matches!(codec.as_str(), "latin1" | "latin-1" | "iso-8859-1") {
+                        text.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect::<Option<Vec<u8>>>().map(Into::into)
+                    } else {
+                        Some(text.as_bytes().into())
+                    };
                 }
+                ("builtins", "bytearray" | "bytes") => match o.args.first() {
+                    None => return Some(Rc::from(&[][..])),
+                    Some(inner) => v = inner,
+                },
+                _ => return None,
             }
         }
     }
@@ -291,7 +290,7 @@ const MAX_NAME: u64 = 64 << 10;
 
 impl Vm<'_> {
     fn count(&mut self, n: u64) -> Result<(), PickleError> {
-        self.objects += n;
+        self.objects = self.objects.saturating_add(n);
         if self.objects > self.limits.objects {
             return fail(format!("pickle makes more than {} objects", self.limits.objects));
         }
@@ -326,7 +325,7 @@ impl Vm<'_> {
     }
 
     fn spend_bytes(&mut self, n: u64) -> Result<(), PickleError> {
-        self.bytes += n;
+        self.bytes = self.bytes.saturating_add(n);
         if self.bytes > self.limits.bytes {
             return fail(format!("pickle holds more than {} bytes of strings", self.limits.bytes));
         }

@@ -252,3 +252,29 @@ fn real_models_match_their_oracles() {
     }
     assert!(checked >= 5, "only {checked} PyTorch items");
 }
+
+/// The fuzz targets' seeds, through the targets' own entry points (`pickle`: a data.pkl over
+/// fixed storages; `torch`: whole files): every tensor read back and the tree's invariants hold.
+#[test]
+fn fuzz_seeds_replay() {
+    let corpus = |target: &str| {
+        let dir = repo().join("fuzz/corpus").join(target);
+        let files: Vec<Vec<u8>> = std::fs::read_dir(dir).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
+        assert!(files.len() >= 5, "{target} seeds");
+        files
+    };
+    let mut tensors = 0;
+    let mut check = |model: wfs::model::Model| {
+        tensors += model.tensors.len();
+        wfs::fuzzing::read_all(&model, 1 << 20);
+        wfs::fuzzing::check_tree(&wfs::tree::Tree::build(model, "seed")).unwrap();
+    };
+    for seed in corpus("pickle") {
+        check(wfs::fuzzing::torch_pickle(&seed).unwrap());
+    }
+    let options = wfs::formats::ReadOptions { cache: std::sync::Arc::new(wfs::cache::ChunkCache::new(1 << 20)) };
+    for seed in corpus("torch") {
+        check(wfs::formats::open_bytes(seed, &options).unwrap());
+    }
+    assert!(tensors > 100, "{tensors} tensors in the seeds");
+}

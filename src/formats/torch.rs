@@ -29,6 +29,10 @@ const MAX_REVISITS: u64 = 1 << 18;
 const MAX_DEPTH: usize = 200;
 /// Most bytes of `object.json` files below the root (each level repeats its subtree).
 const MAX_LEVEL_JSON: u64 = 64 << 20;
+/// Most wrappers (Parameter, subclass, device) around one tensor's rebuild call.
+const MAX_REBUILD_NESTING: usize = 8;
+/// Most dimensions of a tensor (numpy's own limit).
+const MAX_RANK: usize = 64;
 /// Storage bytes read at a time to gather a strided view (a multiple of every element size).
 const GATHER_BLOCK: u64 = 256 << 10;
 
@@ -300,7 +304,7 @@ impl Walk<'_> {
 
     fn object(&mut self, o: &Object, name: &str, in_module: bool, depth: usize) -> Result<Json, OpenError> {
         let pickle = self.pickle;
-        if let Some(found) = self.rebuild(&o.class, &o.args, o.state.as_ref()) {
+        if let Some(found) = self.rebuild(&o.class, &o.args, o.state.as_ref(), 0) {
             return Ok(self.tensor(found, name));
         }
         let class = class_of(pickle, o);
@@ -401,17 +405,20 @@ impl Walk<'_> {
 
     /// A tensor when `func(*args)` (then BUILD `state`) is one of torch's rebuild functions or
     /// a numpy array reconstruction; `None` for anything else.
-    fn rebuild(&self, func: &Value, args: &[Value], state: Option<&Value>) -> Option<Found> {
+    fn rebuild(&self, func: &Value, args: &[Value], state: Option<&Value>, depth: usize) -> Option<Found> {
         let pickle = self.pickle;
+        if depth > MAX_REBUILD_NESTING {
+            return Some(Err(format!("tensor rebuilt through more than {MAX_REBUILD_NESTING} wrappers")));
+        }
         let (module, name) = pickle.global(func)?;
         match (module, name) {
             ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state" | "_rebuild_device_tensor_from_cpu_tensor") => {
                 let inner = pickle.object(args.first()?)?;
-                self.rebuild(&inner.class, &inner.args, inner.state.as_ref())
+                self.rebuild(&inner.class, &inner.args, inner.state.as_ref(), depth + 1)
             }
             ("torch._tensor", "_rebuild_from_type_v2") => {
                 let inner_args = pickle.sequence(args.get(2)?)?;
-                self.rebuild(args.first()?, inner_args, None)
+                self.rebuild(args.first()?, inner_args, None, depth + 1)
             }
             ("torch._utils", "_rebuild_tensor" | "_rebuild_tensor_v2" | "_rebuild_qtensor") => Some(self.storage_tensor(args, None)),
             ("torch._utils", "_rebuild_tensor_v3") => {
@@ -542,7 +549,7 @@ impl Layout {
         let mut shape = self.shape.clone();
         if self.dtype == DType::F4E2M1FN {
             if let Some(last) = shape.last_mut() {
-                *last *= 2;
+                *last = last.saturating_mul(2);
             } else {
                 shape.push(2);
             }
@@ -567,6 +574,9 @@ impl Layout {
 fn view_bytes(storage: Blob, layout: &Layout, big_endian: bool, cache: &Arc<ChunkCache>) -> Result<Arc<dyn TensorBytes>, String> {
     // Storage elements of torch's float4 are bytes (two values each).
     let es = if layout.dtype == DType::F4E2M1FN { 1 } else { layout.dtype.size() as u64 };
+    if layout.shape.len() > MAX_RANK {
+        return Err(format!("the tensor has {} dimensions, over numpy's {MAX_RANK}", layout.shape.len()));
+    }
     let count = Tensor::element_count(&layout.shape).ok_or("the tensor's shape overflows")?;
     let len = count.checked_mul(es).ok_or("the tensor's size overflows")?;
     if count > 0 {
@@ -579,7 +589,9 @@ fn view_bytes(storage: Blob, layout: &Layout, big_endian: bool, cache: &Arc<Chun
             return Err(format!("the tensor needs {end} bytes of its storage, which holds {}", storage.len()));
         }
     }
-    let plain: Arc<dyn TensorBytes> = if count == 0 || layout.contiguous() {
+    let plain: Arc<dyn TensorBytes> = if count == 0 {
+        Arc::new(Extent { blob: storage, offset: 0, len: 0 })
+    } else if layout.contiguous() {
         Arc::new(Extent { blob: storage, offset: layout.offset * es, len })
     } else {
         Arc::new(Strided {
@@ -835,6 +847,11 @@ fn numpy_scalar(pickle: &Pickle, args: &[Value]) -> Option<Json> {
 
 /// A dict key as a name component.
 fn key_text(pickle: &Pickle, k: &Value) -> String {
+    key_text_within(pickle, k, 8)
+}
+
+/// `key_text` of a key whose tuples nest at most `depth` deep (deeper ones are `...`).
+fn key_text_within(pickle: &Pickle, k: &Value, depth: usize) -> String {
     match k {
         Value::Str(s) => s.to_string(),
         Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
@@ -844,7 +861,8 @@ fn key_text(pickle: &Pickle, k: &Value) -> String {
         Value::Bool(b) => if *b { "True" } else { "False" }.into(),
         Value::None => "None".into(),
         Value::Ref(_) => match (pickle.sequence(k), pickle.global(k)) {
-            (Some(items), _) => format!("({})", items.iter().map(|i| key_text(pickle, i)).collect::<Vec<_>>().join(", ")),
+            (Some(_), _) if depth == 0 => "...".into(),
+            (Some(items), _) => format!("({})", items.iter().map(|i| key_text_within(pickle, i, depth - 1)).collect::<Vec<_>>().join(", ")),
             (None, Some((m, n))) => format!("{m}.{n}"),
             (None, None) => "?".into(),
         },
@@ -967,6 +985,7 @@ mod tests {
         assert!(view_bytes(storage.clone(), &layout(0, &[4, 3], &[1, 4]), false, &cache).is_ok());
         assert!(view_bytes(storage.clone(), &layout(0, &[u64::MAX, 2], &[1, 1]), false, &cache).is_err());
         assert!(view_bytes(storage.clone(), &layout(0, &[2, 2], &[u64::MAX, 1]), false, &cache).is_err());
+        assert!(view_bytes(storage.clone(), &layout(0, &[1; 65], &[1; 65]), false, &cache).is_err());
         // An empty tensor needs no bytes wherever it points.
         assert!(view_bytes(storage, &layout(1000, &[0, 3], &[3, 1]), false, &cache).is_ok());
     }
