@@ -150,8 +150,8 @@ impl Pickle {
     /// `_codecs.encode(text, 'latin1')` or wrapped as `bytearray(...)`.
     pub fn bytes(&self, v: &Value) -> Option<Rc<[u8]>> {
         let mut v = v;
-        // `bytearray(bytearray(...))` may nest as deep as the file likes: unwrap in a loop.
-        loop {
+        // `bytearray(bytearray(...))` may nest as deep as the file likes; a real file has one.
+        for _ in 0..8 {
             if let Value::Bytes(b) = v {
                 return Some(b.clone());
             }
@@ -173,6 +173,7 @@ impl Pickle {
                 _ => return None,
             }
         }
+        None
     }
 }
 
