@@ -5,12 +5,14 @@ same run. Every figure is the median of N runs; ratios compare medians. See benc
     sudo python3 bench/run.py            # full size (~1 GiB inputs), 5 runs per figure
     sudo python3 bench/run.py --quick    # ~1 minute smoke run (64 MiB inputs, 3 runs)
 
-Needs Python 3 with h5py and numpy, fusermount3/FUSE, and root for dropping the page cache
-(`echo 3 > /proc/sys/vm/drop_caches`) before cold runs; without root, "cold" runs are warm and
-the report says so.
+Needs Python 3 with h5py and numpy (crc32c too for figure (c), safetensors for figure 8),
+fusermount3/FUSE, and root for dropping the page cache (`echo 3 > /proc/sys/vm/drop_caches`)
+before cold runs; without root, "cold" runs are warm and the report says so. Missing modules
+are reported before anything runs.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import random
@@ -24,8 +26,29 @@ import threading
 import time
 from pathlib import Path
 
-import h5py
-import numpy as np
+try:
+    import h5py
+    import numpy as np
+except ImportError as e:
+    sys.exit(f"bench: missing Python module {e.name}: {sys.executable} -m pip install {e.name}")
+
+# Python modules that only some figures need (by --only number), checked before anything runs
+# so that a missing one is reported with how to install it, not as a crash after the others.
+FIGURE_MODULES = {7: ["crc32c"], 8: ["safetensors"]}
+FIGURE_NAMES = {7: "(c)", 11: "(t)"}
+
+
+def check_figure_modules(figures):
+    """Exits with how to install what the chosen figures need, if anything is missing."""
+    missing = {f: [m for m in FIGURE_MODULES.get(f, []) if importlib.util.find_spec(m) is None] for f in figures}
+    missing = {f: mods for f, mods in missing.items() if mods}
+    if missing:
+        mods = sorted({m for ms in missing.values() for m in ms})
+        others = ",".join(str(f) for f in sorted(set(figures) - set(missing)))
+        sys.exit(f"bench: figure(s) {', '.join(FIGURE_NAMES.get(f, str(f)) for f in sorted(missing))} need the Python "
+                 f"module(s) {', '.join(mods)}: {sys.executable} -m pip install {' '.join(mods)}"
+                 + (f" (or run the others: --only {others})" if others else ""))
+
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -565,6 +588,269 @@ def fig_torch(w, work, total, n, runs, res, python):
             f"{k / r:.1f}x faster", ">= 5x", k / r >= 5)
     res.add("(t)", f"first read (cold) of its {human(nbytes)} tensor `.raw` vs cold `dd` of the same bytes",
             mbs(nbytes, c), mbs(nbytes, d), f"{d / c:.0%}", ">= 70%", d / c >= 0.7)
+SAVE_SAFETENSORS = """import h5py, sys
+from safetensors.numpy import save_file
+tensors = {}
+def take(name, obj):
+    if isinstance(obj, h5py.Dataset):
+        tensors[name] = obj[()]
+with h5py.File(sys.argv[1], "r") as f:
+    f["model_weights"].visititems(take)
+save_file(tensors, sys.argv[2], metadata={"format": "pt"})
+"""
+
+
+def fig_safetensors(w, src, out_root, runs, res):
+    """(8) model.safetensors: copying it against copying every .raw of the mount, and `wfs convert`
+    against an h5py + safetensors script. Source in page cache, fresh mount per copy."""
+    out = Path(tempfile.mkdtemp(prefix="wfs-bench-st-", dir=out_root))
+    whole, raws, conv, script, floor, conv_null, script_null, cat = [], [], [], [], [], [], [], []
+    nbytes = 0
+    for _ in range(runs):
+        warm(src)
+        w.mount(src)
+        nbytes = (w.mnt / "model.safetensors").stat().st_size
+        whole.append(timed(["cp", str(w.mnt / "model.safetensors"), str(out)]))
+        w.umount()
+        shutil.rmtree(out)
+        out.mkdir()
+        w.mount(src)
+        rels = [str(p.relative_to(w.mnt)) for p in tensor_files(w.mnt, ".raw")]
+        raws.append(timed(["cp", "--parents", *rels, str(out)], cwd=w.mnt))
+        w.umount()
+        shutil.rmtree(out)
+        out.mkdir()
+        conv.append(timed([w.exe, "convert", str(src), str(out / "c.safetensors")]))
+        (out / "c.safetensors").unlink()
+        script.append(timed([sys.executable, "-c", SAVE_SAFETENSORS, str(src), str(out / "s.safetensors")]))
+        (out / "s.safetensors").unlink()
+        floor.append(timed(["dd", "if=/dev/zero", f"of={out / 'zeros'}", f"bs={MiB}", f"count={nbytes // MiB}",
+                            "status=none"]))
+        (out / "zeros").unlink()
+        conv_null.append(timed([w.exe, "convert", str(src), "-"], stdout=subprocess.DEVNULL))
+        script_null.append(timed([sys.executable, "-c", SAVE_SAFETENSORS, str(src), "/dev/null"]))
+        cat.append(timed(["cat", str(src)], stdout=subprocess.DEVNULL))
+    shutil.rmtree(out, ignore_errors=True)
+    a, b, c, d, f, cn, sn, r = map(median, (whole, raws, conv, script, floor, conv_null, script_null, cat))
+    res.add(8, f"`cp MNT/model.safetensors` ({human(nbytes)}) into {out_root} vs `cp` of every `.raw` of the same "
+               f"mount (source in page cache, fresh mount)", mbs(nbytes, a), mbs(nbytes, b), f"{b / a:.0%}",
+            ">= 80%", b / a >= 0.8)
+    res.add(8, f"`wfs convert model.h5 out.safetensors` into {out_root} vs h5py + `safetensors.numpy.save_file` "
+               f"script (source in page cache)", ms(c), ms(d), f"{d / c:.2f}x faster", ">= 3x", d / c >= 3)
+    res.add(8, f"(limit) writing {human(nbytes)} of zeros into {out_root} with `dd` (what both sides pay to write "
+               f"the file)", ms(f), f"wfs convert {ms(c)}", f"{f / c:.0%}", "", None)
+    res.add(8, "`wfs convert model.h5 -` > /dev/null vs the same script writing to /dev/null (the converters "
+               "alone, without the destination's cost)", ms(cn), ms(sn), f"{sn / cn:.2f}x faster", ">= 3x",
+            sn / cn >= 3)
+    res.add(8, "(limit) `cat model.h5` > /dev/null (reading the source once)", ms(r), f"wfs convert - {ms(cn)}",
+            f"{r / cn:.0%}", "", None)
+
+
+def write_safetensors(path, layers, seed=2):
+    """The same tensors as a safetensors file (FORMATS.md 6.1), written by hand so that the
+    benchmark needs no safetensors package: HF-style names, F32, offsets back to back."""
+    rng = np.random.default_rng(seed)
+    header, offset = {"__metadata__": {"format": "np"}}, 0
+    for name, weights in layers:
+        for wname, shape in weights:
+            key = "model." + wname.removesuffix(":0").replace("/", ".")
+            nbytes = int(np.prod(shape)) * 4
+            header[key] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        for _, weights in layers:
+            for _, shape in weights:
+                (rng.standard_normal(int(np.prod(shape)), dtype=np.float32) * 0.05).tofile(f)
+    return next(k for k in header if k != "__metadata__")
+
+
+def fig_safetensors_source(w, work, layers, n, runs, res):
+    """(s) A safetensors file of the same tensors: mount time against listing its keys with
+    safetensors.safe_open, and the first read of the large tensor against cold `cat` of the same
+    bytes from a plain file and against safe_open(...).get_tensor."""
+    src = work / "model.safetensors"
+    stamp = work / "safetensors.json"
+    if stamp.exists() and src.exists():
+        big = json.loads(stamp.read_text())["big"]
+    else:
+        log(f"  writing {src} ...")
+        big = write_safetensors(src, layers)
+        stamp.write_text(json.dumps({"big": big}))
+    rel = "tensors/" + big.replace(".", "/") + ".raw"
+    have_st = subprocess.run([sys.executable, "-c", "import safetensors"], capture_output=True).returncode == 0
+    lister = "import sys\nfrom safetensors import safe_open\nwith safe_open(sys.argv[1], 'numpy') as f: print(len(list(f.keys())))\n"
+    getter = "import sys\nfrom safetensors import safe_open\nwith safe_open(sys.argv[1], 'numpy') as f: f.get_tensor(sys.argv[2])\n"
+    plain = work / "big_st.plain"
+    with open(src, "rb") as f:
+        hlen = int.from_bytes(f.read(8), "little")
+        entry = json.loads(f.read(hlen))[big]
+        begin, end = entry["data_offsets"]
+        if not plain.exists() or plain.stat().st_size != end - begin:
+            f.seek(8 + hlen + begin)
+            plain.write_bytes(f.read(end - begin))
+    nbytes = end - begin
+    cat = lambda p: timed(["cat", str(p)], stdout=subprocess.DEVNULL)
+    # The floor: a file with no tensors (daemon start and FUSE mount alone).
+    empty = work / "empty.safetensors"
+    empty.write_bytes((8).to_bytes(8, "little") + b"{}      ")
+    mount_t, empty_t, list_t, cold, plain_cold, get_t = [], [], [], [], [], []
+    warm(src)
+    for _ in range(runs):
+        for source, times in ((src, mount_t), (empty, empty_t)):
+            t = time.perf_counter()
+            w.mount(source)
+            times.append(time.perf_counter() - t)
+            w.umount()
+        if have_st:
+            list_t.append(timed([sys.executable, "-c", lister, str(src)], stdout=subprocess.DEVNULL))
+        drop_caches()
+        plain_cold.append(cat(plain))
+        drop_caches()
+        w.mount(src)
+        cold.append(cat(w.mnt / rel))
+        w.umount()
+        if have_st:
+            drop_caches()
+            get_t.append(timed([sys.executable, "-c", getter, str(src), big]))
+    m, c, pc = median(mount_t), median(cold), median(plain_cold)
+    lt = f"safe_open keys {ms(median(list_t))}" if have_st else "(safetensors not installed)"
+    res.add("(s)", f"`wfs mount` returns (safetensors, {n} tensors, {human(src.stat().st_size)}, in page cache)", ms(m), lt,
+            f"{median(list_t) / m:.1f}x faster" if have_st else "", "< 20 ms", m < 0.02)
+    res.add("(s)", f"first read (cold) of a {human(nbytes)} safetensors tensor `.raw` vs cold `cat` of the same bytes",
+            mbs(nbytes, c), mbs(nbytes, pc), f"{pc / c:.0%}", ">= 70%", pc / c >= 0.7)
+    res.add("(s)", "(info) `wfs mount` of a safetensors file with no tensors (daemon start and FUSE mount)",
+            ms(median(empty_t)), "", "", "", None)
+    if have_st:
+        g = median(get_t)
+        res.add("(s)", "first read (cold) vs `safe_open(...).get_tensor` cold (fresh interpreter)", ms(c), ms(g),
+                f"{g / c:.2f}x faster", "> 1x", g / c > 1)
+
+
+# ----------------------------------------------------------------------------- GGUF (figure 10)
+
+GGUF_TYPES = ("q4_k", "q8_0")
+DECODE_RUN = 64 * 1024  # bytes of float32 wfs decodes together (src/formats/gguf.rs DECODE_UNIT)
+DEQUANTIZE = """import sys, time, gguf
+r = gguf.GGUFReader(sys.argv[1])
+t = next(t for t in r.tensors if t.name == sys.argv[2])
+start = time.perf_counter()
+gguf.quants.dequantize(t.data, t.tensor_type)
+print(time.perf_counter() - start)
+"""
+
+
+def make_gguf(work, values_bytes):
+    """A GGUF (written by gguf-py) with one Q4_K and one Q8_0 tensor of `values_bytes` of float32
+    each, random quants and finite scales, plus eight small Q4_K tensors."""
+    import gguf
+    path = work / f"model_{values_bytes // MiB}M.gguf"
+    if path.exists():
+        return path
+    rng = np.random.default_rng(8)
+    w = gguf.GGUFWriter(str(path), "llama")
+    shapes = [(name, values_bytes // 4) for name in GGUF_TYPES] + [(f"small{i}", 1 << 20) for i in range(8)]
+    for name, elems in shapes:
+        qtype = gguf.GGMLQuantizationType.Q8_0 if name == "q8_0" else gguf.GGMLQuantizationType.Q4_K
+        per, size = gguf.GGML_QUANT_SIZES[qtype]
+        blocks = rng.integers(0, 256, (elems // per, size), dtype=np.uint8)
+        scales = rng.uniform(0.001, 0.01, (elems // per, 2)).astype(np.float16).view(np.uint8)
+        blocks[:, 0:4 if qtype == gguf.GGMLQuantizationType.Q4_K else 2] = scales[:, :4 if qtype == gguf.GGMLQuantizationType.Q4_K else 2]
+        w.add_tensor(f"blk.{name}.weight", blocks.reshape(4096, -1), raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def fig_gguf(w, work, total, runs, res):
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        log("  skipped: the gguf package is not installed (pip install gguf)")
+        return
+    nbytes = min(total, 256 * MiB)
+    src = make_gguf(work, nbytes)
+    rel = {name: f"tensors/blk/{name}/weight.npy" for name in GGUF_TYPES}
+    for name in GGUF_TYPES:
+        cold, warm_t, base = [], [], []
+        for _ in range(runs):
+            for kind, times in (("cold", cold), ("warm", warm_t)):
+                if kind == "cold":
+                    drop_caches()
+                else:
+                    warm(src)
+                w.mount(src)
+                times.append(timed(["cat", str(w.mnt / rel[name])], stdout=subprocess.DEVNULL))
+                w.umount()
+            warm(src)
+            out = subprocess.run([sys.executable, "-c", DEQUANTIZE, str(src), f"blk.{name}.weight"],
+                                 check=True, capture_output=True, text=True)
+            base.append(float(out.stdout))
+        c, h, b = median(cold), median(warm_t), median(base)
+        res.add(10, f"`cat` of a {human(nbytes)}-as-float32 {name} tensor's .npy, cold (fresh mount, cache dropped)",
+                mbs(nbytes, c), "", "", "", None)
+        res.add(10, f"`cat` of the {name} .npy, source in page cache (fresh mount) vs `gguf.quants.dequantize`",
+                mbs(nbytes, h), mbs(nbytes, b), f"{b / h:.1f}x faster", ">= 5x", b / h >= 5)
+    seq, par = [], []
+    for _ in range(runs):
+        warm(src)
+        w.mount(src)
+        seq.append(sum(timed(["cat", str(w.mnt / rel[n])], stdout=subprocess.DEVNULL) for n in GGUF_TYPES))
+        w.umount()
+        w.mount(src)
+        t = time.perf_counter()
+        ps = [subprocess.Popen(["cat", str(w.mnt / rel[n])], stdout=subprocess.DEVNULL) for n in GGUF_TYPES]
+        for p in ps:
+            p.wait()
+        par.append(time.perf_counter() - t)
+        w.umount()
+    s_, p_ = median(seq), median(par)
+    res.add(10, "2 concurrent readers (the q4_k and the q8_0 .npy) vs one after the other, source in page cache",
+            mbs(2 * nbytes, p_), mbs(2 * nbytes, s_), f"{s_ / p_:.2f}x faster", "> 1x", s_ / p_ > 1)
+    # Random 4 KiB reads of the q4_k .npy: decode runs per read against the runs the range touches.
+    rng = random.Random(8)
+    per_read, per_decodes, touched = [], [], 0.0
+    for _ in range(runs):
+        w.mount(src)
+        path = w.mnt / rel["q4_k"]
+        header = path.stat().st_size - nbytes
+        # Page-aligned in the file, as the kernel asks for them; the data start `header` bytes in.
+        offsets = [rng.randrange(1, (header + nbytes) // 4096) * 4096 for _ in range(300)]
+        touched = sum((o - header + 4095) // DECODE_RUN - (o - header) // DECODE_RUN + 1 for o in offsets) / len(offsets)
+        fd = os.open(path, os.O_RDONLY)
+        d0 = w.decodes()
+        t = time.perf_counter()
+        for o in offsets:
+            os.pread(fd, 4096, o)
+        per_read.append((time.perf_counter() - t) / len(offsets))
+        per_decodes.append((w.decodes() - d0) / len(offsets))
+        os.close(fd)
+        w.umount()
+    d = median(per_decodes)
+    res.add(10, f"random 4 KiB pread of the q4_k .npy: runs decoded per read ({DECODE_RUN // 1024} KiB runs; "
+               f"time per read {ms(median(per_read))})", f"{d:.2f}", f"{touched:.2f} runs touched", "",
+            "<= runs touched", d <= touched + 1e-9)
+    cache = 64 * MiB
+    peaks = []
+    for _ in range(runs):
+        proc = subprocess.Popen([w.exe, "mount", str(src), str(w.mnt), "-f", "--cache-size", str(cache)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(500):
+            if os.path.ismount(w.mnt):
+                break
+            time.sleep(0.01)
+        read_all(tensor_files(w.mnt, ".npy") + tensor_files(w.mnt, ".raw"))
+        peaks.append(vm_hwm(proc.pid))
+        w.umount()
+        proc.wait(timeout=30)
+    p = median(peaks)
+    res.add(10, f"daemon peak RSS (VmHWM), `--cache-size {cache // MiB}M`, every .npy and .raw of the GGUF "
+               f"({human(2 * nbytes + 8 * 4 * MiB)} of float32) read by 4 threads", human(p), "", "",
+            f"<= {human(cache + 64 * MiB)}", p <= cache + 64 * MiB)
 
 
 # ----------------------------------------------------------------------------- main
@@ -589,16 +875,19 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smoke run: --size 64M --runs 3")
     ap.add_argument("--wfs", help="wfs binary (default: build and use target/release/wfs)")
     ap.add_argument("--workdir", help="keep generated inputs here and reuse them across runs")
-    ap.add_argument("--only", help="comma-separated figure numbers to run, 7 for the checkpoint (c), 8 for torch (t) (default 1-7)")
     ap.add_argument("--torch-python", default=shutil.which("python3"),
-                    help="a Python with torch, for figure (t) (--only 8): writes the state dict and is its baseline")
+                    help="a Python with torch, for figure (t) (--only 11): writes the state dict and is its baseline")
+    ap.add_argument("--only", help="comma-separated figure numbers to run, 7 for the checkpoint (c), 8 for "
+                    "model.safetensors and convert, 9 for safetensors sources (s), 10 for GGUF, "
+                    "11 for torch (t; needs --torch-python) (default 1-10)")
     ap.add_argument("--out-dir", help="where figure 3 extracts to (default /dev/shm: tmpfs, so that the "
                     "destination disk, not the reader, is not what is measured)")
     args = ap.parse_args()
     if args.quick:
         args.size, args.runs = "64M", 3
     total = parse_size(args.size)
-    only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 8))
+    only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 11))
+    check_figure_modules(only)
 
     out_root = Path(args.out_dir or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()))
     exe = locate_wfs(args.wfs)
@@ -611,14 +900,15 @@ def main():
     try:
         if not CAN_DROP:
             log("WARNING: not root: cannot drop the page cache; 'cold' figures are warm")
-        if 8 in only:
+        if 11 in only:
             log("figure (t): torch state dict")
             fig_torch(w, work, total, args.tensors, args.runs, res, args.torch_python)
-            only.discard(8)
-        n = args.tensors
-        if only:
+        if only & {1, 2, 3, 4, 5, 6, 8}:  # the figures that read the generated .h5 files
             src, layers, n, big, meds = make_inputs(work, total, args.tensors)
             warm(src["plain"])
+        else:
+            layers = plan(total, args.tensors)
+            n = sum(len(w) for _, w in layers)
         if 1 in only:
             log("figure 1: mount to ready"); fig_mount(w, src["plain"], n, args.runs, res)
         if 2 in only:
@@ -639,6 +929,12 @@ def main():
             fig_concurrent(w, src["gzip"], "gzip", meds, args.runs, res)
         if 7 in only:
             log("figure (c): 10,000-variable checkpoint"); fig_checkpoint(w, work, total, args.runs, res)
+        if 8 in only:
+            log("figure 8: model.safetensors and wfs convert"); fig_safetensors(w, src["plain"], out_root, args.runs, res)
+        if 9 in only:
+            log("figure (s): safetensors"); fig_safetensors_source(w, work, layers, n, args.runs, res)
+        if 10 in only:
+            log("figure 10: GGUF dequantization"); fig_gguf(w, work, total, args.runs, res)
     finally:
         w.umount()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -101,6 +101,10 @@ for i, s in enumerate([
     put("keras_names", str(i), s.encode())
 put("npy", "f32", bytes([11]) + (2).to_bytes(8, "big") + (3).to_bytes(8, "big"))
 put("npy", "str", bytes([200]) + (7).to_bytes(8, "big"))
+for f in ["all_dtypes.safetensors", "float6.safetensors", "sharded/model-00002-of-00002.safetensors"]:
+    put("safetensors", os.path.basename(f), read("safetensors/" + f))
+for f in ["fortran_be.npy", "matrix.npy", "bytes.npy", "object.npy"]:
+    put("npy_file", f, read("numpy/" + f))
 put("tree", "0", b"tlayers/dense/kernel\ntlayers/dense/kernel\nf../config.json\nd.\npckpt-1\ntckpt-1/variables/x\nlayers/0>layers/dense\nllatest>ckpt-1\nt\n")
 # PyTorch: whole files for `torch`, their data.pkl for `pickle` (storages "0".."3" exist there).
 import zipfile  # noqa: E402
@@ -112,3 +116,12 @@ for name in ["views.pt", "module.pt", "lightning.ckpt", "protocol4.pt", "hostile
         pkl = next(n for n in z.namelist() if n.endswith("/data.pkl"))
         put("pickle", os.path.basename(name), z.read(pkl))
 put("pickle", "protocol0", b"(lp0\nI1\naVx\np1\naL1180591620717411303424L\naI-3\naF1.5\nac_codecs\nencode\np2\n(V\\u0000\np3\nVlatin1\np4\ntp5\nRp6\naNaI01\na.")
+for name in ["typed.onnx", "raw.onnx", "sparse.onnx", "external_one/model.onnx"]:
+    put("onnx", name.replace("/", "_"), read("onnx/" + name))
+for name in ["float.tflite", "int8.tflite", "buffer_offset.tflite", "constants.tflite", "old_schema.tflite"]:
+    put("tflite", name, read("tflite/" + name))
+for name in ["all_types", "align64", "big_endian", "handmade", "v1", "v2"]:
+    put("gguf", name, read(f"gguf/{name}.gguf"))
+# Dequantizer seeds: the tensor data of two GGUF fixtures (from their info.json tensor_data_offset).
+put("dequantize", "blocks", read("gguf/all_types.gguf")[5184:][:4096])
+put("dequantize", "handmade", read("gguf/handmade.gguf")[416:])

@@ -47,6 +47,11 @@ impl ChunkCache {
         self.decodes.load(Ordering::Relaxed)
     }
 
+    /// The byte budget.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
     pub fn held_bytes(&self) -> u64 {
         self.inner.lock().unwrap().bytes
     }

@@ -69,7 +69,7 @@ impl DType {
     /// number of blocks.
     pub fn raw_len(self, elements: u64) -> Option<u64> {
         let (per_block, bytes) = self.block();
-        if per_block == 0 || elements % per_block != 0 {
+        if per_block == 0 || !elements.is_multiple_of(per_block) {
             return None;
         }
         (elements / per_block).checked_mul(bytes)

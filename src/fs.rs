@@ -114,9 +114,9 @@ impl Fs {
         }
     }
 
-    /// Extended attributes of a node: for the four files of a tensor, its dtype, shape and
+    /// Extended attributes of a node: for the four files of a tensor, its dtype, shape,
     /// where its bytes lie in the source (`user.wfs.storage` is `decoded` when they do not lie
-    /// there as-is).
+    /// there as-is), and what its reader adds (`Tensor::extra_attrs`).
     pub fn xattrs(&self, ino: Ino) -> Vec<(String, Vec<u8>)> {
         let Some(Node::File { content: Content::Tensor(id, _), .. }) = self.tree.node(ino) else {
             return Vec::new();
@@ -137,6 +137,7 @@ impl Fs {
             }
             None => attrs.push(("user.wfs.storage".into(), b"decoded".to_vec())),
         }
+        attrs.extend(tensor.extra_attrs.iter().map(|(name, value)| (name.clone(), value.clone().into_bytes())));
         attrs
     }
 
@@ -331,6 +332,18 @@ mod tests {
             assert_eq!(get("user.wfs.storage").as_deref(), Some("decoded"));
         }
         assert!(fs.xattrs(fs.tree.resolve("info.json").unwrap()).is_empty());
+    }
+
+    #[test]
+    fn readers_add_their_own_tensor_xattrs() {
+        let mut model = Model::default();
+        let mut tensor = Tensor::named("q", DType::I8, vec![2], Arc::new(InMemory(vec![1u8, 2].into())));
+        tensor.extra_attrs.push(("user.wfs.quant.scale".into(), "0.5,0.25".into()));
+        model.tensors.push(tensor);
+        let fs = Fs::new(Tree::build(model, "test"));
+        let raw = fs.tree.resolve("tensors/q.raw").unwrap();
+        assert_eq!(fs.getxattr(raw, OsStr::new("user.wfs.quant.scale")).unwrap(), b"0.5,0.25");
+        assert!(fs.xattrs(raw).iter().any(|(n, _)| n == "user.wfs.name"));
     }
 
     #[test]

@@ -2,11 +2,12 @@
 //! not part of the library's API. Parsers that otherwise need files on disk run here over bytes
 //! in memory, and the checks say what every tree, name and `.npy` header must satisfy.
 
+use crate::cache::ChunkCache;
 use crate::error::OpenError;
-use crate::formats::checkpoint;
+use crate::formats::{ReadOptions, checkpoint};
 use crate::model::Model;
 use crate::source::Blob;
-use crate::tree::{Node, ROOT, Tree};
+use crate::tree::{Content, Node, ROOT, SAFETENSORS_FILE, Tree};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -33,10 +34,43 @@ pub fn torch_pickle(data: &[u8]) -> Result<Model, OpenError> {
     crate::formats::torch::read_data_pkl(&pkl, &storages, false, serde_json::Map::new(), &options)
 }
 
-/// Reads every tensor and file of a model whole, as a reader of the mount would, skipping any
-/// larger than `max` bytes. Read errors are expected on damaged input; panics are the bugs.
+/// A safetensors file held in memory, read as `wfs mount` reads one.
+pub fn safetensors(data: &[u8]) -> Result<Model, OpenError> {
+    crate::formats::safetensors::read(&Blob::Memory(Arc::new(data.to_vec())))
+}
+
+/// `data` read as a `.npy` file, then as the two members of an `.npz` (stored and deflated,
+/// inflated through a chunk cache of `cache` bytes): the models each gives.
+pub fn numpy(data: &[u8], cache: u64) -> Vec<Result<Model, OpenError>> {
+    use crate::formats::{ReadOptions, archive::Archive, numpy};
+    use std::io::Write;
+    let npy = numpy::read_npy(&Blob::Memory(Arc::new(data.to_vec())));
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, method) in [("stored.npy", zip::CompressionMethod::Stored), ("deflated.npy", zip::CompressionMethod::Deflated)] {
+        let options = zip::write::SimpleFileOptions::default().compression_method(method);
+        if zip.start_file(name, options).and_then(|()| Ok(zip.write_all(data)?)).is_err() {
+            return vec![npy];
+        }
+    }
+    let Ok(bytes) = zip.finish().map(std::io::Cursor::into_inner) else { return vec![npy] };
+    let options = ReadOptions { cache: Arc::new(crate::cache::ChunkCache::new(cache)) };
+    let npz = Archive::open(&Blob::Memory(Arc::new(bytes))).and_then(|archive| numpy::read_npz(archive, &options));
+    vec![npy, npz]
+}
+
+/// A GGUF file held in memory, read as `wfs mount` reads one (quantized tensors decode through
+/// a small chunk cache).
+pub fn gguf(bytes: &[u8]) -> Result<Model, OpenError> {
+    let options = ReadOptions { cache: Arc::new(ChunkCache::new(1 << 16)) };
+    crate::formats::gguf::read(&Blob::Memory(Arc::new(bytes.to_vec())), &options)
+}
+
+/// Reads every tensor (its stored and its decoded bytes) and file of a model whole, as a reader
+/// of the mount would, skipping any larger than `max` bytes. Read errors are expected on damaged
+/// input; panics are the bugs.
 pub fn read_all(model: &Model, max: u64) {
-    let contents = model.tensors.iter().map(|t| &t.bytes).chain(model.files.iter().map(|f| &f.bytes));
+    let tensors = model.tensors.iter().flat_map(|t| std::iter::once(&t.bytes).chain(t.decoded.as_ref()));
+    let contents = tensors.chain(model.files.iter().map(|f| &f.bytes));
     for bytes in contents.filter(|b| b.len() <= max) {
         let mut buf = vec![0u8; bytes.len() as usize];
         let _ = bytes.read_at(0, &mut buf);
@@ -89,6 +123,11 @@ pub fn check_tree(tree: &Tree) -> Result<(), String> {
                 let parent = tree.parent(ino).ok_or("symlink without a parent")?;
                 resolve_link(tree, parent, target).map_err(|why| format!("symlink {ino} -> {target:?}: {why}"))?;
             }
+            Some(Node::File { content: Content::Bytes(bytes), size }) if tree.name(ino) == SAFETENSORS_FILE && *size <= 1 << 26 => {
+                let mut file = vec![0u8; *size as usize];
+                bytes.read_at(0, &mut file).map_err(|e| format!("{SAFETENSORS_FILE} {ino}: {e}"))?;
+                parse_safetensors(&file).map_err(|why| format!("{SAFETENSORS_FILE} {ino}: {why}"))?;
+            }
             Some(Node::File { .. }) => {}
             None => return Err(format!("inode {ino} is missing")),
         }
@@ -115,38 +154,86 @@ fn resolve_link(tree: &Tree, from: u64, target: &str) -> Result<(), &'static str
     }
 }
 
-/// A `.npy` header read back by numpy's rules (`numpy.lib.format`): magic, version 1 or 2, the
-/// length field, a data section aligned to 64 bytes, a dict ending in `'\n'`. Returns the
-/// `descr` and the shape.
+/// A `.npy` header as wfs writes it, read back by numpy's rules (`npy::parse_header`) with
+/// the writer's own promises checked too: version 1 or 2, a data section aligned to 64 bytes,
+/// a dict ending in `'\n'`, C order. Returns the `descr` and the shape.
 pub fn parse_npy_header(bytes: &[u8]) -> Result<(String, Vec<u64>), String> {
-    let rest = bytes.strip_prefix(b"\x93NUMPY").ok_or("no magic")?;
-    let (len, dict) = match rest {
-        [1, 0, a, b, dict @ ..] => (usize::from(u16::from_le_bytes([*a, *b])), dict),
-        [2, 0, a, b, c, d, dict @ ..] => (u32::from_le_bytes([*a, *b, *c, *d]) as usize, dict),
-        _ => return Err("unknown version".into()),
-    };
-    if dict.len() != len {
-        return Err(format!("length field {len}, header holds {}", dict.len()));
+    let parsed = crate::npy::parse_header(bytes)?;
+    if parsed.data_offset != bytes.len() as u64 {
+        return Err(format!("header says data at {}, header holds {} bytes", parsed.data_offset, bytes.len()));
     }
-    if bytes.len() % 64 != 0 {
+    if !matches!(bytes[6], 1 | 2) {
+        return Err(format!("version {} written", bytes[6]));
+    }
+    if !bytes.len().is_multiple_of(64) {
         return Err(format!("data starts at {}, not a multiple of 64", bytes.len()));
     }
-    let text = std::str::from_utf8(dict).map_err(|e| e.to_string())?;
-    let text = text.strip_suffix('\n').ok_or("no final newline")?.trim_end_matches(' ');
-    let body = text.strip_prefix("{'descr': '").ok_or("no descr")?;
-    let (descr, body) = body.split_once("', 'fortran_order': False, 'shape': (").ok_or("no shape")?;
-    let dims = body.strip_suffix("), }").ok_or("bad dict end")?;
-    let shape = dims
-        .split(',')
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .map(|d| d.parse::<u64>().map_err(|e| format!("dimension {d:?}: {e}")))
-        .collect::<Result<Vec<u64>, String>>()?;
-    // numpy writes one element as `(n,)` and no elements as `()`.
-    if shape.len() == 1 && !dims.ends_with(',') {
-        return Err("a 1-d shape lacks its trailing comma".into());
+    if bytes.last() != Some(&b'\n') {
+        return Err("no final newline".into());
     }
-    Ok((descr.to_string(), shape))
+    match parsed {
+        crate::npy::Parsed { descr: crate::npy::Descr::Simple(descr), fortran_order: false, shape, .. } => Ok((descr, shape)),
+        _ => Err("structured descr or Fortran order written".into()),
+    }
+}
+
+/// One tensor of a safetensors file: its key, dtype, shape and byte range in the data buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SafetensorsEntry {
+    pub key: String,
+    pub dtype: String,
+    pub shape: Vec<u64>,
+    pub range: std::ops::Range<u64>,
+}
+
+/// A safetensors file read back by the reference reader's rules (FORMATS.md 6.1.2) plus the
+/// reference writer's layout: a header length within limits and the file, padded with spaces
+/// so the data starts at a multiple of 8, `__metadata__` first and all strings, known dtypes,
+/// byte ranges that tile the data buffer in header order and match their shapes exactly.
+/// Returns the metadata and the tensors in header order.
+pub fn parse_safetensors(file: &[u8]) -> Result<(serde_json::Map<String, Value>, Vec<SafetensorsEntry>), String> {
+    let n = u64::from_le_bytes(file.get(..8).ok_or("HeaderTooSmall")?.try_into().map_err(|_| "HeaderTooSmall")?);
+    let data_start = 8u64.checked_add(n).filter(|&s| n <= 100_000_000 && s <= file.len() as u64).ok_or(format!("header length {n}"))?;
+    if data_start % 8 != 0 {
+        return Err(format!("data starts at {data_start}, not a multiple of 8"));
+    }
+    let text = std::str::from_utf8(&file[8..data_start as usize]).map_err(|e| e.to_string())?;
+    let header: serde_json::Map<String, Value> = serde_json::from_str(text.trim_end_matches(' ')).map_err(|e| e.to_string())?;
+    let mut entries = header.into_iter();
+    let metadata = match entries.next() {
+        Some((key, Value::Object(m))) if key == "__metadata__" && m.values().all(Value::is_string) => m,
+        _ => return Err("__metadata__ must come first, a map of strings".into()),
+    };
+    let bits = |dtype: &str| -> Option<u64> {
+        Some(match dtype {
+            "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" | "F8_E4M3FNUZ" | "F8_E5M2FNUZ" => 8,
+            "I16" | "U16" | "F16" | "BF16" => 16,
+            "I32" | "U32" | "F32" => 32,
+            "I64" | "U64" | "F64" | "C64" => 64,
+            "F4" => 4,
+            "F6_E2M3" | "F6_E3M2" => 6,
+            _ => return None,
+        })
+    };
+    let mut end = 0u64;
+    let mut tensors = Vec::new();
+    for (key, entry) in entries {
+        let dtype = entry["dtype"].as_str().ok_or(format!("{key}: no dtype"))?.to_string();
+        let numbers = |field: &str| -> Result<Vec<u64>, String> {
+            entry[field].as_array().ok_or(format!("{key}: no {field}"))?.iter().map(|d| d.as_u64().ok_or(format!("{key}: bad {field}"))).collect()
+        };
+        let (shape, offsets) = (numbers("shape")?, numbers("data_offsets")?);
+        let total_bits = shape.iter().try_fold(bits(&dtype).ok_or(format!("{key}: unknown dtype {dtype}"))?, |acc, &d| acc.checked_mul(d)).ok_or(format!("{key}: ValidationOverflow"))?;
+        match offsets[..] {
+            [begin, stop] if begin == end && stop >= begin && total_bits % 8 == 0 && stop - begin == total_bits / 8 => end = stop,
+            _ => return Err(format!("{key}: InvalidOffset {offsets:?} after {end} for {dtype} {shape:?}")),
+        }
+        tensors.push(SafetensorsEntry { key, dtype, shape, range: offsets[0]..end });
+    }
+    if data_start.checked_add(end) != Some(file.len() as u64) {
+        return Err(format!("MetadataIncompleteBuffer: {} data bytes, {end} described", file.len() as u64 - data_start));
+    }
+    Ok((metadata, tensors))
 }
 
 /// A LevelDB-format table as TensorFlow writes a bundle's `.index`: `entries` (sorted, keys

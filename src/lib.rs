@@ -11,11 +11,13 @@ pub mod cache;
 pub mod daemon;
 pub mod dtype;
 pub mod error;
+pub mod export;
 pub mod formats;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod fs;
 pub mod fuse;
+pub mod ggml;
 pub mod logger;
 pub mod model;
 pub mod names;

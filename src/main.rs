@@ -15,7 +15,7 @@ use wfs::formats::{self, ReadOptions};
 use wfs::fs::Fs;
 use wfs::fuse::Ownership;
 use wfs::tools;
-use wfs::tree::Tree;
+use wfs::tree::{SAFETENSORS_FILE, Tree, TreeOptions};
 
 /// Exit codes, one per failure class (documented in the README).
 mod exit {
@@ -52,12 +52,28 @@ struct SourceArgs {
     stdin_limit: u64,
 }
 
+/// What the tree offers beyond the model's own files.
+#[derive(Args)]
+struct TreeArgs {
+    /// Leave model.safetensors out of the tree (also `-o noexport`)
+    #[arg(long)]
+    no_export: bool,
+}
+
+impl TreeArgs {
+    fn options(&self) -> TreeOptions {
+        TreeOptions { safetensors: !self.no_export }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Mount SOURCE on MOUNTPOINT (created if missing); returns once the mount is live
     Mount {
         #[command(flatten)]
         source: SourceArgs,
+        #[command(flatten)]
+        tree: TreeArgs,
         mountpoint: PathBuf,
         /// Stay in the foreground (logs go to stderr)
         #[arg(short, long)]
@@ -65,7 +81,7 @@ enum Command {
         /// Threads serving kernel requests
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
         threads: u16,
-        /// Mount options: allow_other, allow_root, default_permissions, uid=N, gid=N, ro
+        /// Mount options: allow_other, allow_root, default_permissions, uid=N, gid=N, ro, noexport
         #[arg(short = 'o', value_delimiter = ',')]
         options: Vec<String>,
         /// Log file for the daemon (default: syslog, or the journal under systemd)
@@ -81,6 +97,8 @@ enum Command {
     Ls {
         #[command(flatten)]
         source: SourceArgs,
+        #[command(flatten)]
+        tree: TreeArgs,
         /// A path inside the tree
         #[arg(default_value = "")]
         path: String,
@@ -105,10 +123,19 @@ enum Command {
     Export {
         #[command(flatten)]
         source: SourceArgs,
+        #[command(flatten)]
+        tree: TreeArgs,
         dir: PathBuf,
         /// Only this path of the tree
         #[arg(long, default_value = "")]
         path: String,
+    },
+    /// Write every tensor as one safetensors file (the mount's model.safetensors), without mounting
+    Convert {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// The file to write, or - for standard output
+        out: PathBuf,
     },
     /// Print info.json, without mounting
     Info {
@@ -234,7 +261,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 /// filesystem lives until the process exits and is deliberately never freed: freeing a large
 /// model's millions of small allocations took as long as building them (half of `wfs info`
 /// on 200,000 tensors), and would delay every exit and unmount.
-fn open_fs(args: &SourceArgs) -> Result<(&'static Fs, Option<SystemTime>)> {
+fn open_fs(args: &SourceArgs, options: TreeOptions) -> Result<(&'static Fs, Option<SystemTime>)> {
     let cache = Arc::new(ChunkCache::new(args.cache_size));
     let read_options = ReadOptions { cache: cache.clone() };
     let (model, shown, modified) = if args.source.as_os_str() == "-" {
@@ -250,13 +277,13 @@ fn open_fs(args: &SourceArgs) -> Result<(&'static Fs, Option<SystemTime>)> {
         let model = formats::open_path(&source, &read_options).with_context(|| shown.clone())?;
         (model, source.display().to_string(), modified)
     };
-    let fs = Fs::new(Tree::build(model, &shown)).with_cache(cache);
+    let fs = Fs::new(Tree::build_with(model, &shown, options)).with_cache(cache);
     Ok((Box::leak(Box::new(fs)), modified))
 }
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Mount { source, mountpoint, foreground, threads, options, log_file, idle_timeout } => {
+        Command::Mount { source, tree, mountpoint, foreground, threads, options, log_file, idle_timeout } => {
             let mut settings = MountSettings {
                 mountpoint: mountpoint.clone(),
                 source_name: source.source.display().to_string(),
@@ -268,17 +295,18 @@ fn run(command: Command) -> Result<()> {
                 owner: Ownership { uid: unsafe { libc::geteuid() }, gid: unsafe { libc::getegid() }, time: SystemTime::now() },
                 idle_timeout: idle_timeout.map(Duration::from_secs),
             };
-            apply_options(&mut settings, &options).map_err(Usage)?;
+            let mut tree_options = tree.options();
+            apply_options(&mut settings, &mut tree_options, &options).map_err(Usage)?;
             settings.mountpoint = daemon::prepare_mountpoint(&mountpoint)?;
-            let (fs, modified) = open_fs(&source)?;
+            let (fs, modified) = open_fs(&source, tree_options)?;
             if let Some(t) = modified {
                 settings.owner.time = t;
             }
             Ok(daemon::mount(fs, settings, || detach_stdio(log_file.as_deref()))?)
         }
         Command::Umount { mountpoint } => Ok(daemon::umount(&mountpoint)?),
-        Command::Ls { source, path, recursive, long, tensors } => {
-            let fs = open_fs(&source)?.0;
+        Command::Ls { source, tree, path, recursive, long, tensors } => {
+            let fs = open_fs(&source, tree.options())?.0;
             let target = if tensors { "tensors.tsv" } else { path.as_str() };
             let ino = tools::resolve(fs, target).ok_or_else(|| not_in_tree(&path))?;
             let mut out = std::io::stdout().lock();
@@ -291,15 +319,15 @@ fn run(command: Command) -> Result<()> {
             Ok(result.or_else(ignore_closed_pipe).with_context(|| path.clone())?)
         }
         Command::Cat { source, path } => {
-            let fs = open_fs(&source)?.0;
+            let fs = open_fs(&source, TreeOptions::default())?.0;
             let ino = tools::resolve(fs, &path).ok_or_else(|| not_in_tree(&path))?;
             tools::copy_file(fs, ino, &mut std::io::stdout().lock())
                 .map(|_| ())
                 .or_else(ignore_closed_pipe)
                 .with_context(|| path.clone())
         }
-        Command::Export { source, dir, path } => {
-            let fs = open_fs(&source)?.0;
+        Command::Export { source, tree, dir, path } => {
+            let fs = open_fs(&source, tree.options())?.0;
             let ino = tools::resolve(fs, &path).ok_or_else(|| not_in_tree(&path))?;
             let tty = std::io::stderr().is_terminal();
             let mut progress = |done: tools::Exported, total: u64| {
@@ -314,8 +342,13 @@ fn run(command: Command) -> Result<()> {
             log::info!("exported {} files, {} bytes", done.files, done.bytes);
             Ok(())
         }
+        Command::Convert { source, out } => {
+            let fs = open_fs(&source, TreeOptions::default())?.0;
+            let ino = tools::resolve(fs, SAFETENSORS_FILE).ok_or_else(|| OpenError::UnknownFormat("no safetensors file can hold this model".into()))?;
+            convert(fs, ino, &out).with_context(|| out.display().to_string())
+        }
         Command::Info { source } => {
-            let fs = open_fs(&source)?.0;
+            let fs = open_fs(&source, TreeOptions::default())?.0;
             let ino = tools::resolve(fs, "info.json").ok_or_else(|| not_in_tree("info.json"))?;
             Ok(tools::copy_file(fs, ino, &mut std::io::stdout().lock()).map(|_| ()).or_else(ignore_closed_pipe)?)
         }
@@ -330,6 +363,35 @@ fn run(command: Command) -> Result<()> {
             print_all(&text)
         }
     }
+}
+
+/// Writes the file `ino` of the tree to `out` (`-`: standard output), with a progress line on
+/// a terminal. A regular file left unfinished by a failure is removed (never a device such as
+/// /dev/null).
+fn convert(fs: &Fs, ino: wfs::tree::Ino, out: &std::path::Path) -> std::io::Result<()> {
+    let tty = std::io::stderr().is_terminal();
+    let mut progress = |done: u64, total: u64| {
+        if tty {
+            eprint!("\rwfs: converted {:.1} of {:.1} MiB", done as f64 / (1 << 20) as f64, total as f64 / (1 << 20) as f64);
+        }
+    };
+    let result = if out.as_os_str() == "-" {
+        // Standard output's own handle is line-buffered, which splits binary data at newlines:
+        // a duplicate of its descriptor writes each chunk whole.
+        use std::os::fd::AsFd;
+        let stdout = std::io::stdout().as_fd().try_clone_to_owned();
+        stdout.and_then(|fd| tools::copy_file_overlapped(fs, ino, &mut std::fs::File::from(fd), &mut progress).map(|_| ())).or_else(ignore_closed_pipe)
+    } else {
+        let written = std::fs::File::create(out).and_then(|mut file| tools::copy_file_overlapped(fs, ino, &mut file, &mut progress).map(|_| ()));
+        if written.is_err() && std::fs::symlink_metadata(out).is_ok_and(|m| m.is_file()) {
+            let _ = std::fs::remove_file(out);
+        }
+        written
+    };
+    if tty {
+        eprintln!();
+    }
+    result
 }
 
 fn print_all(bytes: &[u8]) -> Result<()> {
@@ -361,7 +423,7 @@ fn read_stdin(limit: u64) -> Result<Vec<u8>, OpenError> {
     Ok(bytes)
 }
 
-fn apply_options(settings: &mut MountSettings, options: &[String]) -> Result<(), String> {
+fn apply_options(settings: &mut MountSettings, tree: &mut TreeOptions, options: &[String]) -> Result<(), String> {
     for opt in options.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
         let parse_id = |v: &str| v.parse::<u32>().map_err(|_| format!("invalid mount option '{opt}'"));
         match opt.split_once('=') {
@@ -370,6 +432,7 @@ fn apply_options(settings: &mut MountSettings, options: &[String]) -> Result<(),
             None if opt == "allow_other" => settings.allow_other = true,
             None if opt == "allow_root" => settings.allow_root = true,
             None if opt == "default_permissions" => settings.default_permissions = true,
+            None if opt == "noexport" => tree.safetensors = false,
             None if matches!(opt, "ro" | "nodev" | "nosuid" | "noexec" | "noatime") => {}
             None if opt == "rw" => return Err("wfs mounts are read-only: option 'rw' is not allowed".into()),
             _ => return Err(format!("unknown mount option '{opt}'")),

@@ -96,12 +96,15 @@ pub struct Tensor {
     /// The `.npy` data section (float32 values) of a `DType::Block` tensor, decoded by its
     /// reader; `None` leaves such a tensor without `.npy`. Other types derive `.npy` from `.raw`.
     pub decoded: Option<Arc<dyn TensorBytes>>,
+    /// Further extended attributes of the tensor's files, as (full name, value): what a format
+    /// records per tensor beyond dtype and shape (TFLite quantization parameters).
+    pub extra_attrs: Vec<(String, String)>,
 }
 
 impl Tensor {
     /// A tensor whose name is its path in the tree.
     pub fn new(path: Vec<String>, dtype: DType, shape: Vec<u64>, bytes: Arc<dyn TensorBytes>) -> Tensor {
-        Tensor { path, name: String::new(), dtype, shape, bytes, decoded: None }
+        Tensor { path, name: String::new(), dtype, shape, bytes, decoded: None, extra_attrs: Vec::new() }
     }
 
     /// A tensor of a format whose names are its own (TREE.md 7.1): placed at

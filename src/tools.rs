@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 /// How many bytes one read asks for (the size of the kernel's largest FUSE read).
-const READ_SIZE: u32 = 1 << 20;
+pub const READ_SIZE: u32 = 1 << 20;
 
 /// Resolves a `/`-separated path from the root, following the tree's symlinks.
 pub fn resolve(fs: &Fs, path: &str) -> Option<Ino> {
@@ -34,15 +34,66 @@ pub fn resolve(fs: &Fs, path: &str) -> Option<Ino> {
 
 /// Copies a whole file of the tree to `out`.
 pub fn copy_file(fs: &Fs, ino: Ino, out: &mut impl Write) -> io::Result<u64> {
+    copy_file_with_progress(fs, ino, out, &mut |_, _| {})
+}
+
+/// Copies a whole file of the tree to `out`, calling `progress` with the bytes written so far
+/// and the file's size after every read.
+pub fn copy_file_with_progress(fs: &Fs, ino: Ino, out: &mut impl Write, progress: &mut dyn FnMut(u64, u64)) -> io::Result<u64> {
+    let total = fs.attr(ino).map_or(0, |a| a.size);
+    let mut buf = Vec::new();
     let mut offset = 0u64;
     loop {
-        let chunk = fs.read(ino, offset, READ_SIZE).map_err(io::Error::from_raw_os_error)?;
-        if chunk.is_empty() {
+        let len = fs.read_into(ino, offset, READ_SIZE, &mut buf).map_err(io::Error::from_raw_os_error)?;
+        if len == 0 {
             return Ok(offset);
         }
-        out.write_all(&chunk)?;
-        offset += chunk.len() as u64;
+        out.write_all(&buf[..len])?;
+        offset += len as u64;
+        progress(offset, total);
     }
+}
+
+/// Like `copy_file_with_progress`, with the reads from the tree and the writes to `out` on two
+/// threads, so that they overlap: one large file then takes about as long as the slower side.
+pub fn copy_file_overlapped(fs: &Fs, ino: Ino, out: &mut impl Write, progress: &mut dyn FnMut(u64, u64)) -> io::Result<u64> {
+    let total = fs.attr(ino).map_or(0, |a| a.size);
+    // Three buffers circulate: filled ones go to the writer, emptied ones come back.
+    let (filled, to_write) = std::sync::mpsc::channel::<io::Result<(Vec<u8>, usize)>>();
+    let (emptied, to_fill) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..3 {
+        let _ = emptied.send(vec![0u8; READ_SIZE as usize]);
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut offset = 0u64;
+            // Ends when the file is read, or when the writer has failed and dropped its ends.
+            while let Ok(mut buf) = to_fill.recv() {
+                match fs.read_into(ino, offset, READ_SIZE, &mut buf) {
+                    Ok(0) => return,
+                    Ok(len) => {
+                        offset += len as u64;
+                        if filled.send(Ok((buf, len))).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = filled.send(Err(io::Error::from_raw_os_error(e)));
+                        return;
+                    }
+                }
+            }
+        });
+        let mut written = 0u64;
+        for chunk in to_write {
+            let (buf, len) = chunk?;
+            out.write_all(&buf[..len])?;
+            written += len as u64;
+            progress(written, total);
+            let _ = emptied.send(buf);
+        }
+        Ok(written)
+    })
 }
 
 /// One line per entry of directory `ino` (`name/` for directories, `name -> target` for
@@ -165,10 +216,11 @@ mod tests {
         let mut calls = 0;
         let done = export(&fs, ROOT, dir.path(), &mut |_, total| {
             calls += 1;
-            assert_eq!(total, 6);
+            assert_eq!(total, 7);
         })
         .unwrap();
-        assert_eq!((done.files, calls), (6, 6));
+        assert_eq!((done.files, calls), (7, 7));
+        assert!(std::fs::read(dir.path().join("model.safetensors")).unwrap().ends_with(&[7, 8, 9]));
         assert_eq!(std::fs::read(dir.path().join("layers/0/bias.raw")).unwrap(), vec![7, 8, 9]);
         assert_eq!(std::fs::read_link(dir.path().join("layers/0")).unwrap().to_str(), Some("d"));
     }

@@ -1,10 +1,12 @@
 //! The mount tree, built once from a `Model`: inodes, names made safe, and exact file sizes.
 
+use crate::export::Safetensors;
 use crate::model::{Model, TensorBytes, Tensor};
 use crate::names::{sanitize, sanitize_within, shorten};
 use crate::npy;
 use serde_json::{Map, Value, json};
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 pub type Ino = u64;
@@ -68,7 +70,45 @@ struct TopLevel {
     tsv: String,
     tensors: usize,
     bytes: u64,
+    /// Its `model.safetensors`, and for each of its tensors (in `tensors.tsv` order) the id and
+    /// what its key has before the tensor's name: nothing for the innermost top level, else the
+    /// path from this one to the part it lies in (`ckpt-1/`).
+    safetensors: Option<(Ino, Vec<(usize, String)>)>,
 }
+
+/// What building the tree knows about directories: the inode of every raw directory path made
+/// so far (so that links resolve to what was made), and which names are reserved in them.
+struct Dirs {
+    known: HashMap<Vec<String>, Ino>,
+    /// Safe names of the links to come, by raw directory path.
+    link_names: HashMap<Vec<String>, HashSet<String>>,
+    /// Raw paths of the `layers/` directories, whose decimal names are the index links'.
+    layer_dirs: HashSet<Vec<String>>,
+}
+
+impl Dirs {
+    /// True if safe name `name` in raw directory `dir` belongs to a link.
+    fn reserved(&self, dir: &[String], name: &str) -> bool {
+        let decimal = !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit());
+        (decimal && self.layer_dirs.contains(dir)) || self.link_names.get(dir).is_some_and(|n| n.contains(name))
+    }
+}
+
+/// What a tree offers beyond the model's own files.
+#[derive(Clone, Copy, Debug)]
+pub struct TreeOptions {
+    /// `model.safetensors` at each top level (TREE.md 8).
+    pub safetensors: bool,
+}
+
+impl Default for TreeOptions {
+    fn default() -> Self {
+        TreeOptions { safetensors: true }
+    }
+}
+
+/// The name of the assembled safetensors file at each top level.
+pub const SAFETENSORS_FILE: &str = "model.safetensors";
 
 /// Directories up to this many entries are searched by a scan rather than a map.
 const SCANNED_DIR_LEN: usize = 16;
@@ -87,17 +127,34 @@ fn tsv_field(name: &str) -> std::borrow::Cow<'_, str> {
 }
 
 impl Tree {
-    /// Builds the whole tree. `source` is what `info.json` reports as the source.
+    /// Builds the whole tree with the default options. `source` is what `info.json` reports as
+    /// the source.
     pub fn build(model: Model, source: &str) -> Tree {
+        Self::build_with(model, source, TreeOptions::default())
+    }
+
+    pub fn build_with(model: Model, source: &str, options: TreeOptions) -> Tree {
         let mut tree = Tree {
             nodes: vec![Node::Dir { entries: Vec::new(), index: None, subdirs: 0 }],
             parents: vec![ROOT],
             names: vec![String::new()],
             tensors: Vec::new(),
         };
-        // Safe names of every raw directory path seen, so links resolve to what was made.
-        let mut dir_paths: HashMap<Vec<String>, Ino> = HashMap::new();
-        dir_paths.insert(Vec::new(), ROOT);
+        // Link names are promised, and so are decimal names in `layers/` (`layers/<i>` is the
+        // i-th layer, TREE.md 5, even where the order is unknown and there is no such link): a
+        // directory or file that would take one gets the collision suffix instead.
+        let mut link_names: HashMap<Vec<String>, HashSet<String>> = HashMap::new();
+        for link in &model.links {
+            if let Some((name, dir)) = link.path.split_last() {
+                link_names.entry(dir.to_vec()).or_default().insert(sanitize(name));
+            }
+        }
+        let tops_raw = std::iter::once(Vec::new()).chain(model.parts.iter().map(|p| p.path.clone()));
+        let layer_dirs = tops_raw.map(|mut top| {
+            top.push("layers".into());
+            top
+        });
+        let mut dirs = Dirs { known: HashMap::from([(Vec::new(), ROOT)]), link_names, layer_dirs: layer_dirs.collect() };
 
         // The mount's top level, then each part's (a checkpoint of a directory): each gets an
         // info.json and a tensors.tsv over the tensors below it, filled in once all are placed.
@@ -107,7 +164,7 @@ impl Tree {
         root_info.extend(model.info.iter().map(|(k, v)| (k.clone(), v.clone())));
         let mut tops = Vec::new();
         for (raw, info) in std::iter::once((Vec::new(), root_info)).chain(model.parts.iter().map(|p| (p.path.clone(), p.info.clone()))) {
-            let dir = tree.make_dirs(&mut dir_paths, &raw);
+            let dir = tree.make_dirs(&mut dirs, &raw);
             // A part at the root or at another part's place would give a directory two
             // info.json files: the first top level there keeps its own.
             if tops.iter().any(|t: &TopLevel| t.dir == dir) {
@@ -116,27 +173,30 @@ impl Tree {
             }
             let info_ino = tree.add_bytes(dir, "info.json", Vec::new());
             let tsv_ino = tree.add_bytes(dir, "tensors.tsv", Vec::new());
+            // Its name is taken now, before the model's own files; its bytes come at the end.
+            let safetensors = options.safetensors.then(|| (tree.add_bytes(dir, SAFETENSORS_FILE, Vec::new()), Vec::new()));
             let depth = tree.path_of(dir).len();
-            tops.push(TopLevel { raw, dir, depth, info, info_ino, tsv_ino, tsv: String::from(TSV_HEADER), tensors: 0, bytes: 0 });
+            let tsv = String::from(TSV_HEADER);
+            tops.push(TopLevel { raw, dir, depth, info, info_ino, tsv_ino, tsv, tensors: 0, bytes: 0, safetensors });
         }
 
         for dir in &model.dirs {
-            tree.make_dirs(&mut dir_paths, dir);
+            tree.make_dirs(&mut dirs, dir);
         }
         for file in &model.files {
             let (dir, name) = file.path.split_at(file.path.len().saturating_sub(1));
-            let parent = tree.make_dirs(&mut dir_paths, dir);
+            let parent = tree.make_dirs(&mut dirs, dir);
             let name = name.first().map_or("%00", String::as_str);
-            let safe = tree.unique_name(parent, &sanitize(name), &[""]);
+            let safe = tree.unique_name(parent, &sanitize(name), &[""], &|n| dirs.reserved(dir, n));
             let size = file.bytes.len();
             tree.insert(parent, safe, Node::File { content: Content::Bytes(file.bytes.clone()), size });
         }
         for mut tensor in model.tensors {
             let (dir, name) = tensor.path.split_at(tensor.path.len().saturating_sub(1));
-            let parent = tree.make_dirs(&mut dir_paths, dir);
+            let parent = tree.make_dirs(&mut dirs, dir);
             let name = name.first().map_or("%00", String::as_str);
             let longest_suffix = TENSOR_SUFFIXES.iter().map(|s| s.len()).max().unwrap_or(0);
-            let base = tree.unique_name(parent, &sanitize_within(name, 255 - longest_suffix), &TENSOR_SUFFIXES);
+            let base = tree.unique_name(parent, &sanitize_within(name, 255 - longest_suffix), &TENSOR_SUFFIXES, &|_| false);
             let id = tree.tensors.len();
             let raw_len = tensor.bytes.len();
             let header_len = npy::header(tensor.dtype, &tensor.shape).len() as u64;
@@ -151,12 +211,16 @@ impl Tree {
             }
             let mut rel = tree.path_of(parent);
             rel.push(base);
+            let innermost = tops.iter().filter(|t| tensor.path.starts_with(&t.raw)).map(|t| t.depth).max().unwrap_or(0);
             if tensor.name.is_empty() {
                 // Keras and TensorFlow names are the tensor's path below its innermost top level.
-                let depth = tops.iter().filter(|t| tensor.path.starts_with(&t.raw)).map(|t| t.depth).max().unwrap_or(0);
-                tensor.name = rel[depth..].join("/");
+                tensor.name = rel[innermost..].join("/");
             }
             for top in tops.iter_mut().filter(|t| tensor.path.starts_with(&t.raw)) {
+                if let Some((_, keys)) = &mut top.safetensors {
+                    let prefix = rel[top.depth..innermost].iter().map(|c| format!("{c}/")).collect();
+                    keys.push((id, prefix));
+                }
                 let path = rel[top.depth..].join("/");
                 let suffix = if npy_len.is_some() { ".npy" } else { ".raw" };
                 let row = format!("{path}{suffix}\t{}\t{}\t{}\t{}\n", tensor.dtype.name(), shape.trim_end(), raw_len, tsv_field(&tensor.name));
@@ -167,6 +231,21 @@ impl Tree {
             tree.tensors.push(tensor);
         }
         for mut top in tops {
+            if let Some((ino, keys)) = top.safetensors.take() {
+                let format = top.info.get("format").and_then(Value::as_str).unwrap_or_default();
+                let tensors = keys.into_iter().map(|(id, prefix)| {
+                    let tensor = &tree.tensors[id];
+                    let key = if prefix.is_empty() { Cow::Borrowed(tensor.name.as_str()) } else { Cow::Owned(prefix + &tensor.name) };
+                    (key, tensor)
+                });
+                match Safetensors::assemble(tensors, format) {
+                    Ok(file) => tree.set_content(ino, Arc::new(file)),
+                    Err(why) => {
+                        log::warn!("{} left out: {why}", tree.path_of(ino).join("/"));
+                        tree.detach(ino);
+                    }
+                }
+            }
             top.info.insert("tensors".into(), json!(top.tensors));
             top.info.insert("bytes".into(), json!(top.bytes));
             tree.set_bytes(top.info_ino, crate::model::json_text(&Value::Object(top.info)));
@@ -174,25 +253,40 @@ impl Tree {
         }
 
         for link in &model.links {
-            let Some(&target_ino) = dir_paths.get(&link.target) else {
+            let Some(&target_ino) = dirs.known.get(&link.target) else {
                 continue;
             };
             let target_safe = tree.path_of(target_ino);
             let (dir, name) = link.path.split_at(link.path.len().saturating_sub(1));
-            let parent = tree.make_dirs(&mut dir_paths, dir);
+            let parent = tree.make_dirs(&mut dirs, dir);
             let parent_safe = tree.path_of(parent);
             let target = relative(&parent_safe, &target_safe);
             let name = name.first().map_or("%00", String::as_str);
-            let safe = tree.unique_name(parent, &sanitize(name), &[""]);
+            let safe = tree.unique_name(parent, &sanitize(name), &[""], &|_| false);
             tree.insert(parent, safe, Node::Symlink(target));
         }
         tree
     }
 
     fn set_bytes(&mut self, ino: Ino, bytes: Vec<u8>) {
-        let size = bytes.len() as u64;
-        let content = Content::Bytes(Arc::new(crate::model::InMemory(bytes.into())));
-        self.nodes[(ino - 1) as usize] = Node::File { content, size };
+        self.set_content(ino, Arc::new(crate::model::InMemory(bytes.into())));
+    }
+
+    fn set_content(&mut self, ino: Ino, bytes: Arc<dyn TensorBytes>) {
+        let size = bytes.len();
+        self.nodes[(ino - 1) as usize] = Node::File { content: Content::Bytes(bytes), size };
+    }
+
+    /// Takes a file out of its directory (its inode stays, unreachable).
+    fn detach(&mut self, ino: Ino) {
+        let parent = self.parents[(ino - 1) as usize];
+        let name = self.names[(ino - 1) as usize].clone();
+        if let Some(Node::Dir { entries, index, .. }) = self.nodes.get_mut((parent - 1) as usize) {
+            entries.retain(|&e| e != ino);
+            if let Some(map) = index {
+                map.remove(&name);
+            }
+        }
     }
 
     fn add_bytes(&mut self, parent: Ino, name: &str, bytes: Vec<u8>) -> Ino {
@@ -225,9 +319,15 @@ impl Tree {
         ino
     }
 
-    /// A name not yet used in `parent` for any of `base + suffix`: `base`, `base~2`, ...
-    fn unique_name(&self, parent: Ino, base: &str, suffixes: &[&str]) -> String {
-        let free = |b: &str| suffixes.iter().all(|s| self.lookup(parent, &format!("{b}{s}")).is_none());
+    /// A name neither used in `parent` nor `reserved` for any of `base + suffix`: `base`,
+    /// `base~2`, ...
+    fn unique_name(&self, parent: Ino, base: &str, suffixes: &[&str], reserved: &dyn Fn(&str) -> bool) -> String {
+        let free = |b: &str| {
+            suffixes.iter().all(|s| {
+                let name = format!("{b}{s}");
+                self.lookup(parent, &name).is_none() && !reserved(&name)
+            })
+        };
         if free(base) {
             return base.to_string();
         }
@@ -244,15 +344,15 @@ impl Tree {
     }
 
     /// Returns the directory for raw path `dir`, creating what is missing.
-    fn make_dirs(&mut self, known: &mut HashMap<Vec<String>, Ino>, dir: &[String]) -> Ino {
-        if let Some(&ino) = known.get(dir) {
+    fn make_dirs(&mut self, dirs: &mut Dirs, dir: &[String]) -> Ino {
+        if let Some(&ino) = dirs.known.get(dir) {
             return ino;
         }
-        let parent = self.make_dirs(known, &dir[..dir.len() - 1]);
-        let name = &dir[dir.len() - 1];
-        let safe = self.unique_name(parent, &sanitize(name), &[""]);
+        let (name, above) = dir.split_last().expect("the root is known");
+        let parent = self.make_dirs(dirs, above);
+        let safe = self.unique_name(parent, &sanitize(name), &[""], &|n| dirs.reserved(above, n));
         let ino = self.insert(parent, safe, Node::Dir { entries: Vec::new(), index: None, subdirs: 0 });
-        known.insert(dir.to_vec(), ino);
+        dirs.known.insert(dir.to_vec(), ino);
         ino
     }
 
@@ -376,6 +476,33 @@ mod tests {
             _ => panic!(),
         }
         assert_eq!(relative(&["a".into(), "b".into()], &["a".into(), "c".into()]), "../c");
+    }
+
+    #[test]
+    fn index_links_take_decimal_names_from_layers() {
+        let mut model = Model::default();
+        for (i, name) in ["inp", "..", "1", "3", "plain"].iter().enumerate() {
+            let dir = vec!["layers".to_string(), name.to_string()];
+            model.tensors.push(tensor(&["layers", name, "k"], vec![i as u8], DType::U8, vec![1]));
+            model.links.push(ModelLink { path: vec!["layers".into(), i.to_string()], target: dir });
+        }
+        let tree = Tree::build(model, "src");
+        let link = |i: usize| match tree.node(tree.resolve(&format!("layers/{i}")).unwrap()).unwrap() {
+            Node::Symlink(t) => t.clone(),
+            _ => panic!("layers/{i} is not a link"),
+        };
+        assert_eq!((0..5).map(link).collect::<Vec<_>>(), ["inp", "%2E%2E", "1~2", "3~2", "plain"]);
+        assert!(tree.resolve("layers/1~2/k.npy").is_some() && tree.resolve("layers/3~2/k.npy").is_some());
+
+        // Without index links (the order unknown), a decimal name still never means a layer;
+        // elsewhere it is an ordinary name.
+        let mut model = Model::default();
+        for dir in ["layers", "datasets"] {
+            model.tensors.push(tensor(&[dir, "7", "k"], vec![1], DType::U8, vec![1]));
+        }
+        let tree = Tree::build(model, "src");
+        assert!(tree.resolve("layers/7").is_none() && tree.resolve("layers/7~2/k.npy").is_some());
+        assert!(tree.resolve("datasets/7/k.npy").is_some());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing wfs needs on a Debian or Ubuntu machine (run as root):
 # FUSE 3 (the kernel side is built in), a C toolchain and CMake >= 3.26 for the bundled static
-# HDF5 2.x, and numpy for the tests that read the mount the way users do.
+# HDF5 2.x, and numpy and safetensors for the tests that read the mount the way users do.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
@@ -30,6 +30,8 @@ cmake_ok || { pip_install 'cmake>=3.26'; hash -r; }
 cmake_ok || { echo "setup: CMake >= 3.26 is required" >&2; exit 1; }
 
 python3 -c 'import numpy' 2>/dev/null || pip_install numpy
+# tests/export.rs reads model.safetensors with the reference reader.
+python3 -c 'import safetensors' 2>/dev/null || pip_install safetensors
 
 command -v cargo >/dev/null || { echo "setup: Rust (cargo) is required: https://rustup.rs" >&2; exit 1; }
 [ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing (load the fuse module or run with --device /dev/fuse)" >&2; exit 1; }

@@ -37,6 +37,10 @@ fn sources() -> Vec<PathBuf> {
         fixture("h5/v_gzip_shuffle.h5"),
         fixture("keras3/k3_functional.keras"),
         fixture("ckpt/tf2_keras/ckpt-2"),
+        fixture("safetensors/all_dtypes.safetensors"),
+        fixture("safetensors/sharded/model.safetensors.index.json"),
+        fixture("numpy/compressed.npz"),
+        fixture("numpy/fortran_be.npy"),
     ]
 }
 

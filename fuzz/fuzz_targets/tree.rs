@@ -1,7 +1,7 @@
 //! `Tree::build` over arbitrary models: one line per entry, its first character saying what it
 //! is (`t` tensor, `f` file, `d` directory, `p` part, `l` link to the directory named after
-//! `>`), the rest its raw path. The tree must hold safe, unique names and links that resolve
-//! inside the mount.
+//! `>`), the rest its raw path. The tree must hold safe, unique names, links that resolve
+//! inside the mount, and `model.safetensors` files that parse by the format's rules.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;

@@ -31,9 +31,11 @@ impl Archive {
     /// The names of the archive's files (not directories), with their indexes.
     pub fn file_names(&mut self) -> Vec<(usize, String)> {
         (0..self.zip.len())
-            .filter_map(|i| match self.zip.by_index_raw(i) {
-                Ok(f) if f.is_file() => Some((i, f.name().to_string())),
-                _ => None,
+            .filter_map(|i| {
+                let member = self.zip.by_index_raw(i).ok().filter(|f| f.is_file())?;
+                // A name that does not decode (invalid UTF-8 under the UTF-8 flag) names nothing wfs serves.
+                let name = member.name().ok()?.into_owned();
+                Some((i, name))
             })
             .collect()
     }
@@ -51,21 +53,31 @@ impl Archive {
         blob.read_vec(0, blob.len()).map_err(|e| OpenError::unreadable(e.to_string()))
     }
 
+    /// A deflated member's compressed bytes (in place) and its inflated size, for readers that
+    /// inflate on demand; `None` for a member that is not deflated.
+    pub fn deflated(&mut self, index: usize) -> Result<Option<(Blob, u64)>, OpenError> {
+        let member = self.zip.by_index_raw(index).map_err(|e| OpenError::corrupt(format!("damaged zip archive: {e}")))?;
+        if member.compression() != zip::CompressionMethod::Deflated {
+            return Ok(None);
+        }
+        let name = String::from_utf8_lossy(member.name_raw()).into_owned();
+        let data = located(&self.blob, &name, member.data_start(), member.compressed_size())?;
+        Ok(Some((data, member.size())))
+    }
+
     /// A member's bytes: a stored member is a slice of the archive (read in place), a deflated
     /// one is inflated into memory, within the budget.
     pub fn member(&mut self, index: usize) -> Result<Blob, OpenError> {
         let corrupt = |e: zip::result::ZipError| OpenError::corrupt(format!("damaged zip archive: {e}"));
         let member = self.zip.by_index_raw(index).map_err(corrupt)?;
-        let name = member.name().to_string();
+        let name = String::from_utf8_lossy(member.name_raw()).into_owned();
         let size = member.size();
         match member.compression() {
             zip::CompressionMethod::Stored => {
                 if member.compressed_size() != size {
                     return Err(OpenError::corrupt(format!("zip member {name}: stored size differs from its length")));
                 }
-                self.blob
-                    .slice(member.data_start(), size)
-                    .map_err(|_| OpenError::corrupt(format!("zip member {name} extends past the end of the archive")))
+                located(&self.blob, &name, member.data_start(), size)
             }
             zip::CompressionMethod::Deflated => {
                 drop(member);
@@ -76,7 +88,7 @@ impl Archive {
                     )));
                 }
                 let mut out = Vec::with_capacity(size.min(1 << 26) as usize);
-                // One byte past the declared size detects (and bounds) a member that inflates further.
+                // One byte past the declared size bounds a member that inflates further (zip refuses that byte).
                 self.zip
                     .by_index(index)
                     .map_err(corrupt)?
@@ -92,4 +104,10 @@ impl Archive {
             other => Err(OpenError::UnknownFormat(format!("zip member {name} uses {other} compression, which wfs cannot read"))),
         }
     }
+}
+
+/// The `len` bytes of a member's data in the archive, from where `by_index_raw` located them.
+fn located(archive: &Blob, name: &str, start: Option<u64>, len: u64) -> Result<Blob, OpenError> {
+    let start = start.ok_or_else(|| OpenError::corrupt(format!("zip member {name}: data not located")))?;
+    archive.slice(start, len).map_err(|_| OpenError::corrupt(format!("zip member {name} extends past the end of the archive")))
 }

@@ -25,15 +25,15 @@ const MAX_STRING_TENSOR: u64 = 64 << 20;
 /// Budget for all string tensors of one mount together.
 pub(crate) const MAX_STRING_TOTAL: u64 = 256 << 20;
 
-/// If `path` names a checkpoint (its `.index` file or its prefix), the prefix.
-pub fn prefix_of(path: &Path) -> Option<PathBuf> {
-    let name = path.file_name()?.to_str()?;
-    if let Some(stem) = name.strip_suffix(".index") {
-        if is_index_file(path) {
-            return Some(path.with_file_name(stem));
-        }
-    }
-    is_index_file(&index_path(path)).then(|| path.to_path_buf())
+/// If `path` is a checkpoint's `.index` file, the checkpoint's prefix.
+pub fn prefix_of_index(path: &Path) -> Option<PathBuf> {
+    let stem = path.file_name()?.to_str()?.strip_suffix(".index")?;
+    is_index_file(path).then(|| path.with_file_name(stem))
+}
+
+/// True if `path` is a checkpoint prefix: `path.index` is a checkpoint index file.
+pub fn is_prefix(path: &Path) -> bool {
+    is_index_file(&index_path(path))
 }
 
 /// A regular file ending in the SSTable magic.
@@ -633,26 +633,32 @@ fn read_object_graph(bytes: &dyn TensorBytes) -> Result<TrackableObjectGraph, St
 }
 
 /// `layers/<layer>/<variable>` from each variable's `full_name` (TREE.md 5), sharing the bytes
-/// of `variables/`. Optimizer state stays under `variables/` only: slot keys, variables reached
-/// only through an optimizer object, and names scoped by such a variable's first component
-/// (`Adam/m/dense/kernel`). Keys alone cannot tell, since Keras 3 may key a layer weight
-/// `optimizer/_trainable_variables/2` when the optimizer's path to it was found first.
+/// of `variables/`, in the order a depth-first walk of the graph meets them (children in their
+/// tracking order): Keras's `layer.weights` order, own variables before sublayers'. Optimizer
+/// state stays under `variables/` only: slot keys, variables reached only through an optimizer
+/// object, and names scoped by such a variable's first component (`Adam/m/dense/kernel`). Keys
+/// alone cannot tell, since Keras 3 may key a layer weight `optimizer/_trainable_variables/2`
+/// when the optimizer's path to it was found first.
 pub(super) fn add_keras_view(graph: &TrackableObjectGraph, variables: &HashMap<String, Tensor>, under: &[&str], model: &mut Model) {
-    let model_side = reachable_avoiding_optimizers(graph);
+    let model_side = walk_avoiding_optimizers(graph);
+    let mut on_model_side = vec![false; graph.nodes.len()];
+    for &id in &model_side {
+        on_model_side[id] = true;
+    }
     let is_variable = |a: &&SerializedTensor| a.name == "VARIABLE_VALUE" && !a.checkpoint_key.contains("/.OPTIMIZER_SLOT/");
     let optimizer_scopes: Vec<&str> = graph
         .nodes
         .iter()
         .enumerate()
-        .filter(|(i, _)| !model_side[*i])
+        .filter(|(i, _)| !on_model_side[*i])
         .flat_map(|(_, n)| n.attributes.iter().filter(is_variable))
         .filter_map(|a| a.full_name.split_once('/').map(|(scope, _)| scope))
         .collect();
     // Keras 3 exports track every variable twice (`variables/N` and `_all_variables/N`), as
     // distinct nodes of one name: the first stands for both.
     let mut shown: HashMap<&str, (DType, &[u64])> = HashMap::new();
-    for (i, node) in graph.nodes.iter().enumerate().filter(|(i, _)| model_side[*i]) {
-        for attr in node.attributes.iter().filter(is_variable) {
+    for id in model_side {
+        for attr in graph.nodes[id].attributes.iter().filter(is_variable) {
             let parts = split_path(&attr.full_name);
             if parts.len() < 2 || optimizer_scopes.contains(&parts[0].as_str()) {
                 continue;
@@ -662,30 +668,34 @@ pub(super) fn add_keras_view(graph: &TrackableObjectGraph, variables: &HashMap<S
                 continue;
             }
             shown.insert(&attr.full_name, (t.dtype, &t.shape));
-            log::debug!("node {i}: {} is layers/{}", attr.checkpoint_key, attr.full_name);
+            log::debug!("node {id}: {} is layers/{}", attr.checkpoint_key, attr.full_name);
             model.tensors.push(Tensor { path: path_of(&[under, &["layers"]].concat(), &parts), ..t.clone() });
         }
     }
 }
 
-/// Which nodes the root reaches without passing through a child named like an optimizer.
-fn reachable_avoiding_optimizers(graph: &TrackableObjectGraph) -> Vec<bool> {
+/// The nodes the root reaches without passing through a child named like an optimizer, in
+/// depth-first preorder (children in order), each once.
+fn walk_avoiding_optimizers(graph: &TrackableObjectGraph) -> Vec<usize> {
     let mut seen = vec![false; graph.nodes.len()];
+    let mut order = Vec::new();
     // An empty graph (a hostile or damaged checkpoint) has no root to start from.
-    let mut queue = if seen.is_empty() { Vec::new() } else { vec![0usize] };
-    while let Some(id) = queue.pop() {
+    let mut stack = if seen.is_empty() { Vec::new() } else { vec![0usize] };
+    while let Some(id) = stack.pop() {
         if std::mem::replace(&mut seen[id], true) {
             continue;
         }
-        for child in &graph.nodes[id].children {
+        order.push(id);
+        // Reversed onto the stack, so that the first child is walked first.
+        for child in graph.nodes[id].children.iter().rev() {
             let optimizer = child.local_name.to_ascii_lowercase().contains("optimizer");
             match usize::try_from(child.node_id) {
-                Ok(c) if c < seen.len() && !seen[c] && !optimizer => queue.push(c),
+                Ok(c) if c < seen.len() && !seen[c] && !optimizer => stack.push(c),
                 _ => {}
             }
         }
     }
-    seen
+    order
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use crate::model::{Model, ModelLink, path_of};
 use crate::names::split_path;
 use hdf5::Group;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 
 /// Deepest group nesting followed in a plain HDF5 file (guards against hostile files).
 const MAX_GROUP_DEPTH: usize = 64;
@@ -102,8 +103,8 @@ fn read_layers(weights: &Group, config: Option<&Value>, ctx: &H5Context, model: 
     let layer_names = h5::string_list_attr(weights, "layer_names").unwrap_or_default();
     let entries = config.map(layer_entries).unwrap_or_default();
     // Name -> first config entry of that name (a linear search per layer made mounts quadratic).
-    let mut by_name = std::collections::HashMap::new();
-    for entry in &entries {
+    let mut by_name = HashMap::new();
+    for entry in entries {
         if let Some(name) = layer_name(entry) {
             by_name.entry(name).or_insert(entry);
         }
@@ -112,9 +113,53 @@ fn read_layers(weights: &Group, config: Option<&Value>, ctx: &H5Context, model: 
         let entry = by_name.get(name.as_str()).copied();
         add_layer_dir(model, name, entry, Some(index));
         if let Some(group) = h5::locked(|| weights.group(name).ok()) {
+            let first = model.tensors.len();
             read_weight_list(&group, &["layers", name], Some(name), ctx, model, skipped);
+            if let Some(entry) = entry.filter(|e| !layer_entries(e).is_empty()) {
+                let paths = layer_paths(entry);
+                // Below `layers/<name>/`: the weight's path inside the nested model.
+                model.tensors[first..].sort_by_cached_key(|t| nested_order(&paths, &t.path[2..]));
+            }
         }
     }
+}
+
+/// Every layer of a nested model's config (at any depth) by name: its index path (index in its
+/// model's layers, from the outermost) and whether it is a model itself. Shallower layers win a
+/// name that repeats.
+fn layer_paths(entry: &Value) -> HashMap<&str, (Vec<usize>, bool)> {
+    let mut paths = HashMap::new();
+    let mut queue = std::collections::VecDeque::from([(Vec::new(), entry)]);
+    while let Some((path, config)) = queue.pop_front() {
+        for (i, sub) in layer_entries(config).iter().enumerate() {
+            let mut sub_path = path.clone();
+            sub_path.push(i);
+            if let Some(name) = layer_name(sub) {
+                paths.entry(name).or_insert_with(|| (sub_path.clone(), !layer_entries(sub).is_empty()));
+            }
+            queue.push_back((sub_path, sub));
+        }
+    }
+    paths
+}
+
+/// Where a nested model's weight comes in its `layer.weights`: the index path of the layer it
+/// belongs to. The legacy HDF5 writers store a layer's trainable weights before the others,
+/// which for a nested model tears its sublayers' weights apart; a stable sort by this key puts
+/// each sublayer's weights back together in the model's order (TREE.md 5), keeping the file's
+/// order within a sublayer (its `layer.weights`). `rel` is the weight's path below the nested
+/// model's directory: tf_keras scopes it by its own layer alone (`core_dense/kernel` for a
+/// layer of a model nested in the nested model), Keras 3 by every level (`core/core_dense/kernel`).
+fn nested_order(paths: &HashMap<&str, (Vec<usize>, bool)>, rel: &[String]) -> Vec<usize> {
+    let mut key = vec![usize::MAX];
+    for component in rel {
+        let Some((path, is_model)) = paths.get(component.as_str()) else { break };
+        key.clone_from(path);
+        if !is_model {
+            break;
+        }
+    }
+    key
 }
 
 /// The datasets a group's `weight_names` lists (every dataset below it if the list is missing).
@@ -171,15 +216,16 @@ pub fn weight_path(layer: &str, weight: &str) -> Vec<String> {
     }
 }
 
-/// The top-level layer entries of a model config (Functional/Sequential, Keras 1 list form).
-fn layer_entries(config: &Value) -> Vec<Value> {
+/// The top-level layer entries of a model config (Functional/Sequential, Keras 1 list form);
+/// none for the config of a layer that is not a model.
+fn layer_entries(config: &Value) -> &[Value] {
     let inner = config.get("config").unwrap_or(config);
     let list = match inner {
         Value::Array(items) => Some(items),
         Value::Object(map) => map.get("layers").and_then(Value::as_array),
         _ => None,
     };
-    list.cloned().unwrap_or_default()
+    list.map_or(&[], Vec::as_slice)
 }
 
 pub(super) fn layer_name(entry: &Value) -> Option<&str> {
@@ -210,6 +256,26 @@ mod tests {
         assert_eq!(split_path(strip_index_suffix("Adam/m/dense_1/kernel:0")), vec!["Adam", "m", "dense_1", "kernel"]);
         assert_eq!(strip_index_suffix("iteration:0"), "iteration");
         assert_eq!(strip_index_suffix("a:b"), "a:b");
+    }
+
+    #[test]
+    fn nested_models_order_weights_by_sublayer() {
+        let inner: Value = serde_json::from_str(
+            r#"{"class_name":"Sequential","config":{"name":"inner","layers":[
+                {"class_name":"BatchNormalization","config":{"name":"bn"}},
+                {"class_name":"Sequential","config":{"name":"core","layers":[
+                    {"class_name":"Dense","config":{"name":"core_dense"}},
+                    {"class_name":"BatchNormalization","config":{"name":"core_bn"}}]}},
+                {"class_name":"Dense","config":{"name":"dense"}}]}}"#,
+        )
+        .unwrap();
+        let paths = layer_paths(&inner);
+        let key = |rel: &str| nested_order(&paths, &split_path(rel));
+        assert_eq!(key("bn/moving_mean"), vec![0]);
+        assert_eq!(key("core_dense/kernel"), vec![1, 0]);
+        assert_eq!(key("core/core_bn/gamma"), vec![1, 1]);
+        assert_eq!(key("dense/bias"), vec![2]);
+        assert_eq!(key("unknown/w"), vec![usize::MAX]);
     }
 
     #[test]

@@ -3,11 +3,17 @@
 pub mod archive;
 pub mod bundle;
 pub mod checkpoint;
+pub mod gguf;
 pub mod h5;
 pub mod keras3;
 pub mod keras_h5;
+pub mod numpy;
+pub mod safetensors;
+pub mod onnx;
+pub mod paged;
 pub mod savedmodel;
 pub mod torch;
+pub mod tflite;
 
 use crate::cache::ChunkCache;
 use crate::error::OpenError;
@@ -31,7 +37,14 @@ pub enum Sniffed {
     Json,
     /// A PyTorch file in the legacy (pre-1.6) format.
     TorchLegacy,
+    Gguf,
     GitLfsPointer,
+    Safetensors,
+    Npy,
+    /// A protobuf that starts like an ONNX `ModelProto`.
+    Onnx,
+    /// A FlatBuffer with the TensorFlow Lite identifier.
+    Tflite,
     Empty,
     Unknown,
 }
@@ -48,8 +61,20 @@ pub fn sniff(blob: &Blob) -> Sniffed {
     if head.starts_with(torch::LEGACY_MAGIC) {
         return Sniffed::TorchLegacy;
     }
+    if tflite::sniff(&head) {
+        return Sniffed::Tflite;
+    }
+    if head.starts_with(gguf::MAGIC) {
+        return Sniffed::Gguf;
+    }
     if head.starts_with(b"version https://git-lfs.github.com/spec/") {
         return Sniffed::GitLfsPointer;
+    }
+    if safetensors::sniff(&head, len) {
+        return Sniffed::Safetensors;
+    }
+    if head.starts_with(crate::npy::MAGIC) {
+        return Sniffed::Npy;
     }
     if head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
         return Sniffed::Json;
@@ -62,16 +87,26 @@ pub fn sniff(blob: &Blob) -> Sniffed {
         }
         at = if at == 0 { 512 } else { at * 2 };
     }
+    if onnx::sniff(blob) {
+        return Sniffed::Onnx;
+    }
     Sniffed::Unknown
 }
 
 /// Opens SOURCE (a path) and returns its model.
 pub fn open_path(path: &Path, options: &ReadOptions) -> Result<Model, OpenError> {
-    // A checkpoint prefix names no file itself, so it is recognised before anything is opened.
-    if let Some(prefix) = checkpoint::prefix_of(path) {
+    // A path that exists is mounted as what it is (TREE.md 1); a checkpoint prefix names no
+    // file itself, so it is the reading of a path where nothing exists.
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && checkpoint::is_prefix(path) => {
+            return checkpoint::open_prefix(path);
+        }
+        Err(e) => return Err(OpenError::unreadable(io_reason(&e))),
+    };
+    if let Some(prefix) = checkpoint::prefix_of_index(path) {
         return checkpoint::open_prefix(&prefix);
     }
-    let meta = std::fs::metadata(path).map_err(|e| OpenError::unreadable(io_reason(&e)))?;
     if meta.is_dir() {
         if savedmodel::is_savedmodel_dir(path) {
             return savedmodel::open_dir(path);
@@ -103,11 +138,20 @@ fn open_blob(blob: &Blob, dir: Option<&Path>, options: &ReadOptions) -> Result<M
             }
             match savedmodel::root_in(&mut archive) {
                 Some(root) => savedmodel::read_archive(archive, root),
+                None if numpy::is_npz(&mut archive) => numpy::read_npz(archive, options),
                 None => keras3::read_archive(archive, options),
             }
         }
-        Sniffed::Json => keras3::read_sharded(blob, dir, options),
         Sniffed::TorchLegacy => torch::read_legacy(blob, options),
+        Sniffed::Safetensors => safetensors::read(blob),
+        Sniffed::Npy => numpy::read_npy(blob),
+        Sniffed::Json => match dir {
+            Some(dir) if safetensors::indexes_safetensors(blob, dir) => safetensors::read_sharded(blob, dir),
+            _ => keras3::read_sharded(blob, dir, options),
+        },
+        Sniffed::Onnx => onnx::read(blob, dir),
+        Sniffed::Tflite => tflite::read(blob),
+        Sniffed::Gguf => gguf::read(blob, options),
         Sniffed::GitLfsPointer => Err(OpenError::UnknownFormat(
             "this is a Git LFS pointer, not the model itself (run `git lfs pull`)".into(),
         )),

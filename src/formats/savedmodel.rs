@@ -191,10 +191,10 @@ fn read(mut files: Files) -> Result<Model, OpenError> {
         let mut budget = checkpoint::MAX_STRING_TOTAL;
         let bundle = checkpoint::load_bundle(&mut open, &[], &mut model, &mut budget)?;
         model.info.extend(bundle.info);
-        if let Some(graph) = &bundle.graph {
-            if !add_keras_layers(graph, &metadata, &bundle.variables, &mut model) {
-                checkpoint::add_keras_view(graph, &bundle.variables, &[], &mut model);
-            }
+        if let Some(graph) = &bundle.graph
+            && !add_keras_layers(graph, &metadata, &bundle.variables, &mut model)
+        {
+            checkpoint::add_keras_view(graph, &bundle.variables, &[], &mut model);
         }
     }
     for (rel, blob) in files.assets()? {

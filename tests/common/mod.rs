@@ -118,8 +118,10 @@ pub fn check_expect(mount: &Mount, expect: &Value) {
         let shape: Vec<String> = dims.iter().map(u64::to_string).collect();
         assert_eq!(mount.text(&format!("{path}.shape")), format!("{}\n", shape.join(",")), "shape of {path}");
         assert_eq!(mount.text(&format!("{path}.dtype")), format!("{dtype}\n"), "dtype of {path}");
-        let row = format!("{path}.npy\t{dtype}\t{}\t{}\n", shape.join(","), raw.len());
-        assert!(tsv.contains(&row), "tensors.tsv lacks {row:?}");
+        // The name column: the tensor's path below its own top level (a part, or the mount).
+        let row = format!("{path}.npy\t{dtype}\t{}\t{}\t", shape.join(","), raw.len());
+        let name = tsv.lines().find_map(|l| l.strip_prefix(&row)).unwrap_or_else(|| panic!("tensors.tsv lacks {row:?}"));
+        assert!(!name.is_empty() && path.ends_with(name), "name {name:?} of {path}");
     }
     if let Some(layers) = expect.get("layers").and_then(Value::as_array) {
         for (i, name) in layers.iter().enumerate() {
