@@ -398,7 +398,7 @@ impl Vm<'_> {
 
     /// SETITEM(S): pairs into the dict (or dict-like object) below them.
     fn set_items(&mut self, items: Vec<Value>) -> Result<(), PickleError> {
-        if items.len() % 2 != 0 {
+        if items.len() % 2 == 1 {
             return fail("pickle SETITEMS with an odd number of items");
         }
         self.count(items.len() as u64 / 2)?;
