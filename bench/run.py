@@ -35,7 +35,7 @@ except ImportError as e:
 # Python modules that only some figures need (by --only number), checked before anything runs
 # so that a missing one is reported with how to install it, not as a crash after the others.
 FIGURE_MODULES = {7: ["crc32c"], 8: ["safetensors"]}
-FIGURE_NAMES = {7: "(c)"}
+FIGURE_NAMES = {7: "(c)", 11: "(t)"}
 
 
 def check_figure_modules(figures):
@@ -538,6 +538,56 @@ def fig_checkpoint(w, work, total, runs, res, n=10_000):
             ms(rd), ms(c), f"{c / rd:.2f}x", "", None)
 
 
+TORCH_WRITE = """import sys, torch
+total, n, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+g = torch.Generator().manual_seed(4)
+big = total // 4 // 4
+sd = {"embedding.weight": torch.randn(big // 4096, 4096, generator=g)}
+per = max((total - big * 4) // 4 // (n - 1), 1)
+for i in range(n - 1):
+    sd[f"layers.{i}.weight"] = torch.randn(per, generator=g)
+torch.save(sd, path)
+"""
+TORCH_KEYS = ("import sys, torch\nsd = torch.load(sys.argv[1], mmap=True, weights_only=True)\n"
+              "print(len(list(sd.keys())))\n")
+
+
+def fig_torch(w, work, total, n, runs, res, python):
+    """(t) A torch.save state dict: mount vs listing its keys with torch, and the first read of
+    its largest tensor vs cold `dd` of the same bytes of the file."""
+    import zipfile
+    src = work / "state_dict.pt"
+    if not src.exists():
+        log(f"  writing {src} with torch ...")
+        subprocess.run([python, "-c", TORCH_WRITE, str(total), str(n), str(src)], check=True)
+    with zipfile.ZipFile(src) as z:
+        member = next(i for i in z.infolist() if i.filename.endswith("/data/0"))
+    with open(src, "rb") as f:
+        f.seek(member.header_offset + 26)
+        name_len, extra_len = np.frombuffer(f.read(4), "<u2")
+    offset, nbytes = member.header_offset + 30 + int(name_len) + int(extra_len), member.file_size
+    dd = ["dd", f"if={src}", "of=/dev/null", "bs=1M", f"skip={offset}", f"count={nbytes}",
+          "iflag=skip_bytes,count_bytes", "status=none"]
+    warm(src)
+    ready_t, keys_t, cold_t, dd_t = [], [], [], []
+    for _ in range(runs):
+        _, ready = mount_and_walk(w, src)
+        w.umount()
+        ready_t.append(ready)
+        keys_t.append(timed([python, "-c", TORCH_KEYS, str(src)], stdout=subprocess.DEVNULL))
+        drop_caches()
+        w.mount(src)
+        cold_t.append(timed(["cat", str(w.mnt / "tensors/embedding/weight.raw")], stdout=subprocess.DEVNULL))
+        w.umount()
+        drop_caches()
+        dd_t.append(timed(dd))
+        warm(src)
+    r, k, c, d = (median(x) for x in (ready_t, keys_t, cold_t, dd_t))
+    res.add("(t)", f"torch state dict ({n} tensors, {human(total)}): `wfs mount` + `ls -R` vs "
+            "`torch.load(mmap=True, weights_only=True)` listing keys (fresh interpreter)", ms(r), ms(k),
+            f"{k / r:.1f}x faster", ">= 5x", k / r >= 5)
+    res.add("(t)", f"first read (cold) of its {human(nbytes)} tensor `.raw` vs cold `dd` of the same bytes",
+            mbs(nbytes, c), mbs(nbytes, d), f"{d / c:.0%}", ">= 70%", d / c >= 0.7)
 SAVE_SAFETENSORS = """import h5py, sys
 from safetensors.numpy import save_file
 tensors = {}
@@ -825,9 +875,11 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smoke run: --size 64M --runs 3")
     ap.add_argument("--wfs", help="wfs binary (default: build and use target/release/wfs)")
     ap.add_argument("--workdir", help="keep generated inputs here and reuse them across runs")
+    ap.add_argument("--torch-python", default=shutil.which("python3"),
+                    help="a Python with torch, for figure (t) (--only 11): writes the state dict and is its baseline")
     ap.add_argument("--only", help="comma-separated figure numbers to run, 7 for the checkpoint (c), 8 for "
-                    "model.safetensors and convert, 9 for safetensors sources (s), 10 for GGUF "
-                    "(default all)")
+                    "model.safetensors and convert, 9 for safetensors sources (s), 10 for GGUF, "
+                    "11 for torch (t; needs --torch-python) (default 1-10)")
     ap.add_argument("--out-dir", help="where figure 3 extracts to (default /dev/shm: tmpfs, so that the "
                     "destination disk, not the reader, is not what is measured)")
     args = ap.parse_args()
@@ -848,6 +900,9 @@ def main():
     try:
         if not CAN_DROP:
             log("WARNING: not root: cannot drop the page cache; 'cold' figures are warm")
+        if 11 in only:
+            log("figure (t): torch state dict")
+            fig_torch(w, work, total, args.tensors, args.runs, res, args.torch_python)
         if only & {1, 2, 3, 4, 5, 6, 8}:  # the figures that read the generated .h5 files
             src, layers, n, big, meds = make_inputs(work, total, args.tensors)
             warm(src["plain"])

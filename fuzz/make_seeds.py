@@ -106,6 +106,16 @@ for f in ["all_dtypes.safetensors", "float6.safetensors", "sharded/model-00002-o
 for f in ["fortran_be.npy", "matrix.npy", "bytes.npy", "object.npy"]:
     put("npy_file", f, read("numpy/" + f))
 put("tree", "0", b"tlayers/dense/kernel\ntlayers/dense/kernel\nf../config.json\nd.\npckpt-1\ntckpt-1/variables/x\nlayers/0>layers/dense\nllatest>ckpt-1\nt\n")
+# PyTorch: whole files for `torch`, their data.pkl for `pickle` (storages "0".."3" exist there).
+import zipfile  # noqa: E402
+for name in ["state_dict.pt", "views.pt", "dtypes.pt", "module.pt", "lightning.ckpt", "big_endian.pt",
+             "state_dict_legacy.pt", "views_legacy.pt", "hostile/evil_os_system_legacy.pt"]:
+    put("torch", os.path.basename(name), read("torch/" + name))
+for name in ["views.pt", "module.pt", "lightning.ckpt", "protocol4.pt", "hostile/evil_root.pt"]:
+    with zipfile.ZipFile(os.path.join(FIX, "torch", name)) as z:
+        pkl = next(n for n in z.namelist() if n.endswith("/data.pkl"))
+        put("pickle", os.path.basename(name), z.read(pkl))
+put("pickle", "protocol0", b"(lp0\nI1\naVx\np1\naL1180591620717411303424L\naI-3\naF1.5\nac_codecs\nencode\np2\n(V\\u0000\np3\nVlatin1\np4\ntp5\nRp6\naNaI01\na.")
 for name in ["typed.onnx", "raw.onnx", "sparse.onnx", "external_one/model.onnx"]:
     put("onnx", name.replace("/", "_"), read("onnx/" + name))
 for name in ["float.tflite", "int8.tflite", "buffer_offset.tflite", "constants.tflite", "old_schema.tflite"]:

@@ -23,6 +23,17 @@ pub fn checkpoint(index: &[u8], data: &[u8]) -> Result<Model, OpenError> {
     Ok(model)
 }
 
+/// A `data.pkl` read as the zip format reads it, over storages `"0"` to `"3"` of 64, 128, 256
+/// and 512 bytes (so that fuzzed tensors find storages to view).
+pub fn torch_pickle(data: &[u8]) -> Result<Model, OpenError> {
+    let storages = (0..4u32)
+        .map(|k| (k.to_string(), Blob::Memory(Arc::new((0..=255u8).cycle().take(64 << k).collect()))))
+        .collect();
+    let options = crate::formats::ReadOptions { cache: Arc::new(crate::cache::ChunkCache::new(1 << 20)) };
+    let pkl = Blob::Memory(Arc::new(data.to_vec()));
+    crate::formats::torch::read_data_pkl(&pkl, &storages, false, serde_json::Map::new(), &options)
+}
+
 /// A safetensors file held in memory, read as `wfs mount` reads one.
 pub fn safetensors(data: &[u8]) -> Result<Model, OpenError> {
     crate::formats::safetensors::read(&Blob::Memory(Arc::new(data.to_vec())))

@@ -13,6 +13,7 @@ pub mod safetensors;
 pub mod onnx;
 pub mod paged;
 pub mod savedmodel;
+pub mod torch;
 pub mod tflite;
 
 use crate::cache::ChunkCache;
@@ -36,6 +37,8 @@ pub enum Sniffed {
     Zip,
     /// A JSON object (a sharded weights index, if it has a `weight_map`).
     Json,
+    /// A PyTorch file in the legacy (pre-1.6) format.
+    TorchLegacy,
     Gguf,
     GitLfsPointer,
     Safetensors,
@@ -56,6 +59,9 @@ pub fn sniff(blob: &Blob) -> Sniffed {
     let head = blob.read_vec(0, len.min(64)).unwrap_or_default();
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
         return Sniffed::Zip;
+    }
+    if head.starts_with(torch::LEGACY_MAGIC) {
+        return Sniffed::TorchLegacy;
     }
     if tflite::sniff(&head) {
         return Sniffed::Tflite;
@@ -147,12 +153,16 @@ fn open_blob(blob: &Blob, dir: Option<&Dir>, options: &ReadOptions) -> Result<Mo
         }
         Sniffed::Zip => {
             let mut archive = archive::Archive::open(blob)?;
+            if let Some(prefix) = torch::record_prefix(&mut archive) {
+                return torch::read_archive(archive, &prefix, options);
+            }
             match savedmodel::root_in(&mut archive) {
                 Some(root) => savedmodel::read_archive(archive, root),
                 None if numpy::is_npz(&mut archive) => numpy::read_npz(archive, options),
                 None => keras3::read_archive(archive, options),
             }
         }
+        Sniffed::TorchLegacy => torch::read_legacy(blob, options),
         Sniffed::Safetensors => safetensors::read(blob),
         Sniffed::Npy => numpy::read_npy(blob),
         Sniffed::Json => match dir {
@@ -170,7 +180,7 @@ fn open_blob(blob: &Blob, dir: Option<&Dir>, options: &ReadOptions) -> Result<Mo
             "looks like a TensorFlow checkpoint index, but its name does not end in .index".into(),
         )),
         Sniffed::Unknown => Err(OpenError::UnknownFormat(
-            "not a model file wfs can read (no HDF5, zip or checkpoint signature)".into(),
+            "not a model file wfs can read (no HDF5, zip, PyTorch or checkpoint signature)".into(),
         )),
     }
 }
