@@ -144,22 +144,9 @@ pub fn dtype_of(descr: &str) -> Result<(DType, bool), String> {
         ">" => true,
         _ => return Err(format!("descr {descr:?} has no byte order")),
     };
-    let dtype = match code {
-        "b1" => DType::Bool,
-        "i1" => DType::I8,
-        "u1" => DType::U8,
-        "i2" => DType::I16,
-        "u2" => DType::U16,
-        "i4" => DType::I32,
-        "u4" => DType::U32,
-        "i8" => DType::I64,
-        "u8" => DType::U64,
-        "f2" => DType::F16,
-        "f4" => DType::F32,
-        "f8" => DType::F64,
-        "c8" => DType::C64,
-        "c16" => DType::C128,
-        "O" => return Err("object array (pickled Python objects, never unpickled)".into()),
+    let dtype = match (numeric_dtype(code), code) {
+        (Some(numeric), _) => numeric,
+        (None, "O") => return Err("object array (pickled Python objects, never unpickled)".into()),
         _ => match (code.as_bytes().first(), code.get(1..).and_then(|n| n.parse::<usize>().ok())) {
             (Some(b'S'), Some(n)) if n > 0 => DType::Str(n),
             (Some(b'U'), _) => return unsupported("unicode strings"),
@@ -289,6 +276,27 @@ impl Parser<'_> {
             }
         }
     }
+}
+
+/// The numeric type of a numpy type code without its byte order (`f4`, `c16`, `b1`).
+pub fn numeric_dtype(code: &str) -> Option<DType> {
+    Some(match code {
+        "b1" => DType::Bool,
+        "i1" => DType::I8,
+        "u1" => DType::U8,
+        "i2" => DType::I16,
+        "u2" => DType::U16,
+        "i4" => DType::I32,
+        "u4" => DType::U32,
+        "i8" => DType::I64,
+        "u8" => DType::U64,
+        "f2" => DType::F16,
+        "f4" => DType::F32,
+        "f8" => DType::F64,
+        "c8" => DType::C64,
+        "c16" => DType::C128,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

@@ -798,23 +798,7 @@ fn numpy_dtype(pickle: &Pickle, v: &Value) -> Result<(DType, bool), String> {
     let o = pickle.object(v).ok_or("numpy array without a dtype object")?;
     let code = o.args.first().and_then(|c| pickle.text(c)).ok_or("numpy dtype without a type code")?;
     let order = o.state.as_ref().and_then(|s| pickle.sequence(s)).and_then(|s| s.get(1)).and_then(|b| pickle.text(b));
-    let dtype = match &*code {
-        "b1" => DType::Bool,
-        "i1" => DType::I8,
-        "u1" => DType::U8,
-        "i2" => DType::I16,
-        "u2" => DType::U16,
-        "i4" => DType::I32,
-        "u4" => DType::U32,
-        "i8" => DType::I64,
-        "u8" => DType::U64,
-        "f2" => DType::F16,
-        "f4" => DType::F32,
-        "f8" => DType::F64,
-        "c8" => DType::C64,
-        "c16" => DType::C128,
-        other => return Err(format!("numpy dtype {other} is not a numeric type wfs exposes")),
-    };
+    let dtype = crate::npy::numeric_dtype(&code).ok_or_else(|| format!("numpy dtype {code} is not a numeric type wfs exposes"))?;
     Ok((dtype, order.as_deref() == Some(">")))
 }
 
