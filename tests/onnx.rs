@@ -8,20 +8,6 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 
-fn getxattr(path: &Path, name: &str) -> String {
-    let out = Command::new("getfattr").args(["--only-values", "--absolute-names", "-n", name]).arg(path).output().unwrap();
-    assert!(out.status.success(), "getfattr {name} {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// The `tensors.tsv` rows as (path, dtype, shape, bytes, name).
-fn tsv_rows(mount: &Mount) -> Vec<Vec<String>> {
-    let tsv = mount.text("tensors.tsv");
-    let mut lines = tsv.lines();
-    assert_eq!(lines.next(), Some("path\tdtype\tshape\tbytes\tname"));
-    lines.map(|l| l.split('\t').map(str::to_string).collect()).collect()
-}
-
 /// Mounts a fixture and checks every initializer, `graph.json` and `info.json` against its
 /// oracle, and loads every `.npy` with numpy.
 fn check_fixture(rel: &str) -> Mount {

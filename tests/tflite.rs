@@ -9,12 +9,6 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 
-fn getxattr(path: &Path, name: &str) -> String {
-    let out = Command::new("getfattr").args(["--only-values", "--absolute-names", "-n", name]).arg(path).output().unwrap();
-    assert!(out.status.success(), "getfattr {name} {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// JSON equality with floats compared as float32 (the file stores scales as float32; TF's
 /// Python reader widens them to float64).
 fn same(a: &Value, b: &Value) -> bool {
@@ -24,14 +18,6 @@ fn same(a: &Value, b: &Value) -> bool {
         (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w))),
         _ => a == b,
     }
-}
-
-/// The `tensors.tsv` rows as (path, dtype, shape, bytes, name).
-fn tsv_rows(mount: &Mount) -> Vec<Vec<String>> {
-    let tsv = mount.text("tensors.tsv");
-    let mut lines = tsv.lines();
-    assert_eq!(lines.next(), Some("path\tdtype\tshape\tbytes\tname"));
-    lines.map(|l| l.split('\t').map(str::to_string).collect()).collect()
 }
 
 /// The quantization xattrs of a tensor file as the oracle's JSON.

@@ -180,3 +180,18 @@ pub fn write_zip(path: &Path, members: &[(&str, Vec<u8>, bool)]) {
     }
     zip.finish().unwrap();
 }
+
+/// One extended attribute of a file, read with the real `getfattr`.
+pub fn getxattr(path: &Path, name: &str) -> String {
+    let out = Command::new("getfattr").args(["--only-values", "--absolute-names", "-n", name]).arg(path).output().unwrap();
+    assert!(out.status.success(), "getfattr {name} {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The `tensors.tsv` rows as (path, dtype, shape, bytes, name).
+pub fn tsv_rows(mount: &Mount) -> Vec<Vec<String>> {
+    let tsv = mount.text("tensors.tsv");
+    let mut lines = tsv.lines();
+    assert_eq!(lines.next(), Some("path\tdtype\tshape\tbytes\tname"));
+    lines.map(|l| l.split('\t').map(str::to_string).collect()).collect()
+}
