@@ -15,9 +15,11 @@ import argparse
 import importlib.util
 import json
 import os
+import queue
 import random
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -34,7 +36,7 @@ except ImportError as e:
 
 # Python modules that only some figures need (by --only number), checked before anything runs
 # so that a missing one is reported with how to install it, not as a crash after the others.
-FIGURE_MODULES = {7: ["crc32c"], 8: ["safetensors"]}
+FIGURE_MODULES = {7: ["crc32c"], 8: ["safetensors"], 12: ["safetensors"]}
 FIGURE_NAMES = {7: "(c)", 11: "(t)"}
 
 
@@ -729,6 +731,232 @@ def fig_safetensors_source(w, work, layers, n, runs, res):
                 f"{g / c:.2f}x faster", "> 1x", g / c > 1)
 
 
+# ----------------------------------------------------------------------------- remote (figure 12)
+
+class Nginx:
+    """nginx on 127.0.0.1 serving `root` over HTTP (sendfile, keep-alive), started by the
+    benchmark with a generated config, as tests/remote.rs does; stopped by `stop`."""
+
+    def __init__(self, root, work):
+        self.dir = Path(tempfile.mkdtemp(prefix="wfs-bench-nginx-", dir=work))
+        (self.dir / "tmp").mkdir()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        d = self.dir
+        (d / "nginx.conf").write_text(
+            f"user root; daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n"
+            "events { worker_connections 1024; }\n"
+            "http {\n"
+            f"  client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;\n"
+            f"  uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n"
+            "  log_format counted '$request_method $uri $status \"$http_range\"';\n"
+            f"  access_log {d}/access.log counted;\n"
+            "  default_type application/octet-stream; sendfile on; keepalive_requests 100000;\n"
+            f"  server {{ listen 127.0.0.1:{self.port}; root {root}; }}\n"
+            "}\n")
+        self.proc = subprocess.Popen(["nginx", "-c", str(d / "nginx.conf"), "-p", str(d)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port)
+
+    def requests(self):
+        """The access log's lines so far."""
+        log_file = self.dir / "access.log"
+        return log_file.read_text().splitlines() if log_file.exists() else []
+
+    def stop(self):
+        self.proc.terminate()  # SIGTERM: the master stops its worker before it exits
+        self.proc.wait(timeout=30)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def wait_for_port(port):
+    for _ in range(400):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"bench: nothing listens on 127.0.0.1:{port}")
+
+
+class DelayProxy:
+    """A TCP proxy on 127.0.0.1 in front of `upstream` that models a link with `rtt` seconds of
+    round-trip latency and no bandwidth limit (`tc netem` needs a kernel module this VM lacks).
+    Every chunk of bytes, in either direction, is forwarded rtt/2 after it arrived, without
+    holding back what arrives meanwhile: a request reaches the server rtt/2 after it was sent,
+    and its response starts arriving rtt/2 after the server sent it, then streams at full speed.
+    A new connection's first bytes also wait one rtt (the TCP handshake). With rtt=0 it merely
+    relays, which shows whether the proxy itself limits throughput."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, upstream, rtt):
+        self.upstream, self.rtt = upstream, rtt
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(256)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+
+    def _connect(self, client):
+        if self.rtt:
+            time.sleep(self.rtt)
+        try:
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+        except OSError:
+            client.close()
+            return
+        for s in (client, server):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for src, dst in ((client, server), (server, client)):
+            if self.rtt:
+                pending = queue.SimpleQueue()
+                threading.Thread(target=self._receive, args=(src, pending), daemon=True).start()
+                threading.Thread(target=self._send_late, args=(pending, dst), daemon=True).start()
+            else:
+                threading.Thread(target=self._relay, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _close(src, dst):
+        for s, how in ((dst, socket.SHUT_WR), (src, socket.SHUT_RD)):
+            try:
+                s.shutdown(how)
+            except OSError:
+                pass
+
+    def _relay(self, src, dst):
+        buf = memoryview(bytearray(self.CHUNK))
+        try:
+            while n := src.recv_into(buf):
+                dst.sendall(buf[:n])
+        except OSError:
+            pass
+        self._close(src, dst)
+
+    def _receive(self, src, pending):
+        try:
+            while data := src.recv(self.CHUNK):
+                pending.put((time.monotonic() + self.rtt / 2, data))
+        except OSError:
+            pass
+        pending.put((0, b""))
+
+    def _send_late(self, pending, dst):
+        try:
+            while True:
+                due, data = pending.get()
+                if not data:
+                    break
+                if (wait := due - time.monotonic()) > 0:
+                    time.sleep(wait)
+                dst.sendall(data)
+        except OSError:
+            pass
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self):
+        self.listener.close()
+
+
+FIRST_TENSOR = "import sys\nfrom safetensors import safe_open\nwith safe_open(sys.argv[1], 'numpy') as f: f.get_tensor(sys.argv[2])\n"
+
+
+def fig_remote(w, work, layers, runs, res, rtts=(0.0, 0.040)):
+    """(12) The safetensors model of figure 9 served by nginx on 127.0.0.1: time from `wfs mount
+    URL` to a small tensor's bytes vs `curl` of the whole file + safe_open(...).get_tensor, and a
+    cold sequential read of the 256 MiB tensor vs `curl -r` of the same range; directly and with
+    40 ms of round-trip latency added by `DelayProxy`."""
+    src = work / "model.safetensors"
+    if not src.exists():
+        log(f"  writing {src} ...")
+        write_safetensors(src, layers)
+    with open(src, "rb") as f:
+        hlen = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(hlen))
+    tensors = sorted(((k, v) for k, v in header.items() if k != "__metadata__"), key=lambda kv: kv[1]["data_offsets"])
+    big_name, big = max(tensors, key=lambda kv: kv[1]["data_offsets"][1] - kv[1]["data_offsets"][0])
+    # A tensor of an ordinary layer (figure 9's layers after the large ones), as one reads first.
+    small_name = "model." + layers[5][1][0][0].removesuffix(":0").replace("/", ".")
+    small = header[small_name]
+    raw = lambda name: "tensors/" + name.replace(".", "/") + ".raw"
+    size = lambda e: e["data_offsets"][1] - e["data_offsets"][0]
+    begin, end = (8 + hlen + o for o in big["data_offsets"])
+    www = work / "www"
+    www.mkdir(exist_ok=True)
+    if not (www / src.name).exists():
+        os.link(src, www / src.name)
+    warm(src)
+    nginx = Nginx(www, work)
+    download = work / "downloaded.safetensors"
+    try:
+        # Is the proxy itself a bottleneck? curl of the 256 MiB range, direct and relayed.
+        relay = DelayProxy(nginx.port, 0)
+        range_curl = lambda port: timed(["curl", "-sSf", "-r", f"{begin}-{end - 1}", "-o", "/dev/null",
+                                          f"http://127.0.0.1:{port}/{src.name}"])
+        direct, relayed = [], []
+        for _ in range(runs):
+            direct.append(range_curl(nginx.port))
+            relayed.append(range_curl(relay.port))
+        relay.close()
+        d, r = median(direct), median(relayed)
+        res.add(12, f"(limit) `curl -r` of the {human(end - begin)} range through the latency proxy set to 0 ms vs "
+                    f"straight from nginx (the proxy's own cost)", mbs(end - begin, r), mbs(end - begin, d),
+                f"{d / r:.0%}", "", None)
+        for rtt in rtts:
+            proxy = DelayProxy(nginx.port, rtt) if rtt else None
+            port = proxy.port if proxy else nginx.port
+            url = f"http://127.0.0.1:{port}/{src.name}"
+            link = f"{rtt * 1000:.0f} ms RTT (proxy)" if rtt else "127.0.0.1"
+            first, fetch_load, fetch, seq, ranged, mount_requests = [], [], [], [], [], []
+            for _ in range(runs):
+                before = len(nginx.requests())
+                t = time.perf_counter()
+                w.mount(url)
+                with open(w.mnt / raw(small_name), "rb") as f:
+                    while f.read(MiB):
+                        pass
+                first.append(time.perf_counter() - t)
+                mount_requests.append(len(nginx.requests()) - before)
+                w.umount()
+                t = time.perf_counter()
+                subprocess.run(["curl", "-sSf", "-o", str(download), url], check=True)
+                fetch.append(time.perf_counter() - t)
+                subprocess.run([sys.executable, "-c", FIRST_TENSOR, str(download), small_name], check=True)
+                fetch_load.append(time.perf_counter() - t)
+                download.unlink()
+                w.mount(url)
+                seq.append(timed(["dd", f"if={w.mnt / raw(big_name)}", "of=/dev/null", "bs=16M", "status=none"]))
+                w.umount()
+                ranged.append(timed(["curl", "-sSf", "-r", f"{begin}-{end - 1}", "-o", "/dev/null", url]))
+            f_, fl, fe, s, rg = map(median, (first, fetch_load, fetch, seq, ranged))
+            res.add(12, f"{link}: `wfs mount URL` of a {human(src.stat().st_size)}, {len(tensors)}-tensor safetensors "
+                        f"file + read a {human(size(small))} tensor's `.raw` ({median(mount_requests):.0f} requests) "
+                        f"vs `curl -o` of the file + `safe_open(...).get_tensor` (curl alone {ms(fe)})",
+                    ms(f_), ms(fl), f"{fl / f_:.0f}x faster", ">= 50x", fl / f_ >= 50)
+            res.add(12, f"{link}: `dd bs=16M` of the {human(end - begin)} tensor's `.raw` (fresh mount) vs `curl -r` "
+                        f"of the same byte range to /dev/null", mbs(end - begin, s), mbs(end - begin, rg),
+                    f"{rg / s:.0%}", ">= 70%", rg / s >= 0.7)
+            if proxy:
+                proxy.close()
+    finally:
+        w.umount()
+        nginx.stop()
+        download.unlink(missing_ok=True)
+
+
 # ----------------------------------------------------------------------------- GGUF (figure 10)
 
 GGUF_TYPES = ("q4_k", "q8_0")
@@ -879,7 +1107,7 @@ def main():
                     help="a Python with torch, for figure (t) (--only 11): writes the state dict and is its baseline")
     ap.add_argument("--only", help="comma-separated figure numbers to run, 7 for the checkpoint (c), 8 for "
                     "model.safetensors and convert, 9 for safetensors sources (s), 10 for GGUF, "
-                    "11 for torch (t; needs --torch-python) (default 1-10)")
+                    "11 for torch (t; needs --torch-python), 12 for remote sources (nginx + curl; default 1-10)")
     ap.add_argument("--out-dir", help="where figure 3 extracts to (default /dev/shm: tmpfs, so that the "
                     "destination disk, not the reader, is not what is measured)")
     args = ap.parse_args()
@@ -935,6 +1163,8 @@ def main():
             log("figure (s): safetensors"); fig_safetensors_source(w, work, layers, n, args.runs, res)
         if 10 in only:
             log("figure 10: GGUF dequantization"); fig_gguf(w, work, total, args.runs, res)
+        if 12 in only:
+            log("figure 12: remote (nginx on 127.0.0.1)"); fig_remote(w, work, layers, args.runs, res)
     finally:
         w.umount()
         shutil.rmtree(tmp, ignore_errors=True)

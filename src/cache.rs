@@ -95,6 +95,57 @@ impl ChunkCache {
         }
     }
 
+    /// Loads several consecutive chunks with one `load`, as one ranged request does: from `keys`,
+    /// the first run of those neither cached nor being loaded (skipping any before it). They
+    /// are claimed like `get_or_load` claims one: a reader of any of them waits for it.
+    /// `load(i, n, put)` loads `keys[i..i + n]`, handing each chunk to `put` in order as soon as
+    /// it is complete, which lets its readers go on at once. Chunks not put (a failed load) are
+    /// left uncached. Returns the index in `keys` after the run, where a next call may go on.
+    pub fn load_run(
+        &self,
+        keys: &[Key],
+        load: impl FnOnce(usize, usize, &mut dyn FnMut(Arc<[u8]>)) -> Result<(), ReadError>,
+    ) -> usize {
+        let slots: Vec<Arc<Slot>> = {
+            let mut inner = self.inner.lock().unwrap();
+            keys.iter().map(|key| inner.lru.get_or_insert(*key, || Arc::new(Slot::default())).clone()).collect()
+        };
+        // A slot that cannot be locked at once is being loaded (or looked at) by someone else.
+        let claimable = |slot: &Arc<Slot>| slot.data.try_lock().is_ok_and(|data| data.is_none());
+        let first = slots.iter().position(claimable).unwrap_or(slots.len());
+        let mut claimed = std::collections::VecDeque::new();
+        for (key, slot) in keys[first..].iter().zip(&slots[first..]) {
+            match slot.data.try_lock() {
+                Ok(data) if data.is_none() => claimed.push_back((*key, slot, data)),
+                _ => break,
+            }
+        }
+        let end = first + claimed.len();
+        if claimed.is_empty() {
+            return end;
+        }
+        let mut put = |chunk: Arc<[u8]>| {
+            let Some((key, slot, mut data)) = claimed.pop_front() else { return };
+            self.decodes.fetch_add(1, Ordering::Relaxed);
+            let mut inner = self.inner.lock().unwrap();
+            if inner.lru.peek(&key).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+                inner.bytes += chunk.len() as u64;
+                *data = Some(chunk);
+                drop(data);
+                self.evict(&mut inner, &key);
+            }
+        };
+        // Errors reach no reader here: whoever needs an unloaded chunk loads it again.
+        let _ = load(first, end - first, &mut put);
+        let mut inner = self.inner.lock().unwrap();
+        for (key, slot, _) in claimed {
+            if inner.lru.peek(&key).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+                inner.lru.pop(&key);
+            }
+        }
+        end
+    }
+
     /// Drops least recently used chunks until the budget holds, sparing `keep` (just loaded).
     fn evict(&self, inner: &mut Inner, keep: &Key) {
         while inner.bytes > self.capacity {
@@ -173,6 +224,43 @@ mod tests {
             assert_eq!(t.join().unwrap().len(), 1000);
         }
         assert_eq!(loads.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_run_skips_what_is_cached_and_readers_wait_for_it() {
+        let cache = Arc::new(ChunkCache::new(1 << 20));
+        cache.get_or_load((1, 0), || Ok(vec![0; 10])).unwrap();
+        let keys = [(1, 0), (1, 1), (1, 2)];
+        let loader = {
+            let cache = cache.clone();
+            std::thread::spawn(move || {
+                cache.load_run(&keys, |from, count, put| {
+                    assert_eq!((from, count), (1, 2));
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    put(Arc::from(vec![1; 10]));
+                    put(Arc::from(vec![2; 10]));
+                    Ok(())
+                })
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        // Claimed by the run: this reader waits for it rather than loading.
+        let waited = cache.get_or_load((1, 2), || Ok(vec![9; 10])).unwrap();
+        assert_eq!((waited[0], loader.join().unwrap()), (2, 3));
+        assert_eq!(cache.get_or_load((1, 1), || Ok(vec![9; 10])).unwrap()[0], 1);
+        assert_eq!(cache.held_bytes(), 30);
+    }
+
+    #[test]
+    fn what_a_failed_run_did_not_put_is_not_cached() {
+        let cache = ChunkCache::new(1 << 20);
+        let end = cache.load_run(&[(1, 0), (1, 1)], |_, _, put| {
+            put(Arc::from(vec![1; 10]));
+            Err(ReadError::OutOfBounds)
+        });
+        assert_eq!(end, 2);
+        assert_eq!(cache.get_or_load((1, 0), || Ok(vec![9])).unwrap()[0], 1);
+        assert_eq!(cache.get_or_load((1, 1), || Ok(vec![9])).unwrap()[0], 9);
     }
 
     #[test]

@@ -14,16 +14,25 @@ use crate::error::{OpenError, ReadError};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::http::HttpBuilder;
 use object_store::path::Path as StorePath;
+use futures_util::StreamExt;
 use object_store::{BackoffConfig, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, RetryConfig};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-/// Bytes fetched per request and cached per entry.
+/// Bytes cached per entry, and fetched by a request for a read that is not sequential.
 const BLOCK: u64 = 1 << 20;
-/// Blocks fetched ahead of a sequential reader (requests in flight at once).
-const READAHEAD_BLOCKS: u64 = 16;
+/// Blocks a sequential reader gets fetched ahead of it at first. The window then grows with
+/// the run (as many blocks ahead as the run has read), so that a long read keeps more requests
+/// in flight the longer it lasts: what a link's bandwidth-delay product needs.
+const READAHEAD_MIN: u64 = 8;
+/// The largest readahead window, in blocks (it is also at most half the cache, so that what
+/// readahead fetched is not evicted before it is read).
+const READAHEAD_MAX: u64 = 64;
+/// The most blocks one readahead request asks for; a window is split into requests of up to
+/// this many blocks, fetched at the same time (each streamed into the cache block by block).
+const REQUEST_BLOCKS: u64 = 8;
 
 /// How requests behave.
 #[derive(Clone, Debug)]
@@ -66,7 +75,7 @@ fn handle() -> Result<tokio::runtime::Handle, ReadError> {
         *runtime = Some(
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
-                .max_blocking_threads(4 * READAHEAD_BLOCKS as usize)
+                .max_blocking_threads(2 * (READAHEAD_MAX / REQUEST_BLOCKS) as usize)
                 .thread_name("wfs-remote")
                 .enable_all()
                 .build()?,
@@ -291,16 +300,17 @@ impl RemoteObject {
         let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
         // Readahead once a sequential run is a block long: metadata reads, however
         // sequential, are short and fetch nothing ahead.
-        let run_length = {
+        let ahead = {
             let mut run = self.run.lock().unwrap();
             if run.end != offset {
                 run.start = offset;
             }
             run.end = end;
-            end - run.start
+            let run_blocks = (end - run.start) / BLOCK;
+            if run_blocks > 0 { self.ahead_of(last + 1, run_blocks) } else { None }
         };
-        if run_length >= BLOCK {
-            self.read_ahead(last + 1)?;
+        if let Some(blocks) = ahead {
+            self.read_ahead(blocks)?;
         }
         // The blocks after the first are fetched at the same time, each by its own thread.
         let blocks: Vec<Arc<[u8]>> = std::thread::scope(|scope| {
@@ -325,44 +335,105 @@ impl RemoteObject {
         self.size.div_ceil(BLOCK)
     }
 
-    /// Starts fetching the blocks from `next` on that are not yet cached or on their way.
-    fn read_ahead(self: &Arc<Self>, next: u64) -> Result<(), ReadError> {
-        let until = (next + READAHEAD_BLOCKS).min(self.block_count());
-        let ahead = self.ahead.swap(until, Ordering::Relaxed);
-        let start = if (next..until).contains(&ahead) { ahead } else { next };
+    /// The blocks to fetch ahead of a sequential reader whose run has read `run_blocks` and
+    /// whose next block is `next`, if enough are due for full requests (called under the `run`
+    /// lock, which keeps `ahead`, the end of what was handed to readahead, consistent).
+    /// Returns them with the blocks each request is to ask for.
+    fn ahead_of(&self, next: u64, run_blocks: u64) -> Option<(std::ops::Range<u64>, u64)> {
+        let limit = READAHEAD_MAX.min(self.store.cache.capacity() / BLOCK / 2);
+        let window = run_blocks.max(READAHEAD_MIN).min(limit);
+        let until = (next + window).min(self.block_count());
+        let start = self.ahead.load(Ordering::Relaxed).clamp(next, until);
+        // Requests of a quarter of the window (several in flight), none issued before it can
+        // be full, except at the end of the object.
+        let request = (window / 4).clamp(1, REQUEST_BLOCKS);
+        if start == until || (until - start < request && until < self.block_count()) {
+            return None;
+        }
+        self.ahead.store(until, Ordering::Relaxed);
+        Some((start..until, request))
+    }
+
+    /// Starts fetching `blocks` (those not yet cached or on their way), in requests of up to
+    /// `request` blocks, all at once.
+    fn read_ahead(self: &Arc<Self>, (blocks, request): (std::ops::Range<u64>, u64)) -> Result<(), ReadError> {
         let handle = handle()?;
-        for n in start..until {
+        let mut first = blocks.start;
+        while first < blocks.end {
+            let count = request.min(blocks.end - first);
             let object = self.clone();
             let counted = Readahead::start();
-            // Failures are not cached: the reader that needs the block fetches it again.
             handle.spawn_blocking(move || {
                 let _counted = counted;
-                object.block(n)
+                object.fetch_ahead(first..first + count);
             });
+            first += count;
         }
         Ok(())
     }
 
+    /// Fetches `blocks` into the cache with as few requests as those already cached or being
+    /// fetched allow. Failures are not cached: the reader that needs the block asks again.
+    fn fetch_ahead(&self, blocks: std::ops::Range<u64>) {
+        let keys: Vec<_> = blocks.clone().map(|n| (self.id, n)).collect();
+        let mut done = 0;
+        while done < keys.len() {
+            done = self.store.cache.load_run(&keys[done..], |from, count, put| {
+                let first = blocks.start + (done + from) as u64;
+                self.store.block_on(async |client| self.fetch(client, first, count as u64, put).await)
+            }) + done;
+        }
+    }
+
     /// Block `n`, from the cache or fetched (once, however many readers ask at the same time).
     fn block(&self, n: u64) -> Result<Arc<[u8]>, ReadError> {
-        let start = n * BLOCK;
-        let end = (start + BLOCK).min(self.size);
         self.store.cache.get_or_load((self.id, n), || {
             self.store.block_on(async |client| {
-                // A weak ETag cannot be matched strongly; the ETag of the answer is compared anyway.
-                let if_match = self.etag.clone().filter(|e| !e.starts_with("W/"));
-                let options = GetOptions { range: Some((start..end).into()), if_match, ..GetOptions::default() };
-                let answer = client.get_opts(&self.path, options).await.map_err(read_error)?;
-                if answer.meta.size != self.size || (self.etag.is_some() && answer.meta.e_tag != self.etag) {
-                    return Err(ReadError::SourceChanged);
-                }
-                let bytes = answer.bytes().await.map_err(read_error)?;
-                if bytes.len() as u64 != end - start {
-                    return Err(ReadError::SourceChanged);
-                }
-                Ok(Arc::<[u8]>::from(&bytes[..]))
+                let mut block = None;
+                self.fetch(client, n, 1, &mut |b| block = Some(b)).await?;
+                block.ok_or(ReadError::SourceChanged)
             })
         })
+    }
+
+    /// Fetches blocks `first..first + count` with one ranged request, handing each to `put` as
+    /// soon as its bytes are in.
+    async fn fetch(&self, client: Arc<dyn ObjectStore>, first: u64, count: u64, put: &mut dyn FnMut(Arc<[u8]>)) -> Result<(), ReadError> {
+        let start = first * BLOCK;
+        let end = ((first + count) * BLOCK).min(self.size);
+        // A weak ETag cannot be matched strongly; the ETag of the answer is compared anyway.
+        let if_match = self.etag.clone().filter(|e| !e.starts_with("W/"));
+        let options = GetOptions { range: Some((start..end).into()), if_match, ..GetOptions::default() };
+        let answer = client.get_opts(&self.path, options).await.map_err(read_error)?;
+        if answer.meta.size != self.size || (self.etag.is_some() && answer.meta.e_tag != self.etag) {
+            return Err(ReadError::SourceChanged);
+        }
+        // Each block is allocated once, at its final size, and the body copied into it as it
+        // arrives: no intermediate buffer of the whole range.
+        let new_block = |at: u64| -> Arc<[u8]> { std::iter::repeat_n(0u8, (end - at).min(BLOCK) as usize).collect() };
+        let mut body = answer.into_stream();
+        let (mut at, mut block, mut filled) = (start, new_block(start), 0);
+        while let Some(piece) = body.next().await {
+            let piece = piece.map_err(read_error)?;
+            let mut piece = &piece[..];
+            while !piece.is_empty() {
+                if at == end {
+                    return Err(ReadError::SourceChanged);
+                }
+                let take = piece.len().min(block.len() - filled);
+                Arc::get_mut(&mut block).expect("not shared before it is put")[filled..filled + take].copy_from_slice(&piece[..take]);
+                (filled, piece) = (filled + take, &piece[take..]);
+                if filled == block.len() {
+                    at += filled as u64;
+                    put(std::mem::replace(&mut block, new_block(at)));
+                    filled = 0;
+                }
+            }
+        }
+        if at != end {
+            return Err(ReadError::SourceChanged);
+        }
+        Ok(())
     }
 }
 
