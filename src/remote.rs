@@ -23,10 +23,12 @@ use std::time::Duration;
 
 /// Bytes cached per entry, and fetched by a request for a read that is not sequential.
 const BLOCK: u64 = 1 << 20;
-/// Blocks a sequential reader gets fetched ahead of it at first. The window then grows with
-/// the run (as many blocks ahead as the run has read), so that a long read keeps more requests
-/// in flight the longer it lasts: what a link's bandwidth-delay product needs.
-const READAHEAD_MIN: u64 = 8;
+/// A sequential run starts readahead once it has read this much: two of the kernel's 128 KiB
+/// reads. One read (metadata; a random 4 KiB read, which the kernel rounds up) fetches nothing
+/// ahead. The window then grows with the run (twice what the run has read), so that a long
+/// read keeps more requests in flight the longer it lasts, as a link's bandwidth-delay product
+/// needs, while a short one (a small tensor) fetches little that it will not read.
+const READAHEAD_AFTER: u64 = 256 << 10;
 /// The largest readahead window, in blocks (it is also at most half the cache, so that what
 /// readahead fetched is not evicted before it is read).
 const READAHEAD_MAX: u64 = 64;
@@ -298,16 +300,14 @@ impl RemoteObject {
         }
         let end = offset + buf.len() as u64;
         let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
-        // Readahead once a sequential run is a block long: metadata reads, however
-        // sequential, are short and fetch nothing ahead.
         let ahead = {
             let mut run = self.run.lock().unwrap();
             if run.end != offset {
                 run.start = offset;
             }
             run.end = end;
-            let run_blocks = (end - run.start) / BLOCK;
-            if run_blocks > 0 { self.ahead_of(last + 1, run_blocks) } else { None }
+            let run_length = end - run.start;
+            if run_length >= READAHEAD_AFTER { self.ahead_of(last + 1, run_length) } else { None }
         };
         if let Some(blocks) = ahead {
             self.read_ahead(blocks)?;
@@ -347,13 +347,13 @@ impl RemoteObject {
         self.size.div_ceil(BLOCK)
     }
 
-    /// The blocks to fetch ahead of a sequential reader whose run has read `run_blocks` and
+    /// The blocks to fetch ahead of a sequential reader whose run has read `run_length` and
     /// whose next block is `next`, if enough are due for full requests (called under the `run`
     /// lock, which keeps `ahead`, the end of what was handed to readahead, consistent).
     /// Returns them with the blocks each request is to ask for.
-    fn ahead_of(&self, next: u64, run_blocks: u64) -> Option<(std::ops::Range<u64>, u64)> {
+    fn ahead_of(&self, next: u64, run_length: u64) -> Option<(std::ops::Range<u64>, u64)> {
         let limit = READAHEAD_MAX.min(self.store.cache.capacity() / BLOCK / 2);
-        let window = run_blocks.max(READAHEAD_MIN).min(limit);
+        let window = (2 * run_length).div_ceil(BLOCK).min(limit);
         let until = (next + window).min(self.block_count());
         let start = self.ahead.load(Ordering::Relaxed).clamp(next, until);
         // Requests of a quarter of the window (several in flight), none issued before it can
