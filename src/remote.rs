@@ -25,9 +25,9 @@ use std::time::Duration;
 const BLOCK: u64 = 1 << 20;
 /// A sequential run starts readahead once it has read this much: two of the kernel's 128 KiB
 /// reads. One read (metadata; a random 4 KiB read, which the kernel rounds up) fetches nothing
-/// ahead. The window then grows with the run (twice what the run has read), so that a long
-/// read keeps more requests in flight the longer it lasts, as a link's bandwidth-delay product
-/// needs, while a short one (a small tensor) fetches little that it will not read.
+/// ahead. The window then grows with the run (four times what the run has read: fivefold per
+/// round trip), so that a long read soon keeps enough requests in flight for the link's
+/// bandwidth-delay product, while a short one (a small tensor) fetches little it will not read.
 const READAHEAD_AFTER: u64 = 256 << 10;
 /// The largest readahead window, in blocks (it is also at most half the cache, so that what
 /// readahead fetched is not evicted before it is read).
@@ -353,7 +353,7 @@ impl RemoteObject {
     /// Returns them with the blocks each request is to ask for.
     fn ahead_of(&self, next: u64, run_length: u64) -> Option<(std::ops::Range<u64>, u64)> {
         let limit = READAHEAD_MAX.min(self.store.cache.capacity() / BLOCK / 2);
-        let window = (2 * run_length).div_ceil(BLOCK).min(limit);
+        let window = (4 * run_length).div_ceil(BLOCK).min(limit);
         let until = (next + window).min(self.block_count());
         let start = self.ahead.load(Ordering::Relaxed).clamp(next, until);
         // Requests of a quarter of the window (several in flight), none issued before it can
