@@ -141,8 +141,6 @@ impl Filesystem for WfsFuse {
         for flag in flags {
             let _ = config.add_capabilities(flag);
         }
-        // Remote sources: the daemon's request runtime and clients, ready before the first read.
-        crate::remote::warm_up();
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(());
         }

@@ -119,25 +119,6 @@ pub fn quiesce() {
     }
 }
 
-/// Every store made, for [`warm_up`].
-static STORES: Mutex<Vec<std::sync::Weak<Store>>> = Mutex::new(Vec::new());
-
-/// Starts the request runtime again after [`quiesce`] and builds every store's client, in the
-/// background: the daemon calls it when it starts serving, so that its first read does not
-/// wait for them (a client loads the system's certificates: a few milliseconds).
-pub fn warm_up() {
-    let stores: Vec<Arc<Store>> = STORES.lock().unwrap().iter().filter_map(std::sync::Weak::upgrade).collect();
-    if !stores.is_empty() {
-        std::thread::spawn(move || {
-            // Failures here are met again, and reported, by the first read.
-            let _ = handle();
-            for store in stores {
-                let _ = store.client();
-            }
-        });
-    }
-}
-
 // ---- stores --------------------------------------------------------------------------------
 
 /// Which service a store talks to, with what it needs to (re)build its client.
@@ -158,9 +139,7 @@ pub struct Store {
 
 impl Store {
     fn new(service: Service, options: &RemoteOptions, cache: Arc<ChunkCache>) -> Arc<Store> {
-        let store = Arc::new(Store { service, options: options.clone(), cache, client: Mutex::new(None) });
-        STORES.lock().unwrap().push(Arc::downgrade(&store));
-        store
+        Arc::new(Store { service, options: options.clone(), cache, client: Mutex::new(None) })
     }
 
     /// The client of the current runtime generation, built on first use.
