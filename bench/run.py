@@ -5,8 +5,8 @@ same run. Every figure is the median of N runs; ratios compare medians. See benc
     sudo python3 bench/run.py            # full size (~1 GiB inputs), 5 runs per figure
     sudo python3 bench/run.py --quick    # ~1 minute smoke run (64 MiB inputs, 3 runs)
 
-Needs Python 3 with h5py and numpy (crc32c too for figure (c), safetensors for figure 8),
-fusermount3/FUSE, and root for dropping the page cache (`echo 3 > /proc/sys/vm/drop_caches`)
+Needs Python 3 with h5py and numpy (crc32c too for figure (c), safetensors for figures 8 and
+12, nginx and curl for figure 12), fusermount3/FUSE, and root for dropping the page cache (`echo 3 > /proc/sys/vm/drop_caches`)
 before cold runs; without root, "cold" runs are warm and the report says so. Missing modules
 are reported before anything runs.
 """
@@ -891,6 +891,10 @@ def fig_remote(w, work, layers, runs, res, rtts=(0.0, 0.040)):
     URL` to a small tensor's bytes vs `curl` of the whole file + safe_open(...).get_tensor, and a
     cold sequential read of the 256 MiB tensor vs `curl -r` of the same range; directly and with
     40 ms of round-trip latency added by `DelayProxy`."""
+    missing = [tool for tool in ("nginx", "curl") if not shutil.which(tool)]
+    if missing:
+        log(f"  skipped: {' and '.join(missing)} not installed (apt-get install {' '.join(missing)})")
+        return
     src = work / "model.safetensors"
     if not src.exists():
         log(f"  writing {src} ...")
@@ -964,7 +968,8 @@ def fig_remote(w, work, layers, runs, res, rtts=(0.0, 0.040)):
                 ranged.append(timed(["curl", "-sSf", "-r", f"{begin}-{end - 1}", "-o", null, url]))
             f_, fl, fe, s, rg = map(median, (first, fetch_load, fetch, seq, ranged))
             res.add(12, f"{link}: `wfs mount URL` of a {human(src.stat().st_size)}, {len(tensors)}-tensor safetensors "
-                        f"file + read a {human(size(small))} tensor's `.raw` ({median(mount_requests):.0f} requests) "
+                        f"file + read `{small_name}` ({human(size(small))}) from its `.raw` "
+                        f"({median(mount_requests):.0f} requests) "
                         f"vs `curl -o` of the file + `safe_open(...).get_tensor` (curl alone {ms(fe)})",
                     ms(f_), ms(fl), f"{fl / f_:.0f}x faster", ">= 50x", fl / f_ >= 50)
             res.add(12, f"{link}: `dd bs=16M` of the {human(end - begin)} tensor's `.raw` (fresh mount) vs `curl -r` "
