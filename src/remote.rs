@@ -302,11 +302,15 @@ impl RemoteObject {
         let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
         let ahead = {
             let mut run = self.run.lock().unwrap();
-            if run.end != offset {
-                run.start = offset;
+            // A read within a block of the run's end continues it: the daemon's threads may
+            // serve the kernel's sequential reads a little out of order. (`end` is u64::MAX
+            // before the first read.)
+            if run.end != u64::MAX && (run.end.saturating_sub(BLOCK)..=run.end + BLOCK).contains(&offset) {
+                (run.start, run.end) = (run.start.min(offset), run.end.max(end));
+            } else {
+                (run.start, run.end) = (offset, end);
             }
-            run.end = end;
-            let run_length = end - run.start;
+            let run_length = run.end - run.start;
             if run_length >= READAHEAD_AFTER { self.ahead_of(last + 1, run_length) } else { None }
         };
         if let Some(blocks) = ahead {
