@@ -11,13 +11,15 @@
 
 use crate::cache::ChunkCache;
 use crate::error::{OpenError, ReadError};
+use crate::source::{Entry, EntryKind};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::http::HttpBuilder;
 use object_store::path::Path as StorePath;
 use object_store::{BackoffConfig, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, RetryConfig};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 /// Bytes fetched per request and cached per entry.
@@ -249,14 +251,33 @@ impl std::fmt::Debug for RemoteObject {
 }
 
 impl RemoteObject {
-    /// Looks the object up and reads its first block, which also proves that the server
-    /// answers ranged requests with ranges.
+    /// Reads the object's first block, which gives its size and ETag and proves that the
+    /// server answers ranged requests with ranges. No HEAD request: a presigned URL is signed
+    /// for GET only.
     fn open(store: &Arc<Store>, path: StorePath, shown: String) -> Result<Arc<RemoteObject>, OpenError> {
-        let unreadable = |e: ReadError| OpenError::unreadable(match e {
-            ReadError::Io(e) => e.to_string(),
-            other => other.to_string(),
+        let unreadable = |e: ReadError| {
+            OpenError::unreadable(match e {
+                ReadError::Io(e) => e.to_string(),
+                other => other.to_string(),
+            })
+        };
+        let first = store.block_on(async |c| {
+            let options = GetOptions { range: Some((0..BLOCK).into()), ..GetOptions::default() };
+            match c.get_opts(&path, options).await {
+                Ok(answer) => {
+                    let meta = answer.meta.clone();
+                    let bytes = answer.bytes().await.map_err(read_error)?;
+                    Ok((meta, Some(bytes)))
+                }
+                Err(missing @ object_store::Error::NotFound { .. }) => Err(head_error(missing)),
+                // An empty object has no first byte to ask for: its size comes from HEAD.
+                Err(range_error) => match c.head(&path).await {
+                    Ok(meta) if meta.size == 0 => Ok((meta, None)),
+                    _ => Err(head_error(range_error)),
+                },
+            }
         });
-        let meta = store.block_on(async |c| c.head(&path).await.map_err(head_error)).map_err(unreadable)?;
+        let (meta, first) = first.map_err(unreadable)?;
         let object = Arc::new(RemoteObject {
             store: store.clone(),
             path,
@@ -267,8 +288,12 @@ impl RemoteObject {
             run: Mutex::new(Run { start: 0, end: u64::MAX }),
             ahead: AtomicU64::new(0),
         });
-        if object.size > 0 {
-            object.block(0).map_err(unreadable)?;
+        if let Some(bytes) = first {
+            if bytes.len() as u64 != object.size.min(BLOCK) {
+                return Err(unreadable(ReadError::SourceChanged));
+            }
+            let bytes = Arc::<[u8]>::from(&bytes[..]);
+            object.store.cache.get_or_load((object.id, 0), || Ok(bytes)).map_err(unreadable)?;
         }
         Ok(object)
     }
@@ -396,7 +421,8 @@ fn reason(e: &object_store::Error) -> String {
         }
         source = cause.source();
     }
-    text.lines().map(str::trim).collect::<Vec<_>>().join(" ")
+    // Request errors name the URL, whose query may hold a signature.
+    text.split_whitespace().map(|word| if word.contains("://") { redact(word) } else { word.to_string() }).collect::<Vec<_>>().join(" ")
 }
 
 // ---- URLs and directories ------------------------------------------------------------------
@@ -408,13 +434,52 @@ pub struct RemoteDir {
     dir: Vec<String>,
     /// The directory's URL as shown (ends in `/`).
     shown: String,
+    /// The directory's entries, listed once.
+    listing: OnceLock<Vec<Entry>>,
+    /// Subdirectories asked for so far, each listed at most once.
+    subs: Mutex<HashMap<String, Arc<RemoteDir>>>,
 }
 
 impl RemoteDir {
+    fn new(store: Arc<Store>, dir: Vec<String>, shown: String) -> Arc<RemoteDir> {
+        Arc::new(RemoteDir { store, dir, shown, listing: OnceLock::new(), subs: Mutex::new(HashMap::new()) })
+    }
+
     /// Opens the file `name` of this directory (a plain name, checked by the caller).
     pub fn open(&self, name: &str) -> Result<Arc<RemoteObject>, OpenError> {
         let path = StorePath::from_iter(self.dir.iter().map(String::as_str).chain([name]));
         RemoteObject::open(&self.store, path, self.shown(name))
+    }
+
+    /// The subdirectory `name` (a plain name, checked by the caller).
+    pub fn sub(&self, name: &str) -> Arc<RemoteDir> {
+        let mut subs = self.subs.lock().unwrap();
+        let sub = subs.entry(name.to_string()).or_insert_with(|| {
+            let dir = self.dir.iter().cloned().chain([name.to_string()]).collect();
+            RemoteDir::new(self.store.clone(), dir, format!("{}{name}/", self.shown))
+        });
+        sub.clone()
+    }
+
+    /// The directory's files and subdirectories (S3 lists them; a web server cannot).
+    pub fn list(&self) -> Result<Vec<Entry>, OpenError> {
+        if let Some(entries) = self.listing.get() {
+            return Ok(entries.clone());
+        }
+        if matches!(self.store.service, Service::Http { .. }) {
+            return Err(OpenError::unreadable(format!(
+                "{}: a web server does not list directories; name a file (a checkpoint's .index, saved_model.pb's directory over s3://)",
+                self.shown
+            )));
+        }
+        let prefix = StorePath::from_iter(self.dir.iter().map(String::as_str));
+        let listed = self.store.block_on(async |c| c.list_with_delimiter(Some(&prefix)).await.map_err(head_error));
+        let listed = listed.map_err(|e| OpenError::unreadable(format!("listing {}: {e}", self.shown)))?;
+        let named = |path: &StorePath| path.filename().map(str::to_string);
+        let dirs = listed.common_prefixes.iter().filter_map(named).map(|name| Entry { name, kind: EntryKind::Dir });
+        let files = listed.objects.iter().filter_map(|o| named(&o.location)).map(|name| Entry { name, kind: EntryKind::File });
+        let entries: Vec<Entry> = dirs.chain(files).collect();
+        Ok(self.listing.get_or_init(|| entries).clone())
     }
 
     /// How `name` in this directory is shown.
@@ -451,7 +516,10 @@ impl RemoteSource {
                 }
                 let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
                 let base = format!("{}://{host}{port}", url.scheme());
-                (Service::Http { base: base.clone(), headers }, base)
+                // The query goes with every request (a presigned URL's signature lives there);
+                // it is never shown.
+                let query = url.query().map(|q| format!("?{q}")).unwrap_or_default();
+                (Service::Http { base: format!("{base}{query}"), headers }, base)
             }
             "s3" => (Service::S3 { bucket: host.clone() }, format!("s3://{host}")),
             "hf" => {
@@ -485,7 +553,7 @@ impl RemoteSource {
             _ => format!("{shown_base}/{}", segments.iter().map(|s| format!("{s}/")).collect::<String>()),
         };
         let store = Store::new(service, options, cache);
-        Ok(RemoteSource { dir: Arc::new(RemoteDir { store, dir: segments, shown: shown_dir }), name })
+        Ok(RemoteSource { dir: RemoteDir::new(store, segments, shown_dir), name })
     }
 }
 
