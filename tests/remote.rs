@@ -672,6 +672,11 @@ fn presigned_urls_need_no_credentials_and_stay_secret() {
         let info = mount.text("info.json");
         assert!(!info.contains("X-Amz") && info.contains(&format!("{}/models/{path}", s3.endpoint())), "{info}");
     }
+    // A presigned URL reaches its own object only: a checkpoint's data file beside it is refused.
+    let out = wfs().args(["info", &s3.presign("ckpt/tf2_keras/ckpt-1.index")]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.lines().count() == 1, "{err}");
+    assert!(err.contains("ckpt-1.data-00000-of-00001: ") && err.contains("403") && !err.contains("X-Amz"), "{err}");
     // A signature that does not match is refused at mount, in one line without the query.
     let url = s3.presign("h5/k2_functional.h5").replace("X-Amz-Signature=", "X-Amz-Signature=0");
     let out = wfs().args(["info", &url]).output().unwrap();
