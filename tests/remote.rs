@@ -537,10 +537,17 @@ const S3_SECRET: &str = "wfs-test-s3cret-key";
 impl S3 {
     /// `None` where s3s-fs is not installed (tests/setup.sh installs it).
     fn start() -> Option<S3> {
+        S3::serving(|root| {
+            for fixture_path in SERVED {
+                copy_tree(&fixture(fixture_path), &root.join("models").join(fixture_path));
+            }
+        })
+    }
+
+    /// s3s-fs serving what `fill` puts below its root (a directory per bucket).
+    fn serving(fill: impl FnOnce(&Path)) -> Option<S3> {
         let dir = tempfile::Builder::new().prefix("wfs-s3-").tempdir().unwrap();
-        for fixture_path in SERVED {
-            copy_tree(&fixture(fixture_path), &dir.path().join("models").join(fixture_path));
-        }
+        fill(dir.path());
         let port = free_port();
         let process = Command::new("s3s-fs")
             .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", S3_KEY, "--secret-key", S3_SECRET])
@@ -710,4 +717,55 @@ fn convert_and_export_read_urls() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{err}");
     assert!(err.contains("file is empty"), "{err}");
+}
+
+/// What to mount of a real-models item: its files named by the oracle, else the item's directory
+/// (SavedModels, checkpoint directories).
+fn real_model_sources(oracle: &serde_json::Value) -> Vec<String> {
+    let item = oracle["item"].as_str().unwrap();
+    let mut sources: Vec<String> = oracle["parts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|part| match part["path"].as_str() {
+            Some(".") | None => item.to_string(),
+            Some(path) => format!("{item}/{path}"),
+        })
+        .collect();
+    sources.dedup();
+    sources
+}
+
+#[test]
+fn real_models_over_s3_give_the_local_tree() {
+    let Some(root) = real_models() else {
+        eprintln!("../shared/real-models not present: skipped");
+        return;
+    };
+    let Some(s3) = S3::serving(|dir| copy_tree(&root, &dir.join("real"))) else { return };
+    let mut oracles: Vec<PathBuf> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).collect();
+    oracles.extend(std::fs::read_dir(root.join("bad")).unwrap().map(|e| e.unwrap().path()));
+    oracles.retain(|p| p.to_str().unwrap().ends_with(".oracle.json"));
+    oracles.sort();
+    let env = s3.credentials();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut mounted = 0;
+    for oracle in &oracles {
+        let oracle: serde_json::Value = serde_json::from_slice(&std::fs::read(oracle).unwrap()).unwrap();
+        let in_bad = oracle.get("expected").is_some();
+        for source in real_model_sources(&oracle) {
+            let rel = if in_bad { format!("bad/{source}") } else { source };
+            let (local, url) = (root.join(&rel), format!("s3://real/{rel}"));
+            let local_info = wfs().arg("info").arg(&local).output().unwrap();
+            if !local_info.status.success() {
+                // What fails locally fails remotely, the same way.
+                let out = s3.wfs(&["info", &url], &env);
+                assert_eq!(out.status.code(), local_info.status.code(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
+                continue;
+            }
+            assert_same_tree(&s3.mount(&url), &local, &url);
+            mounted += 1;
+        }
+    }
+    assert!(mounted >= 40, "only {mounted} real models mounted");
 }
