@@ -44,12 +44,27 @@ pub fn is_url(source: &str) -> bool {
 /// The URL as it may be shown (messages, `info.json`, the mount table): without user info and
 /// query string, where credentials and signed tokens live.
 pub fn redact(source: &str) -> String {
+    // What a request would use is what the URL parser reads (it also takes `https:/user@host`).
+    if let Ok(mut url) = url::Url::parse(source)
+        && url.has_host()
+    {
+        let _ = (url.set_username(""), url.set_password(None));
+        url.set_query(None);
+        url.set_fragment(None);
+        return url.to_string();
+    }
+    // Not a URL a request could use: cut by hand, and again if what is left parses.
     let (without_query, _) = source.split_once(['?', '#']).unwrap_or((source, ""));
-    let Some((scheme, rest)) = without_query.split_once("://") else { return without_query.to_string() };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-    format!("{scheme}://{host}{path}")
+    let cut = match without_query.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+            format!("{scheme}://{host}{path}")
+        }
+        None => without_query.to_string(),
+    };
+    if cut == source { cut } else { redact(&cut) }
 }
 
 // ---- runtime -------------------------------------------------------------------------------
@@ -505,6 +520,9 @@ impl RemoteSource {
             .transpose()
             .map_err(|_| bad("the path is not UTF-8"))?
             .unwrap_or_default();
+        if segments.iter().any(|s| s.contains('/')) {
+            return Err(bad("an encoded / (%2F) inside a path segment"));
+        }
         let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| bad("no host"))?.to_string();
         let (service, shown_base) = match url.scheme() {
             "http" | "https" => {
@@ -625,7 +643,7 @@ mod tests {
         assert_eq!(s.dir.shown("w"), "hf://org/repo@v1/sub/w");
         let s = RemoteSource::parse("s3://bucket/k/ckpt.index", &options, cache.clone()).unwrap();
         assert_eq!((s.dir.dir.clone(), s.name.as_str()), (vec!["k".to_string()], "ckpt.index"));
-        for bad in ["hf://org", "s3:///key", "ftp://h/x"] {
+        for bad in ["hf://org", "s3:///key", "ftp://h/x", "https://h/a%2Fb/c"] {
             assert!(RemoteSource::parse(bad, &options, cache.clone()).is_err(), "{bad}");
         }
     }
