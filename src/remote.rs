@@ -24,6 +24,8 @@ use std::time::Duration;
 
 /// Bytes fetched per request and cached per entry.
 const BLOCK: u64 = 1 << 20;
+/// Largest directory listing read from the Hub's API.
+const MAX_LISTING: u64 = 16 << 20;
 /// Blocks fetched ahead of a sequential reader (requests in flight at once).
 const READAHEAD_BLOCKS: u64 = 16;
 
@@ -130,8 +132,9 @@ pub fn quiesce() {
 /// Which service a store talks to, with what it needs to (re)build its client.
 #[derive(Debug)]
 enum Service {
-    /// A web server (also the Hub): `base` is `scheme://host[:port][/path]`.
-    Http { base: String, headers: HeaderMap },
+    /// A web server: `base` is `scheme://host[:port]` (with the URL's query, if any). On the
+    /// Hub (`hub`), directories are listed by its API.
+    Http { base: String, headers: HeaderMap, hub: bool },
     S3 { bucket: String },
 }
 
@@ -171,7 +174,7 @@ impl Store {
             retry_timeout: timeout.saturating_mul(self.options.retries as u32 + 1),
         };
         Ok(match &self.service {
-            Service::Http { base, headers } => Arc::new(
+            Service::Http { base, headers, .. } => Arc::new(
                 HttpBuilder::new()
                     .with_url(base.as_str())
                     .with_client_options(client.with_default_headers(headers.clone()))
@@ -476,25 +479,60 @@ impl RemoteDir {
         sub.clone()
     }
 
-    /// The directory's files and subdirectories (S3 lists them; a web server cannot).
+    /// The directory's files and subdirectories: S3 lists them, the Hub's API does; a web
+    /// server cannot.
     pub fn list(&self) -> Result<Vec<Entry>, OpenError> {
         if let Some(entries) = self.listing.get() {
             return Ok(entries.clone());
         }
-        if matches!(self.store.service, Service::Http { .. }) {
-            return Err(OpenError::unreadable(format!(
-                "{}: a web server does not list directories; name a file (a checkpoint's .index, saved_model.pb's directory over s3://)",
-                self.shown
-            )));
-        }
+        let listed = match &self.store.service {
+            Service::S3 { .. } => self.list_s3(),
+            Service::Http { hub: true, .. } => self.list_hub(),
+            Service::Http { hub: false, .. } => {
+                return Err(OpenError::unreadable(format!(
+                    "{}: a web server does not list directories; name a file (a checkpoint's .index, a shard index) or use s3:// or hf://",
+                    self.shown
+                )));
+            }
+        };
+        let entries = listed.map_err(|e| OpenError::unreadable(format!("listing {}: {e}", self.shown)))?;
+        Ok(self.listing.get_or_init(|| entries).clone())
+    }
+
+    fn list_s3(&self) -> Result<Vec<Entry>, ReadError> {
         let prefix = StorePath::from_iter(self.dir.iter().map(String::as_str));
-        let listed = self.store.block_on(async |c| c.list_with_delimiter(Some(&prefix)).await.map_err(head_error));
-        let listed = listed.map_err(|e| OpenError::unreadable(format!("listing {}: {e}", self.shown)))?;
+        let listed = self.store.block_on(async |c| c.list_with_delimiter(Some(&prefix)).await.map_err(head_error))?;
         let named = |path: &StorePath| path.filename().map(str::to_string);
         let dirs = listed.common_prefixes.iter().filter_map(named).map(|name| Entry { name, kind: EntryKind::Dir });
         let files = listed.objects.iter().filter_map(|o| named(&o.location)).map(|name| Entry { name, kind: EntryKind::File });
-        let entries: Vec<Entry> = dirs.chain(files).collect();
-        Ok(self.listing.get_or_init(|| entries).clone())
+        Ok(dirs.chain(files).collect())
+    }
+
+    /// The Hub's tree API: `GET /api/models/ORG/REPO/tree/REV/PATH` answers a JSON array of
+    /// `{"type": "file" | "directory", "path": ...}` (this directory's entries, 1000 at most).
+    fn list_hub(&self) -> Result<Vec<Entry>, ReadError> {
+        let [org, repo, _resolve, rev, below @ ..] = self.dir.as_slice() else { unreachable!("hf paths start ORG/REPO/resolve/REV") };
+        let api = ["api", "models", org, repo, "tree", rev].into_iter().chain(below.iter().map(String::as_str));
+        let path = StorePath::from_iter(api);
+        let body = self.store.block_on(async |c| {
+            let answer = c.get(&path).await.map_err(head_error)?;
+            if answer.meta.size > MAX_LISTING {
+                return Err(ReadError::Io(std::io::Error::other(format!("a listing of {} bytes", answer.meta.size))));
+            }
+            answer.bytes().await.map_err(read_error)
+        })?;
+        let not_a_listing = || ReadError::Io(std::io::Error::other("the Hub's answer is not a listing"));
+        let listing: serde_json::Value = serde_json::from_slice(&body).map_err(|_| not_a_listing())?;
+        let entries = listing.as_array().ok_or_else(not_a_listing)?.iter().filter_map(|entry| {
+            let name = entry["path"].as_str()?.rsplit('/').next()?.to_string();
+            let kind = match entry["type"].as_str()? {
+                "directory" => EntryKind::Dir,
+                "file" => EntryKind::File,
+                _ => return None,
+            };
+            Some(Entry { name, kind })
+        });
+        Ok(entries.collect())
     }
 
     /// How `name` in this directory is shown.
@@ -520,9 +558,6 @@ impl RemoteSource {
             .transpose()
             .map_err(|_| bad("the path is not UTF-8"))?
             .unwrap_or_default();
-        if segments.iter().any(|s| s.contains('/')) {
-            return Err(bad("an encoded / (%2F) inside a path segment"));
-        }
         let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| bad("no host"))?.to_string();
         let (service, shown_base) = match url.scheme() {
             "http" | "https" => {
@@ -537,7 +572,7 @@ impl RemoteSource {
                 // The query goes with every request (a presigned URL's signature lives there);
                 // it is never shown.
                 let query = url.query().map(|q| format!("?{q}")).unwrap_or_default();
-                (Service::Http { base: format!("{base}{query}"), headers }, base)
+                (Service::Http { base: format!("{base}{query}"), headers, hub: false }, base)
             }
             "s3" => (Service::S3 { bucket: host.clone() }, format!("s3://{host}")),
             "hf" => {
@@ -547,29 +582,34 @@ impl RemoteSource {
                 if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()) {
                     headers.insert(AUTHORIZATION, secret_header(&format!("Bearer {token}"))?);
                 }
-                // hf://org/repo@rev/path: the host is the organisation.
-                if segments.len() < 2 {
-                    return Err(bad("expected hf://ORG/REPO[@REVISION]/FILE"));
+                // hf://org/repo@rev/path: the host is the organisation; no path is the repo's top.
+                if segments.is_empty() {
+                    return Err(bad("expected hf://ORG/REPO[@REVISION][/PATH]"));
                 }
                 let repo_rev = segments.remove(0);
+                // A revision may hold a `/` (`refs/pr/1`, written `refs%2Fpr%2F1`).
                 let (repo, rev) = repo_rev.split_once('@').unwrap_or((&repo_rev, "main"));
-                if repo.is_empty() || rev.is_empty() {
-                    return Err(bad("expected hf://ORG/REPO[@REVISION]/FILE"));
+                if repo.is_empty() || rev.is_empty() || repo.contains('/') {
+                    return Err(bad("expected hf://ORG/REPO[@REVISION][/PATH]"));
+                }
+                if segments.is_empty() {
+                    segments.push(String::new());
                 }
                 let shown = format!("hf://{host}/{repo_rev}");
                 let mut path = vec![host.clone(), repo.to_string(), "resolve".into(), rev.to_string()];
                 path.append(&mut segments);
                 segments = path;
-                (Service::Http { base: redact(&endpoint), headers }, shown)
+                (Service::Http { base: redact(&endpoint), headers, hub: true }, shown)
             }
             other => return Err(bad(&format!("unknown scheme {other}"))),
         };
         let name = segments.pop().unwrap_or_default();
-        // What is shown of the directory: the user's form, from the prefix of segments it added.
-        let shown_dir = match url.scheme() {
-            "hf" => format!("{shown_base}/{}", segments[4..].iter().map(|s| format!("{s}/")).collect::<String>()),
-            _ => format!("{shown_base}/{}", segments.iter().map(|s| format!("{s}/")).collect::<String>()),
-        };
+        // The segments the user wrote (the Hub's prefix is ours): shown, and plain names.
+        let written = if url.scheme() == "hf" { &segments[4..] } else { &segments[..] };
+        if written.iter().chain([&name]).any(|s| s.contains('/')) {
+            return Err(bad("an encoded / (%2F) inside a path segment"));
+        }
+        let shown_dir = format!("{shown_base}/{}", written.iter().map(|s| format!("{s}/")).collect::<String>());
         let store = Store::new(service, options, cache);
         Ok(RemoteSource { dir: RemoteDir::new(store, segments, shown_dir), name })
     }
@@ -643,7 +683,12 @@ mod tests {
         assert_eq!(s.dir.shown("w"), "hf://org/repo@v1/sub/w");
         let s = RemoteSource::parse("s3://bucket/k/ckpt.index", &options, cache.clone()).unwrap();
         assert_eq!((s.dir.dir.clone(), s.name.as_str()), (vec!["k".to_string()], "ckpt.index"));
-        for bad in ["hf://org", "s3:///key", "ftp://h/x", "https://h/a%2Fb/c"] {
+        // The top of a repository, and a revision with a `/`.
+        let s = RemoteSource::parse("hf://org/repo", &options, cache.clone()).unwrap();
+        assert_eq!((s.dir.dir.clone(), s.name.as_str(), s.dir.shown("x")), (vec!["org".to_string(), "repo".into(), "resolve".into(), "main".into()], "", "hf://org/repo/x".into()));
+        let s = RemoteSource::parse("hf://org/repo@refs%2Fpr%2F1/w.gguf", &options, cache.clone()).unwrap();
+        assert_eq!((s.dir.dir[3].as_str(), s.name.as_str()), ("refs/pr/1", "w.gguf"));
+        for bad in ["hf://org", "hf://org/a%2Fb@x/y", "s3:///key", "ftp://h/x", "https://h/a%2Fb/c", "hf://org/repo/a%2Fb"] {
             assert!(RemoteSource::parse(bad, &options, cache.clone()).is_err(), "{bad}");
         }
     }

@@ -126,6 +126,7 @@ impl Nginx {
             copy_tree(&fixture(fixture_path), &www.join(fixture_path));
             copy_tree(&fixture(fixture_path), &www.join("org/repo/resolve/main").join(fixture_path));
         }
+        hub_listings(&www.join("org/repo/resolve/main"), "", &www.join("api/models/org/repo/tree/main"));
         // A certificate authority of the test's own, and the server's certificate signed by it.
         let openssl = |args: &str| {
             let status = Command::new("openssl").args(args.split(' ')).current_dir(dir.path()).stderr(Stdio::null()).status();
@@ -150,6 +151,7 @@ http {{
     ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;
     root {d}/www;
     location /moved/ {{ rewrite ^/moved/(.*)$ /$1 redirect; }}
+    location /api/ {{ try_files $uri/listing.json =404; }}
   }}
 }}"
         );
@@ -182,6 +184,27 @@ http {{
     fn requests(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default().lines().map(str::to_string).collect()
     }
+}
+
+/// The Hub's tree API answers for every directory below `repo` (`rel` below the repository's
+/// top): `GET /api/models/ORG/REPO/tree/REV/REL` gives `[{"type", "oid", "size", "path"}, ...]`,
+/// served from `api/REL/listing.json`.
+fn hub_listings(repo: &Path, rel: &str, api: &Path) {
+    let mut listing = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(repo.join(rel)).unwrap().map(|e| e.unwrap()).collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = format!("{rel}{}", entry.file_name().to_str().unwrap());
+        let meta = entry.metadata().unwrap();
+        let kind = if meta.is_dir() { "directory" } else { "file" };
+        listing.push(serde_json::json!({"type": kind, "oid": "0", "size": if meta.is_dir() { 0 } else { meta.len() }, "path": path}));
+        if meta.is_dir() {
+            hub_listings(repo, &format!("{path}/"), api);
+        }
+    }
+    let at = api.join(rel);
+    std::fs::create_dir_all(&at).unwrap();
+    std::fs::write(at.join("listing.json"), serde_json::to_vec(&listing).unwrap()).unwrap();
 }
 
 /// Every entry below `root`: kind, link target or bytes (info.json without its `source`).
@@ -278,6 +301,20 @@ fn hub_urls_use_revision_endpoint_and_token() {
     // Without @revision the Hub's default branch is read.
     let out = wfs().args(["ls", "hf://org/repo/ckpt/tf2_keras/ckpt-1"]).env("HF_ENDPOINT", &endpoint).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Directories are listed by the Hub's tree API: a SavedModel, a checkpoint directory.
+    for (url, local) in [("hf://org/repo/savedmodel/tf_module", "savedmodel/tf_module"), ("hf://org/repo@main/ckpt/tf2_keras/", "ckpt/tf2_keras")] {
+        let dir = tempfile::Builder::new().prefix("wfs-test-").tempdir().unwrap();
+        let point = dir.path().join("m");
+        let out = wfs().args(["mount", url]).arg(&point).env("HF_ENDPOINT", &endpoint).output().unwrap();
+        assert!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_same_tree(&Mount { dir, point }, &fixture(local), url);
+    }
+    // A directory of model files (as most repositories are) names them in one line.
+    let out = wfs().args(["info", "hf://org/repo/safetensors"]).env("HF_ENDPOINT", &endpoint).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("name one of its files: all_dtypes.safetensors, ") && err.contains(" float6.safetensors,"), "{err}");
 }
 
 #[test]

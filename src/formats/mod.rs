@@ -20,7 +20,7 @@ use crate::cache::ChunkCache;
 use crate::error::OpenError;
 use crate::model::Model;
 use crate::remote::{RemoteOptions, RemoteSource};
-use crate::source::{Blob, Dir, SourceFile};
+use crate::source::{Blob, Dir, EntryKind, SourceFile};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -148,7 +148,16 @@ fn open_dir(dir: &Dir) -> Result<Model, OpenError> {
     if savedmodel::is_savedmodel_dir(dir) {
         return savedmodel::open_dir(dir.clone());
     }
-    checkpoint::open_dir(dir)?.ok_or_else(|| OpenError::UnknownFormat("directory holds no model wfs can read".into()))
+    checkpoint::open_dir(dir)?.ok_or_else(|| {
+        // A directory of one model's files (a Hub repository) is mounted by naming the file.
+        let files: Vec<String> = dir.list().unwrap_or_default().into_iter().filter(|e| e.kind != EntryKind::Dir).map(|e| e.name).collect();
+        let named = match files.len() {
+            0 => String::new(),
+            n if n <= 8 => format!("; name one of its files: {}", files.join(", ")),
+            n => format!("; name one of its files: {}, ... ({n} in all)", files[..8].join(", ")),
+        };
+        OpenError::UnknownFormat(format!("directory holds no model wfs can read (no SavedModel or checkpoint){named}"))
+    })
 }
 
 /// Opens a model held in memory (standard input): every format a file may hold, except those
