@@ -125,3 +125,7 @@ for name in ["all_types", "align64", "big_endian", "handmade", "v1", "v2"]:
 # Dequantizer seeds: the tensor data of two GGUF fixtures (from their info.json tensor_data_offset).
 put("dequantize", "blocks", read("gguf/all_types.gguf")[5184:][:4096])
 put("dequantize", "handmade", read("gguf/handmade.gguf")[416:])
+for name, url in [("https", "https://alice:s3cretpassword@host:8443/a/b%20c/m.h5?X-Amz-Signature=abcdef0123#frag"),
+                  ("s3dir", "s3://bucket/prefix/saved_model/"), ("hf", "hf://org/repo@v1.0/sub/model.safetensors"),
+                  ("http", "http://127.0.0.1:80/ckpt/ckpt-1.index?token=secretsecret")]:
+    put("remote_url", name, url.encode())

@@ -343,3 +343,31 @@ pub fn table_entries(parts: &[&[u8]]) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect();
     entries.into_iter().collect()
 }
+
+/// A source URL parsed as `wfs mount` parses it (no request is made): parsing never panics,
+/// and what is shown of the URL (messages, `info.json`, the mount table) is the same whatever
+/// its password, query and fragment are, and never holds a query.
+pub fn remote_url(text: &str) -> Result<(), String> {
+    use crate::remote::{RemoteOptions, RemoteSource, redact};
+    let shown = redact(text);
+    if redact(&shown) != shown || shown.contains(['?', '#']) {
+        return Err(format!("{text:?} is shown as {shown:?}"));
+    }
+    let options = RemoteOptions { timeout: std::time::Duration::from_secs(1), retries: 0 };
+    let parse = |text: &str| RemoteSource::parse(text, &options, Arc::new(ChunkCache::new(0)));
+    let Ok(source) = parse(text) else { return Ok(()) };
+    let mut other = url::Url::parse(text).map_err(|e| format!("{text:?} was accepted but is not a URL: {e}"))?;
+    if other.password().is_some() {
+        let _ = other.set_password(Some("other"));
+    }
+    other.set_query(other.query().map(|_| "other"));
+    other.set_fragment(other.fragment().map(|_| "other"));
+    let other_source = parse(other.as_str()).map_err(|e| format!("{text:?} was accepted, {other} not: {e}"))?;
+    if redact(other.as_str()) != shown || other_source.dir.shown(&other_source.name) != source.dir.shown(&source.name) {
+        return Err(format!("{text:?} and {other} are shown differently"));
+    }
+    if source.name.contains('/') {
+        return Err(format!("{text:?} names the file {:?}", source.name));
+    }
+    Ok(())
+}

@@ -13,7 +13,7 @@ pub mod dtype;
 pub mod error;
 pub mod export;
 pub mod formats;
-#[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod fs;
 pub mod fuse;

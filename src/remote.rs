@@ -11,18 +11,22 @@
 
 use crate::cache::ChunkCache;
 use crate::error::{OpenError, ReadError};
+use crate::source::{Entry, EntryKind};
+use futures_util::StreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::http::HttpBuilder;
 use object_store::path::Path as StorePath;
-use futures_util::StreamExt;
 use object_store::{BackoffConfig, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, RetryConfig};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 /// Bytes cached per entry, and fetched by a request for a read that is not sequential.
 const BLOCK: u64 = 1 << 20;
+/// Largest directory listing read from the Hub's API.
+const MAX_LISTING: u64 = 16 << 20;
 /// A sequential run starts readahead once it has read this much: two of the kernel's 128 KiB
 /// reads. One read (metadata; a random 4 KiB read, which the kernel rounds up) fetches nothing
 /// ahead. The window then grows with the run (four times what the run has read: fivefold per
@@ -53,12 +57,27 @@ pub fn is_url(source: &str) -> bool {
 /// The URL as it may be shown (messages, `info.json`, the mount table): without user info and
 /// query string, where credentials and signed tokens live.
 pub fn redact(source: &str) -> String {
+    // What a request would use is what the URL parser reads (it also takes `https:/user@host`).
+    if let Ok(mut url) = url::Url::parse(source)
+        && url.has_host()
+    {
+        let _ = (url.set_username(""), url.set_password(None));
+        url.set_query(None);
+        url.set_fragment(None);
+        return url.to_string();
+    }
+    // Not a URL a request could use: cut by hand, and again if what is left parses.
     let (without_query, _) = source.split_once(['?', '#']).unwrap_or((source, ""));
-    let Some((scheme, rest)) = without_query.split_once("://") else { return without_query.to_string() };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-    format!("{scheme}://{host}{path}")
+    let cut = match without_query.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+            format!("{scheme}://{host}{path}")
+        }
+        None => without_query.to_string(),
+    };
+    if cut == source { cut } else { redact(&cut) }
 }
 
 // ---- runtime -------------------------------------------------------------------------------
@@ -124,8 +143,9 @@ pub fn quiesce() {
 /// Which service a store talks to, with what it needs to (re)build its client.
 #[derive(Debug)]
 enum Service {
-    /// A web server (also the Hub): `base` is `scheme://host[:port][/path]`.
-    Http { base: String, headers: HeaderMap },
+    /// A web server: `base` is `scheme://host[:port]` (with the URL's query, if any). On the
+    /// Hub (`hub`), directories are listed by its API.
+    Http { base: String, headers: HeaderMap, hub: bool },
     S3 { bucket: String },
 }
 
@@ -165,7 +185,7 @@ impl Store {
             retry_timeout: timeout.saturating_mul(self.options.retries as u32 + 1),
         };
         Ok(match &self.service {
-            Service::Http { base, headers } => Arc::new(
+            Service::Http { base, headers, .. } => Arc::new(
                 HttpBuilder::new()
                     .with_url(base.as_str())
                     .with_client_options(client.with_default_headers(headers.clone()))
@@ -260,14 +280,33 @@ impl std::fmt::Debug for RemoteObject {
 }
 
 impl RemoteObject {
-    /// Looks the object up and reads its first block, which also proves that the server
-    /// answers ranged requests with ranges.
+    /// Reads the object's first block, which gives its size and ETag and proves that the
+    /// server answers ranged requests with ranges. No HEAD request: a presigned URL is signed
+    /// for GET only.
     fn open(store: &Arc<Store>, path: StorePath, shown: String) -> Result<Arc<RemoteObject>, OpenError> {
-        let unreadable = |e: ReadError| OpenError::unreadable(match e {
-            ReadError::Io(e) => e.to_string(),
-            other => other.to_string(),
+        let unreadable = |e: ReadError| {
+            OpenError::unreadable(match e {
+                ReadError::Io(e) => e.to_string(),
+                other => other.to_string(),
+            })
+        };
+        let first = store.block_on(async |c| {
+            let options = GetOptions { range: Some((0..BLOCK).into()), ..GetOptions::default() };
+            match c.get_opts(&path, options).await {
+                Ok(answer) => {
+                    let meta = answer.meta.clone();
+                    let bytes = answer.bytes().await.map_err(read_error)?;
+                    Ok((meta, Some(bytes)))
+                }
+                Err(missing @ object_store::Error::NotFound { .. }) => Err(head_error(missing)),
+                // An empty object has no first byte to ask for: its size comes from HEAD.
+                Err(range_error) => match c.head(&path).await {
+                    Ok(meta) if meta.size == 0 => Ok((meta, None)),
+                    _ => Err(head_error(range_error)),
+                },
+            }
         });
-        let meta = store.block_on(async |c| c.head(&path).await.map_err(head_error)).map_err(unreadable)?;
+        let (meta, first) = first.map_err(unreadable)?;
         let object = Arc::new(RemoteObject {
             store: store.clone(),
             path,
@@ -278,8 +317,12 @@ impl RemoteObject {
             run: Mutex::new(Run { start: 0, end: u64::MAX }),
             ahead: AtomicU64::new(0),
         });
-        if object.size > 0 {
-            object.block(0).map_err(unreadable)?;
+        if let Some(bytes) = first {
+            if bytes.len() as u64 != object.size.min(BLOCK) {
+                return Err(unreadable(ReadError::SourceChanged));
+            }
+            let bytes = Arc::<[u8]>::from(&bytes[..]);
+            object.store.cache.get_or_load((object.id, 0), || Ok(bytes)).map_err(unreadable)?;
         }
         Ok(object)
     }
@@ -551,7 +594,8 @@ fn reason(e: &object_store::Error) -> String {
         }
         source = cause.source();
     }
-    text.lines().map(str::trim).collect::<Vec<_>>().join(" ")
+    // Request errors name the URL, whose query may hold a signature.
+    text.split_whitespace().map(|word| if word.contains("://") { redact(word) } else { word.to_string() }).collect::<Vec<_>>().join(" ")
 }
 
 // ---- URLs and directories ------------------------------------------------------------------
@@ -563,13 +607,87 @@ pub struct RemoteDir {
     dir: Vec<String>,
     /// The directory's URL as shown (ends in `/`).
     shown: String,
+    /// The directory's entries, listed once.
+    listing: OnceLock<Vec<Entry>>,
+    /// Subdirectories asked for so far, each listed at most once.
+    subs: Mutex<HashMap<String, Arc<RemoteDir>>>,
 }
 
 impl RemoteDir {
+    fn new(store: Arc<Store>, dir: Vec<String>, shown: String) -> Arc<RemoteDir> {
+        Arc::new(RemoteDir { store, dir, shown, listing: OnceLock::new(), subs: Mutex::new(HashMap::new()) })
+    }
+
     /// Opens the file `name` of this directory (a plain name, checked by the caller).
     pub fn open(&self, name: &str) -> Result<Arc<RemoteObject>, OpenError> {
         let path = StorePath::from_iter(self.dir.iter().map(String::as_str).chain([name]));
         RemoteObject::open(&self.store, path, self.shown(name))
+    }
+
+    /// The subdirectory `name` (a plain name, checked by the caller).
+    pub fn sub(&self, name: &str) -> Arc<RemoteDir> {
+        let mut subs = self.subs.lock().unwrap();
+        let sub = subs.entry(name.to_string()).or_insert_with(|| {
+            let dir = self.dir.iter().cloned().chain([name.to_string()]).collect();
+            RemoteDir::new(self.store.clone(), dir, format!("{}{name}/", self.shown))
+        });
+        sub.clone()
+    }
+
+    /// The directory's files and subdirectories: S3 lists them, the Hub's API does; a web
+    /// server cannot.
+    pub fn list(&self) -> Result<Vec<Entry>, OpenError> {
+        if let Some(entries) = self.listing.get() {
+            return Ok(entries.clone());
+        }
+        let listed = match &self.store.service {
+            Service::S3 { .. } => self.list_s3(),
+            Service::Http { hub: true, .. } => self.list_hub(),
+            Service::Http { hub: false, .. } => {
+                return Err(OpenError::unreadable(format!(
+                    "{}: a web server does not list directories; name a file (a checkpoint's .index, a shard index) or use s3:// or hf://",
+                    self.shown
+                )));
+            }
+        };
+        let entries = listed.map_err(|e| OpenError::unreadable(format!("listing {}: {e}", self.shown)))?;
+        Ok(self.listing.get_or_init(|| entries).clone())
+    }
+
+    fn list_s3(&self) -> Result<Vec<Entry>, ReadError> {
+        let prefix = StorePath::from_iter(self.dir.iter().map(String::as_str));
+        let listed = self.store.block_on(async |c| c.list_with_delimiter(Some(&prefix)).await.map_err(head_error))?;
+        let named = |path: &StorePath| path.filename().map(str::to_string);
+        let dirs = listed.common_prefixes.iter().filter_map(named).map(|name| Entry { name, kind: EntryKind::Dir });
+        let files = listed.objects.iter().filter_map(|o| named(&o.location)).map(|name| Entry { name, kind: EntryKind::File });
+        Ok(dirs.chain(files).collect())
+    }
+
+    /// The Hub's tree API: `GET /api/models/ORG/REPO/tree/REV/PATH` answers a JSON array of
+    /// `{"type": "file" | "directory", "path": ...}` (this directory's entries, 1000 at most).
+    fn list_hub(&self) -> Result<Vec<Entry>, ReadError> {
+        let [org, repo, _resolve, rev, below @ ..] = self.dir.as_slice() else { unreachable!("hf paths start ORG/REPO/resolve/REV") };
+        let api = ["api", "models", org, repo, "tree", rev].into_iter().chain(below.iter().map(String::as_str));
+        let path = StorePath::from_iter(api);
+        let body = self.store.block_on(async |c| {
+            let answer = c.get(&path).await.map_err(head_error)?;
+            if answer.meta.size > MAX_LISTING {
+                return Err(ReadError::Io(std::io::Error::other(format!("a listing of {} bytes", answer.meta.size))));
+            }
+            answer.bytes().await.map_err(read_error)
+        })?;
+        let not_a_listing = || ReadError::Io(std::io::Error::other("the Hub's answer is not a listing"));
+        let listing: serde_json::Value = serde_json::from_slice(&body).map_err(|_| not_a_listing())?;
+        let entries = listing.as_array().ok_or_else(not_a_listing)?.iter().filter_map(|entry| {
+            let name = entry["path"].as_str()?.rsplit('/').next()?.to_string();
+            let kind = match entry["type"].as_str()? {
+                "directory" => EntryKind::Dir,
+                "file" => EntryKind::File,
+                _ => return None,
+            };
+            Some(Entry { name, kind })
+        });
+        Ok(entries.collect())
     }
 
     /// How `name` in this directory is shown.
@@ -606,7 +724,10 @@ impl RemoteSource {
                 }
                 let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
                 let base = format!("{}://{host}{port}", url.scheme());
-                (Service::Http { base: base.clone(), headers }, base)
+                // The query goes with every request (a presigned URL's signature lives there);
+                // it is never shown.
+                let query = url.query().map(|q| format!("?{q}")).unwrap_or_default();
+                (Service::Http { base: format!("{base}{query}"), headers, hub: false }, base)
             }
             "s3" => (Service::S3 { bucket: host.clone() }, format!("s3://{host}")),
             "hf" => {
@@ -616,31 +737,36 @@ impl RemoteSource {
                 if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()) {
                     headers.insert(AUTHORIZATION, secret_header(&format!("Bearer {token}"))?);
                 }
-                // hf://org/repo@rev/path: the host is the organisation.
-                if segments.len() < 2 {
-                    return Err(bad("expected hf://ORG/REPO[@REVISION]/FILE"));
+                // hf://org/repo@rev/path: the host is the organisation; no path is the repo's top.
+                if segments.is_empty() {
+                    return Err(bad("expected hf://ORG/REPO[@REVISION][/PATH]"));
                 }
                 let repo_rev = segments.remove(0);
+                // A revision may hold a `/` (`refs/pr/1`, written `refs%2Fpr%2F1`).
                 let (repo, rev) = repo_rev.split_once('@').unwrap_or((&repo_rev, "main"));
-                if repo.is_empty() || rev.is_empty() {
-                    return Err(bad("expected hf://ORG/REPO[@REVISION]/FILE"));
+                if repo.is_empty() || rev.is_empty() || repo.contains('/') {
+                    return Err(bad("expected hf://ORG/REPO[@REVISION][/PATH]"));
+                }
+                if segments.is_empty() {
+                    segments.push(String::new());
                 }
                 let shown = format!("hf://{host}/{repo_rev}");
                 let mut path = vec![host.clone(), repo.to_string(), "resolve".into(), rev.to_string()];
                 path.append(&mut segments);
                 segments = path;
-                (Service::Http { base: redact(&endpoint), headers }, shown)
+                (Service::Http { base: redact(&endpoint), headers, hub: true }, shown)
             }
             other => return Err(bad(&format!("unknown scheme {other}"))),
         };
         let name = segments.pop().unwrap_or_default();
-        // What is shown of the directory: the user's form, from the prefix of segments it added.
-        let shown_dir = match url.scheme() {
-            "hf" => format!("{shown_base}/{}", segments[4..].iter().map(|s| format!("{s}/")).collect::<String>()),
-            _ => format!("{shown_base}/{}", segments.iter().map(|s| format!("{s}/")).collect::<String>()),
-        };
+        // The segments the user wrote (the Hub's prefix is ours): shown, and plain names.
+        let written = if url.scheme() == "hf" { &segments[4..] } else { &segments[..] };
+        if written.iter().chain([&name]).any(|s| s.contains('/')) {
+            return Err(bad("an encoded / (%2F) inside a path segment"));
+        }
+        let shown_dir = format!("{shown_base}/{}", written.iter().map(|s| format!("{s}/")).collect::<String>());
         let store = Store::new(service, options, cache);
-        Ok(RemoteSource { dir: Arc::new(RemoteDir { store, dir: segments, shown: shown_dir }), name })
+        Ok(RemoteSource { dir: RemoteDir::new(store, segments, shown_dir), name })
     }
 }
 
@@ -712,7 +838,12 @@ mod tests {
         assert_eq!(s.dir.shown("w"), "hf://org/repo@v1/sub/w");
         let s = RemoteSource::parse("s3://bucket/k/ckpt.index", &options, cache.clone()).unwrap();
         assert_eq!((s.dir.dir.clone(), s.name.as_str()), (vec!["k".to_string()], "ckpt.index"));
-        for bad in ["hf://org", "s3:///key", "ftp://h/x"] {
+        // The top of a repository, and a revision with a `/`.
+        let s = RemoteSource::parse("hf://org/repo", &options, cache.clone()).unwrap();
+        assert_eq!((s.dir.dir.clone(), s.name.as_str(), s.dir.shown("x")), (vec!["org".to_string(), "repo".into(), "resolve".into(), "main".into()], "", "hf://org/repo/x".into()));
+        let s = RemoteSource::parse("hf://org/repo@refs%2Fpr%2F1/w.gguf", &options, cache.clone()).unwrap();
+        assert_eq!((s.dir.dir[3].as_str(), s.name.as_str()), ("refs/pr/1", "w.gguf"));
+        for bad in ["hf://org", "hf://org/a%2Fb@x/y", "s3:///key", "ftp://h/x", "https://h/a%2Fb/c", "hf://org/repo/a%2Fb"] {
             assert!(RemoteSource::parse(bad, &options, cache.clone()).is_err(), "{bad}");
         }
     }

@@ -208,21 +208,36 @@ impl Blob {
     }
 }
 
-/// Where the files that belong with a source lie (checkpoint data files, shards): a local
-/// directory or a directory of a remote store. Readers ask it for their sibling files by name.
+/// Where the files that belong with a source lie (checkpoint data files, shards), or a model
+/// that is a directory (SavedModel, checkpoints): a local directory or a directory of a remote
+/// store. Readers ask it for files by name and for its listing.
 #[derive(Clone)]
 pub enum Dir {
     Local(PathBuf),
     Remote(Arc<RemoteDir>),
 }
 
+/// What a directory entry is. Local symbolic links are told apart: a reader decides whether
+/// to follow them out of the directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Link,
+}
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub kind: EntryKind,
+}
+
 impl Dir {
     /// Opens the file `name` of this directory; `name` must be a plain file name. The error
     /// says why, not which file: callers name it as their users know it.
     pub fn open(&self, name: &str) -> Result<Blob, OpenError> {
-        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
-            return Err(OpenError::corrupt(format!("{name:?} is not a file name beside the source")));
-        }
+        plain_name(name)?;
         match self {
             Dir::Local(dir) => {
                 let path = dir.join(name);
@@ -233,6 +248,71 @@ impl Dir {
         }
     }
 
+    /// The subdirectory `name` (a plain name; whether it exists shows when it is used).
+    pub fn sub(&self, name: &str) -> Result<Dir, OpenError> {
+        plain_name(name)?;
+        Ok(match self {
+            Dir::Local(dir) => Dir::Local(dir.join(name)),
+            Dir::Remote(dir) => Dir::Remote(dir.sub(name)),
+        })
+    }
+
+    /// The directory `rel` (`/`-separated plain names) below this one, and the last name of
+    /// `rel`: where a path below the directory points.
+    fn walk<'a>(&self, rel: &'a str) -> Result<(Dir, &'a str), OpenError> {
+        let (dirs, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let mut dir = self.clone();
+        for part in dirs.split('/').filter(|part| !dirs.is_empty() && *part != ".") {
+            dir = dir.sub(part)?;
+        }
+        Ok((dir, name))
+    }
+
+    /// Opens the file at `rel`, a `/`-separated path of plain names below this directory.
+    pub fn open_below(&self, rel: &str) -> Result<Blob, OpenError> {
+        let (dir, name) = self.walk(rel)?;
+        dir.open(name)
+    }
+
+    /// `true` if `rel` (as for [`Self::open_below`]) is a file (locally: or a link to one).
+    pub fn has_file(&self, rel: &str) -> bool {
+        match self.walk(rel) {
+            Ok((Dir::Local(dir), name)) => dir.join(name).is_file(),
+            Ok((remote @ Dir::Remote(_), name)) => {
+                remote.list().is_ok_and(|entries| entries.iter().any(|e| e.name == name && e.kind == EntryKind::File))
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The directory's entries, sorted by name (remote: one listing request, kept).
+    pub fn list(&self) -> Result<Vec<Entry>, OpenError> {
+        let mut entries = match self {
+            Dir::Local(dir) => {
+                let listing = std::fs::read_dir(dir).map_err(|e| OpenError::unreadable(crate::formats::io_reason(&e)))?;
+                listing
+                    .filter_map(|entry| {
+                        let entry = entry.ok()?;
+                        let kind = entry.file_type().ok()?;
+                        let kind = if kind.is_symlink() {
+                            EntryKind::Link
+                        } else if kind.is_dir() {
+                            EntryKind::Dir
+                        } else if kind.is_file() {
+                            EntryKind::File
+                        } else {
+                            return None;
+                        };
+                        Some(Entry { name: entry.file_name().into_string().ok()?, kind })
+                    })
+                    .collect()
+            }
+            Dir::Remote(dir) => dir.list()?,
+        };
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
     /// How the file `name` of this directory is shown to users.
     pub fn shown(&self, name: &str) -> String {
         match self {
@@ -240,6 +320,13 @@ impl Dir {
             Dir::Remote(dir) => dir.shown(name),
         }
     }
+}
+
+fn plain_name(name: &str) -> Result<(), OpenError> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(OpenError::corrupt(format!("{name:?} is not a file name beside the source")));
+    }
+    Ok(())
 }
 
 /// See [`Blob::reader`].

@@ -75,6 +75,12 @@ fn external_data_in_one_shared_file() {
 }
 
 #[test]
+fn external_data_in_a_subdirectory() {
+    let mount = check_fixture("external_sub/model.onnx");
+    assert!(getxattr(&mount.path("tensors/dense/bias.raw"), "user.wfs.file").ends_with("external_sub/data/weights.bin"));
+}
+
+#[test]
 fn external_data_in_a_file_per_tensor_with_offset_and_length() {
     let mount = check_fixture("external_per/model.onnx");
     let raw = mount.path("tensors/offset/tensor.raw");

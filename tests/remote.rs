@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The fixtures served, as paths below tests/fixtures, with the file or prefix mounted.
-const SERVED: &[&str] = &["ckpt/sharded", "ckpt/tf1_saver", "ckpt/tf2_dtypes", "ckpt/tf2_keras", "savedmodel/tf_module.zip", "savedmodel/tfk_deflated.zip", "h5", "keras3", "safetensors", "onnx", "gguf", "tflite", "numpy"];
+const SERVED: &[&str] = &["savedmodel/tf_module", "savedmodel/tfk_functional", "ckpt/sharded", "ckpt/tf1_saver", "ckpt/tf2_dtypes", "ckpt/tf2_keras", "savedmodel/tf_module.zip", "savedmodel/tfk_deflated.zip", "h5", "keras3", "safetensors", "onnx", "gguf", "tflite", "numpy"];
 const MOUNTED: &[&str] = &[
     "h5/k2_functional.h5",
     "h5/k2_sequential.h5",
@@ -41,6 +41,7 @@ const MOUNTED: &[&str] = &[
     "safetensors/sharded/model.safetensors.index.json",
     "onnx/external_one/model.onnx",
     "onnx/external_per/model.onnx",
+    "onnx/external_sub/model.onnx",
     "onnx/raw.onnx",
     "onnx/sparse.onnx",
     "onnx/typed.onnx",
@@ -125,6 +126,7 @@ impl Nginx {
             copy_tree(&fixture(fixture_path), &www.join(fixture_path));
             copy_tree(&fixture(fixture_path), &www.join("org/repo/resolve/main").join(fixture_path));
         }
+        hub_listings(&www.join("org/repo/resolve/main"), "", &www.join("api/models/org/repo/tree/main"));
         // A certificate authority of the test's own, and the server's certificate signed by it.
         let openssl = |args: &str| {
             let status = Command::new("openssl").args(args.split(' ')).current_dir(dir.path()).stderr(Stdio::null()).status();
@@ -149,6 +151,7 @@ http {{
     ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;
     root {d}/www;
     location /moved/ {{ rewrite ^/moved/(.*)$ /$1 redirect; }}
+    location /api/ {{ try_files $uri/listing.json =404; }}
   }}
 }}"
         );
@@ -181,6 +184,27 @@ http {{
     fn requests(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default().lines().map(str::to_string).collect()
     }
+}
+
+/// The Hub's tree API answers for every directory below `repo` (`rel` below the repository's
+/// top): `GET /api/models/ORG/REPO/tree/REV/REL` gives `[{"type", "oid", "size", "path"}, ...]`,
+/// served from `api/REL/listing.json`.
+fn hub_listings(repo: &Path, rel: &str, api: &Path) {
+    let mut listing = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(repo.join(rel)).unwrap().map(|e| e.unwrap()).collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = format!("{rel}{}", entry.file_name().to_str().unwrap());
+        let meta = entry.metadata().unwrap();
+        let kind = if meta.is_dir() { "directory" } else { "file" };
+        listing.push(serde_json::json!({"type": kind, "oid": "0", "size": if meta.is_dir() { 0 } else { meta.len() }, "path": path}));
+        if meta.is_dir() {
+            hub_listings(repo, &format!("{path}/"), api);
+        }
+    }
+    let at = api.join(rel);
+    std::fs::create_dir_all(&at).unwrap();
+    std::fs::write(at.join("listing.json"), serde_json::to_vec(&listing).unwrap()).unwrap();
 }
 
 /// Every entry below `root`: kind, link target or bytes (info.json without its `source`).
@@ -277,6 +301,20 @@ fn hub_urls_use_revision_endpoint_and_token() {
     // Without @revision the Hub's default branch is read.
     let out = wfs().args(["ls", "hf://org/repo/ckpt/tf2_keras/ckpt-1"]).env("HF_ENDPOINT", &endpoint).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Directories are listed by the Hub's tree API: a SavedModel, a checkpoint directory.
+    for (url, local) in [("hf://org/repo/savedmodel/tf_module", "savedmodel/tf_module"), ("hf://org/repo@main/ckpt/tf2_keras/", "ckpt/tf2_keras")] {
+        let dir = tempfile::Builder::new().prefix("wfs-test-").tempdir().unwrap();
+        let point = dir.path().join("m");
+        let out = wfs().args(["mount", url]).arg(&point).env("HF_ENDPOINT", &endpoint).output().unwrap();
+        assert!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_same_tree(&Mount { dir, point }, &fixture(local), url);
+    }
+    // A directory of model files (as most repositories are) names them in one line.
+    let out = wfs().args(["info", "hf://org/repo/safetensors"]).env("HF_ENDPOINT", &endpoint).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("name one of its files: all_dtypes.safetensors, ") && err.contains(" float6.safetensors,"), "{err}");
 }
 
 #[test]
@@ -536,10 +574,17 @@ const S3_SECRET: &str = "wfs-test-s3cret-key";
 impl S3 {
     /// `None` where s3s-fs is not installed (tests/setup.sh installs it).
     fn start() -> Option<S3> {
+        S3::serving(|root| {
+            for fixture_path in SERVED {
+                copy_tree(&fixture(fixture_path), &root.join("models").join(fixture_path));
+            }
+        })
+    }
+
+    /// s3s-fs serving what `fill` puts below its root (a directory per bucket).
+    fn serving(fill: impl FnOnce(&Path)) -> Option<S3> {
         let dir = tempfile::Builder::new().prefix("wfs-s3-").tempdir().unwrap();
-        for fixture_path in SERVED {
-            copy_tree(&fixture(fixture_path), &dir.path().join("models").join(fixture_path));
-        }
+        fill(dir.path());
         let port = free_port();
         let process = Command::new("s3s-fs")
             .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", S3_KEY, "--secret-key", S3_SECRET])
@@ -569,16 +614,10 @@ impl S3 {
 #[test]
 fn s3_with_environment_or_profile_credentials_gives_the_local_tree() {
     let Some(s3) = S3::start() else { return };
-    let endpoint = format!("http://127.0.0.1:{}", s3.port);
-    let env = [("AWS_ACCESS_KEY_ID", S3_KEY), ("AWS_SECRET_ACCESS_KEY", S3_SECRET), ("AWS_ENDPOINT_URL", &endpoint), ("AWS_REGION", "us-east-1")];
-    for path in ["h5/k2_functional.h5", "keras3/k3_sharded.weights.json", "safetensors/sharded/model.safetensors.index.json", "onnx/external_one/model.onnx", "ckpt/tf2_keras/ckpt-2.index", "ckpt/tf1_saver/model.ckpt-5", "savedmodel/tf_module.zip"] {
-        let tmp = tempfile::Builder::new().prefix("wfs-test-").tempdir().unwrap();
-        let point = tmp.path().join("m");
+    let endpoint = s3.endpoint();
+    for path in ["h5/k2_functional.h5", "keras3/k3_sharded.weights.json", "safetensors/sharded/model.safetensors.index.json", "onnx/external_sub/model.onnx", "ckpt/tf2_keras/ckpt-2.index", "ckpt/tf1_saver/model.ckpt-5", "savedmodel/tf_module.zip"] {
         let url = format!("s3://models/{path}");
-        let out = s3.wfs(&["mount", &url, point.to_str().unwrap()], &env);
-        assert!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
-        let mount = Mount { dir: tmp, point };
-        assert_same_tree(&mount, &fixture(path), &url);
+        assert_same_tree(&s3.mount(&url), &fixture(path), &url);
     }
     // The same from the shared profile files alone.
     let aws = s3.dir.path().join(".aws");
@@ -595,4 +634,175 @@ fn s3_with_environment_or_profile_credentials_gives_the_local_tree() {
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(!err.contains("not-the-s3cret") && !err.contains(S3_SECRET), "{err}");
+}
+
+impl S3 {
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn credentials(&self) -> [(&'static str, String); 4] {
+        [
+            ("AWS_ACCESS_KEY_ID", S3_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET.into()),
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+
+    /// Mounts `url` with the server's credentials in the environment.
+    fn mount(&self, url: &str) -> Mount {
+        let tmp = tempfile::Builder::new().prefix("wfs-test-").tempdir().unwrap();
+        let point = tmp.path().join("m");
+        let env = self.credentials();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let out = self.wfs(&["mount", url, point.to_str().unwrap()], &env);
+        assert!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
+        Mount { dir: tmp, point }
+    }
+
+    /// A URL for GET of `key` in bucket `models`, signed in its query (SigV4, as `aws s3
+    /// presign` makes them), by object_store's signer: a client needs no credentials of its own.
+    fn presign(&self, key: &str) -> String {
+        use object_store::signer::Signer;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name("models")
+            .with_access_key_id(S3_KEY)
+            .with_secret_access_key(S3_SECRET)
+            .with_endpoint(self.endpoint())
+            .with_region("us-east-1")
+            .with_allow_http(true)
+            .build()
+            .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let url = runtime.block_on(store.signed_url(reqwest::Method::GET, &key.into(), Duration::from_secs(600)));
+        url.unwrap().to_string()
+    }
+}
+
+#[test]
+fn s3_directories_are_listed_savedmodels_and_checkpoints() {
+    let Some(s3) = S3::start() else { return };
+    // With and without the trailing slash; a SavedModel with assets/; several checkpoints
+    // (parts and `latest`) and one sharded checkpoint.
+    for (url, local) in [
+        ("s3://models/savedmodel/tf_module", "savedmodel/tf_module"),
+        ("s3://models/savedmodel/tfk_functional/", "savedmodel/tfk_functional"),
+        ("s3://models/ckpt/tf2_keras/", "ckpt/tf2_keras"),
+        ("s3://models/ckpt/sharded", "ckpt/sharded"),
+    ] {
+        let mount = s3.mount(url);
+        assert_same_tree(&mount, &fixture(local), url);
+    }
+    assert!(s3.mount("s3://models/savedmodel/tf_module/").path("assets/vocab.txt").is_file());
+    // A prefix with nothing below it is not found, in one line.
+    let env = s3.credentials();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = s3.wfs(&["info", "s3://models/savedmodel/nothing"], &env);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn presigned_urls_need_no_credentials_and_stay_secret() {
+    let Some(s3) = S3::start() else { return };
+    for path in ["safetensors/all_dtypes.safetensors", "h5/k2_functional.h5", "gguf/all_types.gguf"] {
+        let url = s3.presign(path);
+        assert!(url.contains("X-Amz-Signature="), "{url}");
+        let mount = mount_with_env(&url, &[], None);
+        assert_same_tree(&mount, &fixture(path), path);
+        let info = mount.text("info.json");
+        assert!(!info.contains("X-Amz") && info.contains(&format!("{}/models/{path}", s3.endpoint())), "{info}");
+    }
+    // A presigned URL reaches its own object only: a checkpoint's data file beside it is refused.
+    let out = wfs().args(["info", &s3.presign("ckpt/tf2_keras/ckpt-1.index")]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.lines().count() == 1, "{err}");
+    assert!(err.contains("ckpt-1.data-00000-of-00001: ") && err.contains("403") && !err.contains("X-Amz"), "{err}");
+    // A signature that does not match is refused at mount, in one line without the query.
+    let url = s3.presign("h5/k2_functional.h5").replace("X-Amz-Signature=", "X-Amz-Signature=0");
+    let out = wfs().args(["info", &url]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!err.contains("X-Amz") && !err.contains(S3_KEY), "{err}");
+}
+
+#[test]
+fn convert_and_export_read_urls() {
+    let nginx = Nginx::start();
+    let dir = tempfile::tempdir().unwrap();
+    for path in ["safetensors/sharded/model.safetensors.index.json", "ckpt/tf2_keras/ckpt-2.index", "h5/k2_functional.h5"] {
+        let (remote, local) = (dir.path().join("remote.safetensors"), dir.path().join("local.safetensors"));
+        let out = wfs().arg("convert").arg(nginx.url(path)).arg(&remote).output().unwrap();
+        assert!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = wfs().arg("convert").arg(fixture(path)).arg(&local).output().unwrap();
+        assert!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(std::fs::read(&remote).unwrap() == std::fs::read(&local).unwrap(), "{path}: convert differs");
+    }
+    // A directory URL over plain HTTP cannot be listed: said in one line.
+    let out = wfs().args(["info", &nginx.url("savedmodel/tf_module/")]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("does not list directories"), "{err}");
+    // An empty object is read (by size) and refused as what it is.
+    std::fs::write(nginx.www("empty.safetensors"), b"").unwrap();
+    let out = wfs().args(["info", &nginx.url("empty.safetensors")]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("file is empty"), "{err}");
+}
+
+/// What to mount of a real-models item: its files named by the oracle, else the item's directory
+/// (SavedModels, checkpoint directories).
+fn real_model_sources(oracle: &serde_json::Value) -> Vec<String> {
+    let item = oracle["item"].as_str().unwrap();
+    let mut sources: Vec<String> = oracle["parts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|part| match part["path"].as_str() {
+            Some(".") | None => item.to_string(),
+            Some(path) => format!("{item}/{path}"),
+        })
+        .collect();
+    sources.dedup();
+    sources
+}
+
+#[test]
+fn real_models_over_s3_give_the_local_tree() {
+    let Some(root) = real_models() else {
+        eprintln!("../shared/real-models not present: skipped");
+        return;
+    };
+    let Some(s3) = S3::serving(|dir| copy_tree(&root, &dir.join("real"))) else { return };
+    let mut oracles: Vec<PathBuf> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).collect();
+    oracles.extend(std::fs::read_dir(root.join("bad")).unwrap().map(|e| e.unwrap().path()));
+    oracles.retain(|p| p.to_str().unwrap().ends_with(".oracle.json"));
+    oracles.sort();
+    let env = s3.credentials();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut mounted = 0;
+    for oracle in &oracles {
+        let oracle: serde_json::Value = serde_json::from_slice(&std::fs::read(oracle).unwrap()).unwrap();
+        let in_bad = oracle.get("expected").is_some();
+        for source in real_model_sources(&oracle) {
+            let rel = if in_bad { format!("bad/{source}") } else { source };
+            let (local, url) = (root.join(&rel), format!("s3://real/{rel}"));
+            let local_info = wfs().arg("info").arg(&local).output().unwrap();
+            if !local_info.status.success() {
+                // What fails locally fails remotely, the same way.
+                let out = s3.wfs(&["info", &url], &env);
+                assert_eq!(out.status.code(), local_info.status.code(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
+                continue;
+            }
+            assert_same_tree(&s3.mount(&url), &local, &url);
+            mounted += 1;
+        }
+    }
+    assert!(mounted >= 40, "only {mounted} real models mounted");
 }

@@ -3,12 +3,11 @@
 //! decoded object graph (`object_graph.json`) and the Keras view `layers/`.
 
 use super::bundle::{self, BundleEntryProto, BundleHeaderProto, TensorSliceProto};
-use super::io_reason;
 use crate::dtype::DType;
 use crate::error::{OpenError, ReadError};
 use crate::model::{Extent, InMemory, Model, ModelLink, Part, Tensor, TensorBytes, path_of};
 use crate::names::split_path;
-use crate::source::{Blob, Dir, SourceFile};
+use crate::source::{Blob, Dir, EntryKind, SourceFile};
 use prost::Message;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
@@ -20,6 +19,8 @@ const VARIABLE_SUFFIX: &str = "/.ATTRIBUTES/VARIABLE_VALUE";
 const DT_STRING: i32 = 7;
 /// More data files than this is a damaged header, not a real checkpoint.
 const MAX_SHARDS: i32 = 100_000;
+/// Most of a `checkpoint` state file read (real ones are a few hundred bytes).
+const MAX_STATE_FILE: u64 = 1 << 20;
 /// String tensors are materialised at mount; bigger ones are skipped rather than loaded.
 const MAX_STRING_TENSOR: u64 = 64 << 20;
 /// Budget for all string tensors of one mount together.
@@ -69,17 +70,18 @@ fn split_prefix(prefix: &Path) -> Result<(PathBuf, String), OpenError> {
 
 /// A directory's checkpoints: `None` if it holds none; one is mounted at the top, several each
 /// under `<prefix>/` with their own `info.json`, plus `latest` naming the state file's choice.
-pub fn open_dir(dir: &Path) -> Result<Option<Model>, OpenError> {
-    let listing = std::fs::read_dir(dir).map_err(|e| OpenError::unreadable(io_reason(&e)))?;
-    let mut prefixes: Vec<String> = listing
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter_map(|name| name.strip_suffix(".index").map(str::to_string))
-        .filter(|stem| is_index_file(&dir.join(format!("{stem}.index"))))
+pub fn open_dir(dir: &Dir) -> Result<Option<Model>, OpenError> {
+    let mut prefixes: Vec<String> = dir
+        .list()?
+        .into_iter()
+        .filter(|entry| entry.kind != EntryKind::Dir)
+        .filter_map(|entry| entry.name.strip_suffix(".index").map(str::to_string))
+        .filter(|stem| dir.open(&format!("{stem}.index")).is_ok_and(|index| bundle::has_table_magic(&index)))
         .collect();
     prefixes.sort();
     match prefixes.as_slice() {
         [] => Ok(None),
-        [only] => open_prefix(&dir.join(only)).map(Some),
+        [only] => open_prefix_in(dir, only).map(Some),
         _ => {
             let latest = latest_in_state_file(dir).filter(|l| prefixes.contains(l));
             let mut model = Model { format: "tf-checkpoint".into(), ..Model::default() };
@@ -87,8 +89,8 @@ pub fn open_dir(dir: &Path) -> Result<Option<Model>, OpenError> {
             for prefix in &prefixes {
                 let mut info = Map::new();
                 info.insert("format".into(), json!("tf-checkpoint"));
-                info.insert("source".into(), json!(dir.join(prefix).display().to_string()));
-                info.extend(load(&Dir::Local(dir.to_path_buf()), prefix, &[prefix], &mut model, &mut budget)?);
+                info.insert("source".into(), json!(dir.shown(prefix)));
+                info.extend(load(dir, prefix, &[prefix], &mut model, &mut budget)?);
                 model.parts.push(Part { path: vec![prefix.clone()], info });
             }
             model.info.insert("checkpoints".into(), json!(prefixes));
@@ -103,8 +105,9 @@ pub fn open_dir(dir: &Path) -> Result<Option<Model>, OpenError> {
 
 /// The file name of `model_checkpoint_path` in the directory's `checkpoint` state file
 /// (protobuf text format; the path may be absolute, relative or from another OS).
-fn latest_in_state_file(dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join("checkpoint")).ok()?;
+fn latest_in_state_file(dir: &Dir) -> Option<String> {
+    let state = dir.open("checkpoint").ok()?;
+    let text = String::from_utf8(state.read_vec(0, state.len().min(MAX_STATE_FILE)).ok()?).ok()?;
     let line = text.lines().find_map(|l| l.trim().strip_prefix("model_checkpoint_path:"))?;
     let quoted = line.trim().strip_prefix('"')?.strip_suffix('"')?;
     let name = quoted.rsplit(['/', '\\']).next()?;
@@ -798,8 +801,8 @@ mod tests {
     fn state_file_names_latest() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("checkpoint"), "model_checkpoint_path: \"C:\\\\runs\\\\ckpt-9\"\n").unwrap();
-        assert_eq!(latest_in_state_file(dir.path()).as_deref(), Some("ckpt-9"));
+        assert_eq!(latest_in_state_file(&Dir::Local(dir.path().to_path_buf())).as_deref(), Some("ckpt-9"));
         std::fs::write(dir.path().join("checkpoint"), "model_checkpoint_path: \"/abs/model.ckpt\"\n").unwrap();
-        assert_eq!(latest_in_state_file(dir.path()).as_deref(), Some("model.ckpt"));
+        assert_eq!(latest_in_state_file(&Dir::Local(dir.path().to_path_buf())).as_deref(), Some("model.ckpt"));
     }
 }

@@ -20,7 +20,7 @@ use crate::cache::ChunkCache;
 use crate::error::OpenError;
 use crate::model::Model;
 use crate::remote::{RemoteOptions, RemoteSource};
-use crate::source::{Blob, Dir, SourceFile};
+use crate::source::{Blob, Dir, EntryKind, SourceFile};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -110,32 +110,54 @@ pub fn open_path(path: &Path, options: &ReadOptions) -> Result<Model, OpenError>
         return checkpoint::open_prefix(&prefix);
     }
     if meta.is_dir() {
-        if savedmodel::is_savedmodel_dir(path) {
-            return savedmodel::open_dir(path);
-        }
-        return checkpoint::open_dir(path)?
-            .ok_or_else(|| OpenError::UnknownFormat("directory holds no model wfs can read".into()));
+        return open_dir(&Dir::Local(path.to_path_buf()));
     }
     let file = SourceFile::open(path).map_err(|e| OpenError::unreadable(io_reason(&e)))?;
     open_blob(&Blob::File(Arc::new(file)), path.parent().map(|p| Dir::Local(p.to_path_buf())).as_ref(), options)
 }
 
 /// Opens a remote SOURCE (`https://`, `s3://`, `hf://`): a model file, a checkpoint's
-/// `.index` or its prefix, with the files that belong with it found beside it.
+/// `.index` or its prefix, with the files that belong with it found beside it, or a directory
+/// (SavedModel, checkpoints) on a store that lists them.
 pub fn open_url(url: &str, options: &ReadOptions, remote: &RemoteOptions) -> Result<Model, OpenError> {
     let source = RemoteSource::parse(url, remote, options.cache.clone())?;
     let dir = Dir::Remote(source.dir.clone());
+    if source.name.is_empty() {
+        return open_dir(&dir);
+    }
     if let Some(stem) = source.name.strip_suffix(".index") {
         return checkpoint::open_prefix_in(&dir, stem);
     }
     match source.dir.open(&source.name) {
         Ok(object) => open_blob(&Blob::Remote(object), Some(&dir), options),
-        // A checkpoint prefix names no object itself.
-        Err(missing) => match source.dir.open(&format!("{}.index", source.name)) {
-            Ok(_) => checkpoint::open_prefix_in(&dir, &source.name),
-            Err(_) => Err(missing),
-        },
+        // A checkpoint prefix or a directory names no object itself.
+        Err(missing) => {
+            if source.dir.open(&format!("{}.index", source.name)).is_ok() {
+                return checkpoint::open_prefix_in(&dir, &source.name);
+            }
+            match dir.sub(&source.name).and_then(|sub| Ok((sub.list()?, sub))) {
+                Ok((entries, sub)) if !entries.is_empty() => open_dir(&sub),
+                _ => Err(missing),
+            }
+        }
     }
+}
+
+/// A model that is a directory: a SavedModel, else the checkpoints in it.
+fn open_dir(dir: &Dir) -> Result<Model, OpenError> {
+    if savedmodel::is_savedmodel_dir(dir) {
+        return savedmodel::open_dir(dir.clone());
+    }
+    checkpoint::open_dir(dir)?.ok_or_else(|| {
+        // A directory of one model's files (a Hub repository) is mounted by naming the file.
+        let files: Vec<String> = dir.list().unwrap_or_default().into_iter().filter(|e| e.kind != EntryKind::Dir).map(|e| e.name).collect();
+        let named = match files.len() {
+            0 => String::new(),
+            n if n <= 8 => format!("; name one of its files: {}", files.join(", ")),
+            n => format!("; name one of its files: {}, ... ({n} in all)", files[..8].join(", ")),
+        };
+        OpenError::UnknownFormat(format!("directory holds no model wfs can read (no SavedModel or checkpoint){named}"))
+    })
 }
 
 /// Opens a model held in memory (standard input): every format a file may hold, except those

@@ -693,8 +693,8 @@ impl Reader {
         let dir = match self.dir.as_ref().ok_or("external data cannot be found beside a model read from standard input")? {
             Dir::Local(dir) if dir.as_os_str().is_empty() => Path::new("."),
             Dir::Local(dir) => dir.as_path(),
-            // A remote directory has files, not subdirectories: plain names only.
-            remote @ Dir::Remote(_) => return remote.open(location).map_err(|e| format!("external data file {location}: {e}")),
+            // Plain names below the model's directory: a store has no `..` or links to follow.
+            remote @ Dir::Remote(_) => return remote.open_below(location).map_err(|e| format!("external data file {location}: {e}")),
         };
         let leaves = || format!("external data location {location:?} leaves the model's directory");
         let rel = Path::new(location);

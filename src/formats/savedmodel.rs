@@ -7,17 +7,15 @@
 use super::archive::Archive;
 use super::bundle::TensorShapeProto;
 use super::checkpoint::{self, TrackableObjectGraph};
-use super::io_reason;
 use super::keras_h5::{add_layer_dir, layer_name, weight_path};
 use crate::dtype::DType;
 use crate::error::OpenError;
 use crate::model::{Extent, Model, ModelFile, Tensor, path_of};
 use crate::names::split_path;
-use crate::source::{Blob, SourceFile};
+use crate::source::{Blob, Dir, EntryKind};
 use prost::Message;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// protobuf's own limit for one serialized message.
@@ -27,13 +25,13 @@ const MAX_DEPTH: usize = 64;
 
 /// `true` if the directory looks like a SavedModel: it has `saved_model.pb` (or its text form),
 /// or at least the `variables/` bundle of one.
-pub fn is_savedmodel_dir(dir: &Path) -> bool {
-    ["saved_model.pb", "saved_model.pbtxt", "variables/variables.index"].iter().any(|f| dir.join(f).is_file())
+pub fn is_savedmodel_dir(dir: &Dir) -> bool {
+    ["saved_model.pb", "saved_model.pbtxt", "variables/variables.index"].iter().any(|f| dir.has_file(f))
 }
 
 /// A SavedModel directory.
-pub fn open_dir(dir: &Path) -> Result<Model, OpenError> {
-    read(Files::Dir(dir.to_path_buf()))
+pub fn open_dir(dir: Dir) -> Result<Model, OpenError> {
+    read(Files::Dir(dir))
 }
 
 /// The member-name prefix of the SavedModel in a zip: `""` for `saved_model.pb` at the root,
@@ -63,7 +61,7 @@ pub fn read_archive(archive: Archive, root: String) -> Result<Model, OpenError> 
 
 /// Where the SavedModel's files are.
 enum Files {
-    Dir(PathBuf),
+    Dir(Dir),
     /// A zip archive; `root` prefixes the member names of the SavedModel's files.
     Zip { archive: Archive, root: String },
 }
@@ -71,7 +69,7 @@ enum Files {
 impl Files {
     fn has(&self, rel: &str) -> bool {
         match self {
-            Files::Dir(dir) => dir.join(rel).is_file(),
+            Files::Dir(dir) => dir.has_file(rel),
             Files::Zip { archive, root } => archive.index_for_name(&format!("{root}{rel}")).is_some(),
         }
     }
@@ -80,13 +78,10 @@ impl Files {
     fn get(&mut self, rel: &str) -> Result<Blob, String> {
         match self {
             Files::Dir(dir) => {
-                let path = dir.join(rel);
-                if !path.is_file() {
-                    return Err(format!("{}: not a file", path.display()));
+                if !dir.has_file(rel) {
+                    return Err(format!("{}: not a file", dir.shown(rel)));
                 }
-                SourceFile::open(&path)
-                    .map(|f| Blob::File(Arc::new(f)))
-                    .map_err(|e| format!("{}: {}", path.display(), io_reason(&e)))
+                dir.open_below(rel).map_err(|e| format!("{}: {e}", dir.shown(rel)))
             }
             Files::Zip { archive, root } => {
                 let name = format!("{root}{rel}");
@@ -113,7 +108,9 @@ impl Files {
         match self {
             Files::Dir(dir) => {
                 let mut found = Vec::new();
-                walk_files(dir, "assets", 0, &mut found);
+                if let Ok(assets) = dir.sub("assets") {
+                    walk_files(&assets, "assets", 0, &mut found);
+                }
                 found
                     .into_iter()
                     .map(|rel| self.get(&rel).map(|blob| (rel, blob)).map_err(OpenError::unreadable))
@@ -133,19 +130,20 @@ impl Files {
     }
 }
 
-/// Regular files below `dir/rel`, as `/`-separated paths from `dir`; symlinks are not followed,
-/// so nothing outside the SavedModel is served.
-fn walk_files(dir: &Path, rel: &str, depth: usize, found: &mut Vec<String>) {
-    let Ok(listing) = std::fs::read_dir(dir.join(rel)) else { return };
-    let mut entries: Vec<(String, std::fs::FileType)> =
-        listing.filter_map(|e| Some((e.as_ref().ok()?.file_name().into_string().ok()?, e.ok()?.file_type().ok()?))).collect();
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, kind) in entries {
-        let path = format!("{rel}/{name}");
-        if kind.is_file() {
-            found.push(path);
-        } else if kind.is_dir() && depth < MAX_DEPTH {
-            walk_files(dir, &path, depth + 1, found);
+/// Regular files below `dir`, as `/`-separated paths that start with `rel`; symlinks are not
+/// followed, so nothing outside the SavedModel is served.
+fn walk_files(dir: &Dir, rel: &str, depth: usize, found: &mut Vec<String>) {
+    let Ok(entries) = dir.list() else { return };
+    for entry in entries {
+        let path = format!("{rel}/{}", entry.name);
+        match entry.kind {
+            EntryKind::File => found.push(path),
+            EntryKind::Dir if depth < MAX_DEPTH => {
+                if let Ok(sub) = dir.sub(&entry.name) {
+                    walk_files(&sub, &path, depth + 1, found);
+                }
+            }
+            EntryKind::Dir | EntryKind::Link => {}
         }
     }
 }
@@ -467,7 +465,7 @@ mod tests {
     #[test]
     fn broken_saved_model_pb_is_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let mut files = Files::Dir(dir.path().to_path_buf());
+        let mut files = Files::Dir(Dir::Local(dir.path().to_path_buf()));
         assert_eq!(read_saved_model(&mut files).unwrap_err(), "saved_model.pb is missing");
         std::fs::write(dir.path().join("saved_model.pb"), b"\r\n").unwrap();
         assert!(read_saved_model(&mut files).unwrap_err().contains("is not a SavedModel"));
