@@ -178,7 +178,8 @@ impl Store {
         // rustls needs a process-wide crypto provider; a second install is a harmless no-op.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let timeout = self.options.timeout;
-        let client = ClientOptions::new().with_timeout(timeout).with_connect_timeout(timeout).with_allow_http(true);
+        let mut client = ClientOptions::new().with_timeout(timeout).with_connect_timeout(timeout).with_allow_http(true);
+        client = system_roots().iter().fold(client.with_no_system_certificates(true), |c, root| c.with_root_certificate(root.clone()));
         let retry = RetryConfig {
             backoff: BackoffConfig { init_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(2), base: 2.0 },
             max_retries: self.options.retries,
@@ -206,6 +207,15 @@ impl Store {
         let client = self.client()?;
         handle()?.block_on(request(client))
     }
+}
+
+/// The system's root certificates (`SSL_CERT_FILE` / `SSL_CERT_DIR` when set), the ones
+/// reqwest's platform verifier would read for every client. Read once per process instead: the
+/// mount daemon inherits them across the fork, so its first read does not wait the few
+/// milliseconds that reading and decoding some 150 files takes.
+fn system_roots() -> &'static [object_store::Certificate] {
+    static ROOTS: OnceLock<Vec<object_store::Certificate>> = OnceLock::new();
+    ROOTS.get_or_init(|| rustls_native_certs::load_native_certs().certs.iter().filter_map(|der| object_store::Certificate::from_der(der).ok()).collect())
 }
 
 /// Settings of the AWS profile (`AWS_PROFILE`, else `default`) from the shared config and
