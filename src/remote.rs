@@ -39,6 +39,9 @@ const READAHEAD_MAX: u64 = 64;
 /// The most blocks one readahead request asks for; a window is split into requests of up to
 /// this many blocks, fetched at the same time (each streamed into the cache block by block).
 const REQUEST_BLOCKS: u64 = 8;
+/// Sequential runs followed at once in one object: readers streaming different tensors of
+/// one file each get their readahead.
+const RUNS: usize = 4;
 
 /// How requests behave.
 #[derive(Clone, Debug)]
@@ -271,16 +274,16 @@ pub struct RemoteObject {
     etag: Option<String>,
     /// The object's blocks in the cache are keyed `(id, block number)`.
     id: u64,
-    /// The run of sequential reads the last read ended.
-    run: Mutex<Run>,
-    /// Blocks below this were already handed to readahead.
-    ahead: AtomicU64,
+    /// The latest runs of sequential reads, least recent first.
+    runs: Mutex<Vec<Run>>,
 }
 
-/// Consecutive reads `[start, end)` of one object.
+/// Consecutive reads `[start, end)` of one object; blocks below `ahead` were already handed
+/// to readahead for them.
 struct Run {
     start: u64,
     end: u64,
+    ahead: u64,
 }
 
 impl std::fmt::Debug for RemoteObject {
@@ -324,8 +327,7 @@ impl RemoteObject {
             size: meta.size,
             etag: meta.e_tag,
             id: store.cache.new_id(),
-            run: Mutex::new(Run { start: 0, end: u64::MAX }),
-            ahead: AtomicU64::new(0),
+            runs: Mutex::new(Vec::new()),
         });
         if let Some(bytes) = first {
             if bytes.len() as u64 != object.size.min(BLOCK) {
@@ -354,17 +356,27 @@ impl RemoteObject {
         let end = offset + buf.len() as u64;
         let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
         let ahead = {
-            let mut run = self.run.lock().unwrap();
-            // A read within a block of the run's end continues it: the daemon's threads may
-            // serve the kernel's sequential reads a little out of order. (`end` is u64::MAX
-            // before the first read.)
-            if run.end != u64::MAX && (run.end.saturating_sub(BLOCK)..=run.end + BLOCK).contains(&offset) {
-                (run.start, run.end) = (run.start.min(offset), run.end.max(end));
-            } else {
-                (run.start, run.end) = (offset, end);
-            }
+            let mut runs = self.runs.lock().unwrap();
+            // A read within a block of a run's end continues it (the daemon's threads may serve
+            // the kernel's sequential reads a little out of order); any other read starts a new
+            // run, in place of the least recent one when there are RUNS.
+            let continued = runs.iter().position(|r| (r.end.saturating_sub(BLOCK)..=r.end + BLOCK).contains(&offset));
+            let mut run = match continued {
+                Some(i) => {
+                    let run = runs.remove(i);
+                    Run { start: run.start.min(offset), end: run.end.max(end), ..run }
+                }
+                None => {
+                    if runs.len() == RUNS {
+                        runs.remove(0);
+                    }
+                    Run { start: offset, end, ahead: 0 }
+                }
+            };
             let run_length = run.end - run.start;
-            if run_length >= READAHEAD_AFTER { self.ahead_of(last + 1, run_length) } else { None }
+            let ahead = if run_length >= READAHEAD_AFTER { self.ahead_of(&mut run, last + 1, run_length) } else { None };
+            runs.push(run);
+            ahead
         };
         if let Some(blocks) = ahead {
             self.read_ahead(blocks)?;
@@ -404,22 +416,22 @@ impl RemoteObject {
         self.size.div_ceil(BLOCK)
     }
 
-    /// The blocks to fetch ahead of a sequential reader whose run has read `run_length` and
-    /// whose next block is `next`, if enough are due for full requests (called under the `run`
-    /// lock, which keeps `ahead`, the end of what was handed to readahead, consistent).
-    /// Returns them with the blocks each request is to ask for.
-    fn ahead_of(&self, next: u64, run_length: u64) -> Option<(std::ops::Range<u64>, u64)> {
+    /// The blocks to fetch ahead of a sequential reader whose `run` has read `run_length` and
+    /// whose next block is `next`, if enough are due for full requests (called under the `runs`
+    /// lock, which keeps `run.ahead` consistent). Returns them with the blocks each request is
+    /// to ask for.
+    fn ahead_of(&self, run: &mut Run, next: u64, run_length: u64) -> Option<(std::ops::Range<u64>, u64)> {
         let limit = READAHEAD_MAX.min(self.store.cache.capacity() / BLOCK / 2);
         let window = (4 * run_length).div_ceil(BLOCK).min(limit);
         let until = (next + window).min(self.block_count());
-        let start = self.ahead.load(Ordering::Relaxed).clamp(next, until);
+        let start = run.ahead.clamp(next, until);
         // Requests of a quarter of the window (several in flight), none issued before it can
         // be full, except at the end of the object.
         let request = (window / 4).clamp(1, REQUEST_BLOCKS);
         if start == until || (until - start < request && until < self.block_count()) {
             return None;
         }
-        self.ahead.store(until, Ordering::Relaxed);
+        run.ahead = until;
         Some((start..until, request))
     }
 
