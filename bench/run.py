@@ -872,6 +872,15 @@ class DelayProxy:
         self.listener.close()
 
 
+def timed_together(cmds):
+    """Seconds until every one of the commands, started at once, is done."""
+    t = time.perf_counter()
+    procs = [subprocess.Popen(cmd) for cmd in cmds]
+    if any(p.wait() for p in procs):
+        sys.exit(f"bench: failed: {cmds}")
+    return time.perf_counter() - t
+
+
 def null_device(work):
     """/dev/null, or, where that is not a character device (in some containers it is a plain file,
     and what is written to it is kept in memory), a null device of our own made with mknod."""
@@ -910,6 +919,10 @@ def fig_remote(w, work, layers, runs, res, rtts=(0.0, 0.040)):
     raw = lambda name: "tensors/" + name.replace(".", "/") + ".raw"
     size = lambda e: e["data_offsets"][1] - e["data_offsets"][0]
     begin, end = (8 + hlen + o for o in big["data_offsets"])
+    # Two of the medium tensors, read at the same time (a loader reading tensors in parallel).
+    pair = [name for name, _ in tensors if name.startswith("model.big_dense_") and name.endswith(".kernel")][:2]
+    pair_ranges = [tuple(8 + hlen + o for o in header[name]["data_offsets"]) for name in pair]
+    pair_bytes = sum(e - b for b, e in pair_ranges)
     www = work / "www"
     www.mkdir(exist_ok=True)
     if not (www / src.name).exists():
@@ -946,8 +959,14 @@ def fig_remote(w, work, layers, runs, res, rtts=(0.0, 0.040)):
             port = proxy.port if proxy else nginx.port
             url = f"http://127.0.0.1:{port}/{src.name}"
             link = f"{rtt * 1000:.0f} ms RTT (proxy)" if rtt else "127.0.0.1"
-            first, fetch_load, fetch, seq, ranged, mount_requests = [], [], [], [], [], []
+            first, fetch_load, fetch, seq, ranged, mount_requests, both, both_curl = [], [], [], [], [], [], [], []
             for _ in range(runs):
+                w.mount(url)
+                both.append(timed_together([["dd", f"if={w.mnt / raw(name)}", f"of={null}", "bs=16M", "status=none"]
+                                            for name in pair]))
+                w.umount()
+                both_curl.append(timed_together([["curl", "-sSf", "-r", f"{b}-{e - 1}", "-o", null, url]
+                                                 for b, e in pair_ranges]))
                 before = len(nginx.requests())
                 t = time.perf_counter()
                 w.mount(url)
@@ -976,6 +995,9 @@ def fig_remote(w, work, layers, runs, res, rtts=(0.0, 0.040)):
             res.add(12, f"{link}: `dd bs=16M` of the {human(end - begin)} tensor's `.raw` (fresh mount) vs `curl -r` "
                         f"of the same byte range to /dev/null", mbs(end - begin, s), mbs(end - begin, rg),
                     f"{rg / s:.0%}", ">= 70%", rg / s >= 0.7)
+            bt, bc = median(both), median(both_curl)
+            res.add(12, f"{link}: 2 readers at once, `dd` of two {human(pair_bytes // 2)} tensors' `.raw` (fresh mount) vs 2 "
+                        f"`curl -r` at once", mbs(pair_bytes, bt), mbs(pair_bytes, bc), f"{bc / bt:.0%}", "", None)
             if not rtt:
                 direct_range = rg
             if proxy:
