@@ -547,7 +547,7 @@ impl RemoteObject {
 
 /// A block being filled with a response's body: allocated once, at its final size, with its
 /// pages made resident by one call rather than a page fault each (which cost more than the
-/// copy itself on a VM: half of the daemon's time in a sequential read).
+/// copy itself on a VM: a third of the daemon's time in a sequential read).
 struct Filling {
     block: Arc<[std::mem::MaybeUninit<u8>]>,
     filled: usize,
