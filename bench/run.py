@@ -591,15 +591,20 @@ def fig_torch(w, work, total, n, runs, res, python):
             f"{k / r:.1f}x faster", ">= 5x", k / r >= 5)
     res.add("(t)", f"first read (cold) of its {human(nbytes)} tensor `.raw` vs cold `dd` of the same bytes",
             mbs(nbytes, c), mbs(nbytes, d), f"{d / c:.0%}", ">= 70%", d / c >= 0.7)
+# With OUT `-` the file goes to standard output: save_file writes a temporary file and renames
+# it over its target, so save_file(..., "/dev/null") would replace the device with a file.
 SAVE_SAFETENSORS = """import h5py, sys
-from safetensors.numpy import save_file
+from safetensors.numpy import save, save_file
 tensors = {}
 def take(name, obj):
     if isinstance(obj, h5py.Dataset):
         tensors[name] = obj[()]
 with h5py.File(sys.argv[1], "r") as f:
     f["model_weights"].visititems(take)
-save_file(tensors, sys.argv[2], metadata={"format": "pt"})
+if sys.argv[2] == "-":
+    sys.stdout.buffer.write(save(tensors, metadata={"format": "pt"}))
+else:
+    save_file(tensors, sys.argv[2], metadata={"format": "pt"})
 """
 
 
@@ -631,7 +636,7 @@ def fig_safetensors(w, src, out_root, runs, res):
                             "status=none"]))
         (out / "zeros").unlink()
         conv_null.append(timed([w.exe, "convert", str(src), "-"], stdout=subprocess.DEVNULL))
-        script_null.append(timed([sys.executable, "-c", SAVE_SAFETENSORS, str(src), "/dev/null"]))
+        script_null.append(timed([sys.executable, "-c", SAVE_SAFETENSORS, str(src), "-"], stdout=subprocess.DEVNULL))
         cat.append(timed(["cat", str(src)], stdout=subprocess.DEVNULL))
     shutil.rmtree(out, ignore_errors=True)
     a, b, c, d, f, cn, sn, r = map(median, (whole, raws, conv, script, floor, conv_null, script_null, cat))
