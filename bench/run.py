@@ -647,7 +647,7 @@ def fig_safetensors(w, src, out_root, runs, res):
                f"script (source in page cache)", ms(c), ms(d), f"{d / c:.2f}x faster", ">= 3x", d / c >= 3)
     res.add(8, f"(limit) writing {human(nbytes)} of zeros into {out_root} with `dd` (what both sides pay to write "
                f"the file)", ms(f), f"wfs convert {ms(c)}", f"{f / c:.0%}", "", None)
-    res.add(8, "`wfs convert model.h5 -` > /dev/null vs the same script writing to /dev/null (the converters "
+    res.add(8, "`wfs convert model.h5 -` > /dev/null vs the same script's `save(...)` > /dev/null (the converters "
                "alone, without the destination's cost)", ms(cn), ms(sn), f"{sn / cn:.2f}x faster", ">= 3x",
             sn / cn >= 3)
     res.add(8, "(limit) `cat model.h5` > /dev/null (reading the source once)", ms(r), f"wfs convert - {ms(cn)}",
