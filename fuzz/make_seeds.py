@@ -127,5 +127,6 @@ put("dequantize", "blocks", read("gguf/all_types.gguf")[5184:][:4096])
 put("dequantize", "handmade", read("gguf/handmade.gguf")[416:])
 for name, url in [("https", "https://alice:s3cretpassword@host:8443/a/b%20c/m.h5?X-Amz-Signature=abcdef0123#frag"),
                   ("s3dir", "s3://bucket/prefix/saved_model/"), ("hf", "hf://org/repo@v1.0/sub/model.safetensors"),
-                  ("http", "http://127.0.0.1:80/ckpt/ckpt-1.index?token=secretsecret")]:
+                  ("http", "http://127.0.0.1:80/ckpt/ckpt-1.index?token=secretsecret"),
+                  ("link", '<https://huggingface.co/api/models/o/r/tree/main?cursor=eyJmIjoiYSJ9>; rel="next", </p?c=9>; title="a, b"; rel=last')]:
     put("remote_url", name, url.encode())

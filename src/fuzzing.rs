@@ -346,9 +346,16 @@ pub fn table_entries(parts: &[&[u8]]) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 /// A source URL parsed as `wfs mount` parses it (no request is made): parsing never panics,
 /// and what is shown of the URL (messages, `info.json`, the mount table) is the same whatever
-/// its password, query and fragment are, and never holds a query.
+/// its password, query and fragment are, and never holds a query. The same text as a server's
+/// `Link` header (a Hub listing's next page): never a panic, and the next page is a `<...>`
+/// target the header holds.
 pub fn remote_url(text: &str) -> Result<(), String> {
-    use crate::remote::{RemoteOptions, RemoteSource, redact};
+    use crate::remote::{RemoteOptions, RemoteSource, next_link, redact};
+    if let Some(next) = next_link(text)
+        && !text.contains(&format!("<{next}>"))
+    {
+        return Err(format!("{text:?} has no link {next:?}"));
+    }
     let shown = redact(text);
     if redact(&shown) != shown || shown.contains(['?', '#']) {
         return Err(format!("{text:?} is shown as {shown:?}"));

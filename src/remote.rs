@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::http::HttpBuilder;
 use object_store::path::Path as StorePath;
+use object_store::client::{HttpClient, HttpConnector, HttpRequestBody, ReqwestConnector};
 use object_store::{BackoffConfig, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, RetryConfig};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,8 +26,12 @@ use std::time::Duration;
 
 /// Bytes cached per entry, and fetched by a request for a read that is not sequential.
 const BLOCK: u64 = 1 << 20;
-/// Largest directory listing read from the Hub's API.
+/// Largest directory listing read from the Hub's API (all its pages together).
 const MAX_LISTING: u64 = 16 << 20;
+/// Most pages of one Hub listing followed (the Hub pages 1000 entries at a time).
+const MAX_LISTING_PAGES: usize = 1000;
+/// The first wait before a failed request is retried; it doubles with each retry.
+const RETRY_BACKOFF: Duration = Duration::from_millis(100);
 /// A sequential run starts readahead once it has read this much: two of the kernel's 128 KiB
 /// reads. One read (metadata; a random 4 KiB read, which the kernel rounds up) fetches nothing
 /// ahead. The window then grows with the run (four times what the run has read: fivefold per
@@ -177,25 +182,30 @@ impl Store {
         Ok(built)
     }
 
-    fn build(&self) -> object_store::Result<Arc<dyn ObjectStore>> {
+    /// What every request to this store is sent with: timeouts, trusted roots, and on a web
+    /// server the credential headers.
+    fn client_options(&self) -> ClientOptions {
         // rustls needs a process-wide crypto provider; a second install is a harmless no-op.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let timeout = self.options.timeout;
-        let mut client = ClientOptions::new().with_timeout(timeout).with_connect_timeout(timeout).with_allow_http(true);
-        client = system_roots().iter().fold(client.with_no_system_certificates(true), |c, root| c.with_root_certificate(root.clone()));
+        let client = ClientOptions::new().with_timeout(timeout).with_connect_timeout(timeout).with_allow_http(true);
+        let client = system_roots().iter().fold(client.with_no_system_certificates(true), |c, root| c.with_root_certificate(root.clone()));
+        match &self.service {
+            Service::Http { headers, .. } => client.with_default_headers(headers.clone()),
+            Service::S3 { .. } => client,
+        }
+    }
+
+    fn build(&self) -> object_store::Result<Arc<dyn ObjectStore>> {
+        let client = self.client_options();
+        let timeout = self.options.timeout;
         let retry = RetryConfig {
-            backoff: BackoffConfig { init_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(2), base: 2.0 },
+            backoff: BackoffConfig { init_backoff: RETRY_BACKOFF, max_backoff: Duration::from_secs(2), base: 2.0 },
             max_retries: self.options.retries,
             retry_timeout: timeout.saturating_mul(self.options.retries as u32 + 1),
         };
         Ok(match &self.service {
-            Service::Http { base, headers, .. } => Arc::new(
-                HttpBuilder::new()
-                    .with_url(base.as_str())
-                    .with_client_options(client.with_default_headers(headers.clone()))
-                    .with_retry(retry)
-                    .build()?,
-            ),
+            Service::Http { base, .. } => Arc::new(HttpBuilder::new().with_url(base.as_str()).with_client_options(client).with_retry(retry).build()?),
             Service::S3 { bucket } => {
                 let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
                 for (key, value) in aws_profile() {
@@ -606,9 +616,14 @@ fn reason(e: &object_store::Error) -> String {
     if matches!(e, object_store::Error::NotSupported { .. }) {
         return "the server ignores Range requests (wfs reads remote files in ranges and never downloads them whole)".into();
     }
+    chain(e)
+}
+
+/// An error and its causes in one line (the causes say more than the wrapper's first words),
+/// every URL in it redacted: request errors name the URL, whose query may hold a signature.
+fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
-    // The underlying causes say more than the wrapper's first words.
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(cause) = source {
         let cause_text = cause.to_string();
         if !text.contains(&cause_text) {
@@ -616,7 +631,6 @@ fn reason(e: &object_store::Error) -> String {
         }
         source = cause.source();
     }
-    // Request errors name the URL, whose query may hold a signature.
     text.split_whitespace().map(|word| if word.contains("://") { redact(word) } else { word.to_string() }).collect::<Vec<_>>().join(" ")
 }
 
@@ -686,35 +700,135 @@ impl RemoteDir {
     }
 
     /// The Hub's tree API: `GET /api/models/ORG/REPO/tree/REV/PATH` answers a JSON array of
-    /// `{"type": "file" | "directory", "path": ...}` (this directory's entries, 1000 at most).
+    /// `{"type": "file" | "directory", "path": ...}`, a page at a time: a `Link: <URL>;
+    /// rel="next"` header names the next page. Pages are asked for with the store's options
+    /// (token, roots, timeout) through object_store's client, which, unlike the store, shows
+    /// the response's headers.
     fn list_hub(&self) -> Result<Vec<Entry>, ReadError> {
         let [org, repo, _resolve, rev, below @ ..] = self.dir.as_slice() else { unreachable!("hf paths start ORG/REPO/resolve/REV") };
-        let api = ["api", "models", org, repo, "tree", rev].into_iter().chain(below.iter().map(String::as_str));
-        let path = StorePath::from_iter(api);
-        let body = self.store.block_on(async |c| {
-            let answer = c.get(&path).await.map_err(head_error)?;
-            if answer.meta.size > MAX_LISTING {
-                return Err(ReadError::Io(std::io::Error::other(format!("a listing of {} bytes", answer.meta.size))));
+        let Service::Http { base, .. } = &self.store.service else { unreachable!("hf:// is served over HTTP") };
+        let failed = |why: String| ReadError::Io(std::io::Error::other(why));
+        let mut first = url::Url::parse(base).map_err(|e| failed(e.to_string()))?;
+        first
+            .path_segments_mut()
+            .map_err(|_| failed("the endpoint cannot have a path".into()))?
+            .pop_if_empty()
+            .extend(["api", "models", org, repo, "tree", rev].into_iter().chain(below.iter().map(String::as_str)));
+        let client = ReqwestConnector::default().connect(&self.store.client_options()).map_err(|e| failed(reason(&e)))?;
+        let (mut entries, mut received, mut page) = (Vec::new(), 0u64, Some(first.clone()));
+        for _ in 0..MAX_LISTING_PAGES {
+            let Some(url) = page.take() else { return Ok(entries) };
+            let (body, next) = handle()?.block_on(self.hub_page(&client, &url, MAX_LISTING - received))?;
+            received += body.len() as u64;
+            entries.extend(hub_entries(&body)?);
+            if let Some(next) = next {
+                let next = url.join(&next).map_err(|_| failed("the Hub's next page is not a URL".into()))?;
+                // The token goes with every page: only to the server that was asked.
+                if next.origin() != first.origin() {
+                    return Err(failed(format!("the Hub's next page is on another server ({}): not followed", redact(next.as_str()))));
+                }
+                page = Some(next);
             }
-            answer.bytes().await.map_err(read_error)
-        })?;
-        let not_a_listing = || ReadError::Io(std::io::Error::other("the Hub's answer is not a listing"));
-        let listing: serde_json::Value = serde_json::from_slice(&body).map_err(|_| not_a_listing())?;
-        let entries = listing.as_array().ok_or_else(not_a_listing)?.iter().filter_map(|entry| {
-            let name = entry["path"].as_str()?.rsplit('/').next()?.to_string();
-            let kind = match entry["type"].as_str()? {
-                "directory" => EntryKind::Dir,
-                "file" => EntryKind::File,
-                _ => return None,
+        }
+        Err(failed(format!("the Hub's listing has more than {MAX_LISTING_PAGES} pages")))
+    }
+
+    /// One page of a Hub listing, at most `limit` bytes, and the next page's URL if there is
+    /// one; retried as the store's requests are.
+    async fn hub_page(&self, client: &HttpClient, url: &url::Url, limit: u64) -> Result<(Vec<u8>, Option<String>), ReadError> {
+        let failed = |why: String| ReadError::Io(std::io::Error::other(why));
+        let mut wait = RETRY_BACKOFF;
+        let mut attempt = 0;
+        loop {
+            let request = http::Request::get(url.as_str()).body(HttpRequestBody::empty()).map_err(|e| failed(e.to_string()))?;
+            let error = match client.execute(request).await {
+                Ok(response) if response.status().is_success() => {
+                    let next = response.headers().get_all(http::header::LINK).iter().filter_map(|v| v.to_str().ok()).find_map(next_link);
+                    let mut body = Vec::new();
+                    let mut stream = response.into_body().bytes_stream();
+                    while let Some(piece) = stream.next().await {
+                        let piece = piece.map_err(|e| failed(chain(&e)))?;
+                        if (body.len() + piece.len()) as u64 > limit {
+                            return Err(failed(format!("a listing of more than {MAX_LISTING} bytes")));
+                        }
+                        body.extend_from_slice(&piece);
+                    }
+                    return Ok((body, next));
+                }
+                Ok(response) if response.status() == http::StatusCode::NOT_FOUND => {
+                    return Err(ReadError::Io(std::io::Error::new(std::io::ErrorKind::NotFound, "not found")));
+                }
+                Ok(response) if !(response.status().is_server_error() || response.status() == http::StatusCode::TOO_MANY_REQUESTS) => {
+                    return Err(failed(format!("the Hub answered {}", response.status())));
+                }
+                Ok(response) => format!("the Hub answered {}", response.status()),
+                Err(e) => chain(&e),
             };
-            Some(Entry { name, kind })
-        });
-        Ok(entries.collect())
+            if attempt == self.store.options.retries {
+                return Err(failed(error));
+            }
+            attempt += 1;
+            tokio::time::sleep(wait).await;
+            wait *= 2;
+        }
     }
 
     /// How `name` in this directory is shown.
     pub fn shown(&self, name: &str) -> String {
         format!("{}{name}", self.shown)
+    }
+}
+
+/// The entries of one page of the Hub's tree API.
+fn hub_entries(body: &[u8]) -> Result<Vec<Entry>, ReadError> {
+    let not_a_listing = || ReadError::Io(std::io::Error::other("the Hub's answer is not a listing"));
+    let listing: serde_json::Value = serde_json::from_slice(body).map_err(|_| not_a_listing())?;
+    let entries = listing.as_array().ok_or_else(not_a_listing)?.iter().filter_map(|entry| {
+        let name = entry["path"].as_str()?.rsplit('/').next()?.to_string();
+        let kind = match entry["type"].as_str()? {
+            "directory" => EntryKind::Dir,
+            "file" => EntryKind::File,
+            _ => return None,
+        };
+        Some(Entry { name, kind })
+    });
+    Ok(entries.collect())
+}
+
+/// The target of a `Link` header's `rel="next"` link (RFC 8288: `<URL>; rel="next", <URL>;
+/// rel="last"`; parameter values may be quoted strings holding `;` and `,`).
+pub(crate) fn next_link(header: &str) -> Option<String> {
+    let mut rest = header;
+    loop {
+        let open = rest.find('<')?;
+        let close = open + rest[open..].find('>')?;
+        // The link's parameters run to the first comma outside a quoted string.
+        let (mut params, mut start, mut quoted, mut end) = (Vec::new(), close + 1, false, rest.len());
+        for (i, c) in rest.char_indices().skip_while(|&(i, _)| i <= close) {
+            match c {
+                '"' => quoted = !quoted,
+                ';' | ',' if !quoted => {
+                    params.push(&rest[start..i]);
+                    start = i + 1;
+                    if c == ',' {
+                        end = i;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if end == rest.len() {
+            params.push(&rest[start..]);
+        }
+        let is_next = params.iter().any(|param| {
+            let Some((key, value)) = param.split_once('=') else { return false };
+            key.trim().eq_ignore_ascii_case("rel") && value.trim().trim_matches('"').split_ascii_whitespace().any(|rel| rel.eq_ignore_ascii_case("next"))
+        });
+        if is_next {
+            return Some(rest[open + 1..close].to_string());
+        }
+        rest = &rest[end..];
     }
 }
 
@@ -833,6 +947,19 @@ fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_link_finds_the_next_page() {
+        let next = |header| next_link(header);
+        assert_eq!(next(r#"<https://hub/api/models/o/r/tree/main?cursor=abc>; rel="next""#).as_deref(), Some("https://hub/api/models/o/r/tree/main?cursor=abc"));
+        assert_eq!(next(r#"<https://h/p?c=1>; rel="prev", <https://h/p?c=3>; rel="next""#).as_deref(), Some("https://h/p?c=3"));
+        assert_eq!(next(r#"<https://h/a,b>; title="x, rel=next"; rel=last"#), None);
+        assert_eq!(next("</p?c=2>; REL=next").as_deref(), Some("/p?c=2"));
+        assert_eq!(next(r#"<https://h/p?c=2>; rel="last next""#).as_deref(), Some("https://h/p?c=2"));
+        for header in ["", "<https://h/p", r#"<https://h/p>; rel="last""#, "rel=next", "<>; rel=prev"] {
+            assert_eq!(next(header), None, "{header}");
+        }
+    }
 
     #[test]
     fn secrets_are_not_shown() {

@@ -126,7 +126,8 @@ impl Nginx {
             copy_tree(&fixture(fixture_path), &www.join(fixture_path));
             copy_tree(&fixture(fixture_path), &www.join("org/repo/resolve/main").join(fixture_path));
         }
-        hub_listings(&www.join("org/repo/resolve/main"), "", &www.join("api/models/org/repo/tree/main"));
+        let mut next_pages = Vec::new();
+        hub_listings(&www.join("org/repo/resolve/main"), "", &www.join("api/models/org/repo/tree/main"), &mut next_pages);
         // A certificate authority of the test's own, and the server's certificate signed by it.
         let openssl = |args: &str| {
             let status = Command::new("openssl").args(args.split(' ')).current_dir(dir.path()).stderr(Stdio::null()).status();
@@ -138,20 +139,29 @@ impl Nginx {
         openssl("x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile san.ext -out cert.pem");
         let (http, https) = (free_port(), free_port());
         let d = dir.path().display();
+        // One listing whose next page is on another server (localhost is another origin): its
+        // token must not follow it there.
+        let foreign = "/api/models/org/repo/tree/main/h5";
+        let mut links: String = next_pages.iter().filter(|(key, _)| key != foreign).map(|(key, next)| format!("    \"{key}\" '<http://127.0.0.1:{http}{next}>; rel=\"next\"';\n")).collect();
+        links.push_str(&format!("    \"{foreign}\" '<http://localhost:{http}/api/models/org/repo/tree/main/h5?cursor=2>; rel=\"next\"';\n"));
         let conf = format!(
             "user root; daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;
 events {{ worker_connections 256; }}
 http {{
   client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
-  log_format counted '$request_method $uri $status \"$http_range\" \"$http_authorization\"';
+  log_format counted '$request_method $request_uri $status \"$http_range\" \"$http_authorization\"';
   access_log {d}/access.log counted;
   default_type application/octet-stream;
+  map_hash_bucket_size 256;
+  map $request_uri $hub_next {{
+    default \"\";
+{links}  }}
   server {{
     listen 127.0.0.1:{http}; listen 127.0.0.1:{https} ssl;
     ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;
     root {d}/www;
     location /moved/ {{ rewrite ^/moved/(.*)$ /$1 redirect; }}
-    location /api/ {{ try_files $uri/listing.json =404; }}
+    location /api/ {{ try_files $uri/listing$arg_cursor.json =404; add_header Link $hub_next; }}
   }}
 }}"
         );
@@ -186,10 +196,16 @@ http {{
     }
 }
 
+/// Entries per page of the test's Hub listings (the Hub's own pages hold 1000): small, so that
+/// most directories take several pages.
+const HUB_PAGE: usize = 2;
+
 /// The Hub's tree API answers for every directory below `repo` (`rel` below the repository's
-/// top): `GET /api/models/ORG/REPO/tree/REV/REL` gives `[{"type", "oid", "size", "path"}, ...]`,
-/// served from `api/REL/listing.json`.
-fn hub_listings(repo: &Path, rel: &str, api: &Path) {
+/// top): `GET /api/models/ORG/REPO/tree/REV/REL[?cursor=N]` gives a page of `[{"type", "oid",
+/// "size", "path"}, ...]`, served from `api/REL/listing[N].json`. As on the Hub, a page with
+/// more after it has a `Link: <URL?cursor=N>; rel="next"` header: `next` gets each such page's
+/// request URI and the next one's, for nginx's map.
+fn hub_listings(repo: &Path, rel: &str, api: &Path, next: &mut Vec<(String, String)>) {
     let mut listing = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(repo.join(rel)).unwrap().map(|e| e.unwrap()).collect();
     entries.sort_by_key(|e| e.file_name());
@@ -199,12 +215,25 @@ fn hub_listings(repo: &Path, rel: &str, api: &Path) {
         let kind = if meta.is_dir() { "directory" } else { "file" };
         listing.push(serde_json::json!({"type": kind, "oid": "0", "size": if meta.is_dir() { 0 } else { meta.len() }, "path": path}));
         if meta.is_dir() {
-            hub_listings(repo, &format!("{path}/"), api);
+            hub_listings(repo, &format!("{path}/"), api, next);
         }
     }
     let at = api.join(rel);
     std::fs::create_dir_all(&at).unwrap();
-    std::fs::write(at.join("listing.json"), serde_json::to_vec(&listing).unwrap()).unwrap();
+    let path = format!("/api/models/org/repo/tree/main/{rel}").trim_end_matches('/').to_string();
+    let pages: Vec<_> = listing.chunks(HUB_PAGE).collect();
+    for (i, page) in pages.iter().enumerate() {
+        // The first page has no cursor; the others are numbered from 2.
+        let cursor = |i: usize| if i == 0 { String::new() } else { (i + 1).to_string() };
+        let uri = |i: usize| if i == 0 { path.clone() } else { format!("{path}?cursor={}", cursor(i)) };
+        std::fs::write(at.join(format!("listing{}.json", cursor(i))), serde_json::to_vec(page).unwrap()).unwrap();
+        if i + 1 < pages.len() {
+            next.push((uri(i), uri(i + 1)));
+        }
+    }
+    if listing.is_empty() {
+        std::fs::write(at.join("listing.json"), "[]").unwrap();
+    }
 }
 
 /// Every entry below `root`: kind, link target or bytes (info.json without its `source`).
@@ -315,6 +344,18 @@ fn hub_urls_use_revision_endpoint_and_token() {
     assert_eq!(out.status.code(), Some(4), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("name one of its files: all_dtypes.safetensors, ") && err.contains(" float6.safetensors,"), "{err}");
+    // Listings of more than a page were read to their last page.
+    let requests = nginx.requests();
+    for page in ["/api/models/org/repo/tree/main/ckpt/tf2_keras?cursor=2 200", "/api/models/org/repo/tree/main/safetensors?cursor=2 200"] {
+        assert!(requests.iter().any(|r| r.contains(page)), "{page}: {requests:#?}");
+    }
+    // A next page on another server is not followed: the token would go with it.
+    let out = wfs().args(["info", "hf://org/repo/h5/"]).env("HF_ENDPOINT", &endpoint).env("HF_TOKEN", "hf_test_token_123").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("next page is on another server (http://localhost:") && !err.contains("hf_test_token"), "{err}");
+    assert!(!nginx.requests().iter().any(|r| r.contains("tree/main/h5?cursor")), "{:#?}", nginx.requests());
 }
 
 #[test]

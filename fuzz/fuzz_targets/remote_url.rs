@@ -1,5 +1,5 @@
 //! Arbitrary text as a source URL (http, https, s3, hf): parsed without a request, never a
-//! panic, and never shown with its query, fragment or password.
+//! panic, and never shown with its query, fragment or password; and as a `Link` header.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
