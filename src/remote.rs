@@ -152,8 +152,9 @@ pub fn quiesce() {
 #[derive(Debug)]
 enum Service {
     /// A web server: `base` is `scheme://host[:port]` (with the URL's query, if any). On the
-    /// Hub (`hub`), directories are listed by its API.
-    Http { base: String, headers: HeaderMap, hub: bool },
+    /// Hub (`hub`: the kind of repository, `models`, `datasets` or `spaces`), directories are
+    /// listed by its API.
+    Http { base: String, headers: HeaderMap, hub: Option<&'static str> },
     S3 { bucket: String },
 }
 
@@ -678,8 +679,8 @@ impl RemoteDir {
         }
         let listed = match &self.store.service {
             Service::S3 { .. } => self.list_s3(),
-            Service::Http { hub: true, .. } => self.list_hub(),
-            Service::Http { hub: false, .. } => {
+            Service::Http { hub: Some(kind), .. } => self.list_hub(kind),
+            Service::Http { hub: None, .. } => {
                 return Err(OpenError::unreadable(format!(
                     "{}: a web server does not list directories; name a file (a checkpoint's .index, a shard index) or use s3:// or hf://",
                     self.shown
@@ -699,13 +700,13 @@ impl RemoteDir {
         Ok(dirs.chain(files).collect())
     }
 
-    /// The Hub's tree API: `GET /api/models/ORG/REPO/tree/REV/PATH` answers a JSON array of
+    /// The Hub's tree API: `GET /api/KIND/ORG/REPO/tree/REV/PATH` answers a JSON array of
     /// `{"type": "file" | "directory", "path": ...}`, a page at a time: a `Link: <URL>;
     /// rel="next"` header names the next page. Pages are asked for with the store's options
     /// (token, roots, timeout) through object_store's client, which, unlike the store, shows
     /// the response's headers.
-    fn list_hub(&self) -> Result<Vec<Entry>, ReadError> {
-        let [org, repo, _resolve, rev, below @ ..] = self.dir.as_slice() else { unreachable!("hf paths start ORG/REPO/resolve/REV") };
+    fn list_hub(&self, kind: &str) -> Result<Vec<Entry>, ReadError> {
+        let [org, repo, _resolve, rev, below @ ..] = &self.dir[hub_prefix(kind) - 4..] else { unreachable!("hf paths start [KIND/]ORG/REPO/resolve/REV") };
         let Service::Http { base, .. } = &self.store.service else { unreachable!("hf:// is served over HTTP") };
         let failed = |why: String| ReadError::Io(std::io::Error::other(why));
         let mut first = url::Url::parse(base).map_err(|e| failed(e.to_string()))?;
@@ -713,7 +714,7 @@ impl RemoteDir {
             .path_segments_mut()
             .map_err(|_| failed("the endpoint cannot have a path".into()))?
             .pop_if_empty()
-            .extend(["api", "models", org, repo, "tree", rev].into_iter().chain(below.iter().map(String::as_str)));
+            .extend(["api", kind, org, repo, "tree", rev].into_iter().chain(below.iter().map(String::as_str)));
         let client = ReqwestConnector::default().connect(&self.store.client_options()).map_err(|e| failed(reason(&e)))?;
         let (mut entries, mut received, mut page) = (Vec::new(), 0u64, Some(first.clone()));
         for _ in 0..MAX_LISTING_PAGES {
@@ -777,6 +778,11 @@ impl RemoteDir {
     pub fn shown(&self, name: &str) -> String {
         format!("{}{name}", self.shown)
     }
+}
+
+/// Path segments before a Hub repository's files: `[KIND/]ORG/REPO/resolve/REV`.
+fn hub_prefix(kind: &str) -> usize {
+    if kind == "models" { 4 } else { 5 }
 }
 
 /// The entries of one page of the Hub's tree API.
@@ -863,7 +869,7 @@ impl RemoteSource {
                 // The query goes with every request (a presigned URL's signature lives there);
                 // it is never shown.
                 let query = url.query().map(|q| format!("?{q}")).unwrap_or_default();
-                (Service::Http { base: format!("{base}{query}"), headers, hub: false }, base)
+                (Service::Http { base: format!("{base}{query}"), headers, hub: None }, base)
             }
             "s3" => (Service::S3 { bucket: host.clone() }, format!("s3://{host}")),
             "hf" => {
@@ -874,29 +880,43 @@ impl RemoteSource {
                     headers.insert(AUTHORIZATION, secret_header(&format!("Bearer {token}"))?);
                 }
                 // hf://org/repo@rev/path: the host is the organisation; no path is the repo's top.
-                if segments.is_empty() {
-                    return Err(bad("expected hf://ORG/REPO[@REVISION][/PATH]"));
+                // Datasets and spaces are written as huggingface_hub writes them:
+                // hf://datasets/org/repo@rev/path.
+                let usage = "expected hf://[datasets/|spaces/]ORG/REPO[@REVISION][/PATH]";
+                let kind = match host.as_str() {
+                    "datasets" => "datasets",
+                    "spaces" => "spaces",
+                    _ => "models",
+                };
+                let org = if kind == "models" { host.clone() } else { segments.drain(..1.min(segments.len())).next().unwrap_or_default() };
+                if segments.is_empty() || org.is_empty() {
+                    return Err(bad(usage));
                 }
                 let repo_rev = segments.remove(0);
                 // A revision may hold a `/` (`refs/pr/1`, written `refs%2Fpr%2F1`).
                 let (repo, rev) = repo_rev.split_once('@').unwrap_or((&repo_rev, "main"));
-                if repo.is_empty() || rev.is_empty() || repo.contains('/') {
-                    return Err(bad("expected hf://ORG/REPO[@REVISION][/PATH]"));
+                if repo.is_empty() || rev.is_empty() || repo.contains('/') || org.contains('/') {
+                    return Err(bad(usage));
                 }
                 if segments.is_empty() {
                     segments.push(String::new());
                 }
-                let shown = format!("hf://{host}/{repo_rev}");
-                let mut path = vec![host.clone(), repo.to_string(), "resolve".into(), rev.to_string()];
+                // The Hub serves models at /ORG/REPO/resolve/REV/PATH, the others below /KIND/.
+                let mut path: Vec<String> = if kind == "models" { vec![] } else { vec![kind.to_string()] };
+                let shown = format!("hf://{}/{repo_rev}", path.iter().chain([&org]).cloned().collect::<Vec<_>>().join("/"));
+                path.extend([org, repo.to_string(), "resolve".into(), rev.to_string()]);
                 path.append(&mut segments);
                 segments = path;
-                (Service::Http { base: redact(&endpoint), headers, hub: true }, shown)
+                (Service::Http { base: redact(&endpoint), headers, hub: Some(kind) }, shown)
             }
             other => return Err(bad(&format!("unknown scheme {other}"))),
         };
         let name = segments.pop().unwrap_or_default();
         // The segments the user wrote (the Hub's prefix is ours): shown, and plain names.
-        let written = if url.scheme() == "hf" { &segments[4..] } else { &segments[..] };
+        let written = match &service {
+            Service::Http { hub: Some(kind), .. } => &segments[hub_prefix(kind)..],
+            _ => &segments[..],
+        };
         if written.iter().chain([&name]).any(|s| s.contains('/')) {
             return Err(bad("an encoded / (%2F) inside a path segment"));
         }
@@ -992,7 +1012,14 @@ mod tests {
         assert_eq!((s.dir.dir.clone(), s.name.as_str(), s.dir.shown("x")), (vec!["org".to_string(), "repo".into(), "resolve".into(), "main".into()], "", "hf://org/repo/x".into()));
         let s = RemoteSource::parse("hf://org/repo@refs%2Fpr%2F1/w.gguf", &options, cache.clone()).unwrap();
         assert_eq!((s.dir.dir[3].as_str(), s.name.as_str()), ("refs/pr/1", "w.gguf"));
-        for bad in ["hf://org", "hf://org/a%2Fb@x/y", "s3:///key", "ftp://h/x", "https://h/a%2Fb/c", "hf://org/repo/a%2Fb"] {
+        // Datasets and spaces, as huggingface_hub writes them.
+        let s = RemoteSource::parse("hf://datasets/org/data@v2/ckpt/m.h5", &options, cache.clone()).unwrap();
+        assert_eq!((s.dir.dir.clone(), s.name.as_str()), (["datasets", "org", "data", "resolve", "v2", "ckpt"].map(String::from).to_vec(), "m.h5"));
+        assert_eq!(s.dir.shown("m.h5"), "hf://datasets/org/data@v2/ckpt/m.h5");
+        assert!(matches!(s.dir.store.service, Service::Http { hub: Some("datasets"), .. }));
+        let s = RemoteSource::parse("hf://spaces/org/app", &options, cache.clone()).unwrap();
+        assert_eq!((s.dir.dir.clone(), s.name.as_str(), s.dir.shown("x")), (["spaces", "org", "app", "resolve", "main"].map(String::from).to_vec(), "", "hf://spaces/org/app/x".into()));
+        for bad in ["hf://org", "hf://org/a%2Fb@x/y", "s3:///key", "ftp://h/x", "https://h/a%2Fb/c", "hf://org/repo/a%2Fb", "hf://datasets", "hf://datasets/org", "hf://datasets/a%2Fb/c"] {
             assert!(RemoteSource::parse(bad, &options, cache.clone()).is_err(), "{bad}");
         }
     }

@@ -126,8 +126,14 @@ impl Nginx {
             copy_tree(&fixture(fixture_path), &www.join(fixture_path));
             copy_tree(&fixture(fixture_path), &www.join("org/repo/resolve/main").join(fixture_path));
         }
+        // A dataset repository too, as the Hub lays them out (below /datasets/).
+        for fixture_path in ["ckpt/tf2_keras", "safetensors/sharded"] {
+            copy_tree(&fixture(fixture_path), &www.join("datasets/org/data/resolve/main").join(fixture_path));
+        }
         let mut next_pages = Vec::new();
-        hub_listings(&www.join("org/repo/resolve/main"), "", &www.join("api/models/org/repo/tree/main"), &mut next_pages);
+        for (repo, api) in [("org/repo", "api/models/org/repo"), ("datasets/org/data", "api/datasets/org/data")] {
+            hub_listings(&www.join(repo).join("resolve/main"), "", &www, &format!("/{api}/tree/main"), &mut next_pages);
+        }
         // A certificate authority of the test's own, and the server's certificate signed by it.
         let openssl = |args: &str| {
             let status = Command::new("openssl").args(args.split(' ')).current_dir(dir.path()).stderr(Stdio::null()).status();
@@ -201,11 +207,11 @@ http {{
 const HUB_PAGE: usize = 2;
 
 /// The Hub's tree API answers for every directory below `repo` (`rel` below the repository's
-/// top): `GET /api/models/ORG/REPO/tree/REV/REL[?cursor=N]` gives a page of `[{"type", "oid",
-/// "size", "path"}, ...]`, served from `api/REL/listing[N].json`. As on the Hub, a page with
+/// top): `GET {api}/REL[?cursor=N]` (`/api/KIND/ORG/REPO/tree/REV/REL`) gives a page of
+/// `[{"type", "oid", "size", "path"}, ...]`, served from `www{api}/REL/listing[N].json`. As on the Hub, a page with
 /// more after it has a `Link: <URL?cursor=N>; rel="next"` header: `next` gets each such page's
 /// request URI and the next one's, for nginx's map.
-fn hub_listings(repo: &Path, rel: &str, api: &Path, next: &mut Vec<(String, String)>) {
+fn hub_listings(repo: &Path, rel: &str, www: &Path, api: &str, next: &mut Vec<(String, String)>) {
     let mut listing = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(repo.join(rel)).unwrap().map(|e| e.unwrap()).collect();
     entries.sort_by_key(|e| e.file_name());
@@ -215,12 +221,12 @@ fn hub_listings(repo: &Path, rel: &str, api: &Path, next: &mut Vec<(String, Stri
         let kind = if meta.is_dir() { "directory" } else { "file" };
         listing.push(serde_json::json!({"type": kind, "oid": "0", "size": if meta.is_dir() { 0 } else { meta.len() }, "path": path}));
         if meta.is_dir() {
-            hub_listings(repo, &format!("{path}/"), api, next);
+            hub_listings(repo, &format!("{path}/"), www, api, next);
         }
     }
-    let at = api.join(rel);
+    let path = format!("{api}/{rel}").trim_end_matches('/').to_string();
+    let at = www.join(&path[1..]);
     std::fs::create_dir_all(&at).unwrap();
-    let path = format!("/api/models/org/repo/tree/main/{rel}").trim_end_matches('/').to_string();
     let pages: Vec<_> = listing.chunks(HUB_PAGE).collect();
     for (i, page) in pages.iter().enumerate() {
         // The first page has no cursor; the others are numbered from 2.
@@ -348,6 +354,20 @@ fn hub_urls_use_revision_endpoint_and_token() {
     let requests = nginx.requests();
     for page in ["/api/models/org/repo/tree/main/ckpt/tf2_keras?cursor=2 200", "/api/models/org/repo/tree/main/safetensors?cursor=2 200"] {
         assert!(requests.iter().any(|r| r.contains(page)), "{page}: {requests:#?}");
+    }
+    // A dataset repository: files and listed directories below /datasets/.
+    for (url, local) in [("hf://datasets/org/data@main/ckpt/tf2_keras/", "ckpt/tf2_keras"), ("hf://datasets/org/data/safetensors/sharded/model.safetensors.index.json", "safetensors/sharded/model.safetensors.index.json")] {
+        let dir = tempfile::Builder::new().prefix("wfs-test-").tempdir().unwrap();
+        let point = dir.path().join("m");
+        let out = wfs().args(["mount", url]).arg(&point).env("HF_ENDPOINT", &endpoint).output().unwrap();
+        assert!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
+        let mount = Mount { dir, point };
+        assert!(mount.text("info.json").contains("\"hf://datasets/org/data"), "{}", mount.text("info.json"));
+        assert_same_tree(&mount, &fixture(local), url);
+    }
+    let requests = nginx.requests();
+    for asked in ["GET /api/datasets/org/data/tree/main/ckpt/tf2_keras?cursor=2 200", "GET /datasets/org/data/resolve/main/safetensors/sharded/model-00002-of-00002.safetensors 206"] {
+        assert!(requests.iter().any(|r| r.starts_with(asked)), "{asked}: {requests:#?}");
     }
     // A next page on another server is not followed: the token would go with it.
     let out = wfs().args(["info", "hf://org/repo/h5/"]).env("HF_ENDPOINT", &endpoint).env("HF_TOKEN", "hf_test_token_123").output().unwrap();
