@@ -709,10 +709,10 @@ impl RemoteDir {
         let [org, repo, _resolve, rev, below @ ..] = &self.dir[hub_prefix(kind) - 4..] else { unreachable!("hf paths start [KIND/]ORG/REPO/resolve/REV") };
         let Service::Http { base, .. } = &self.store.service else { unreachable!("hf:// is served over HTTP") };
         let failed = |why: String| ReadError::Io(std::io::Error::other(why));
-        let mut first = url::Url::parse(base).map_err(|e| failed(e.to_string()))?;
+        let mut first = url::Url::parse(base).map_err(|e| failed(format!("HF_ENDPOINT: {e}")))?;
         first
             .path_segments_mut()
-            .map_err(|_| failed("the endpoint cannot have a path".into()))?
+            .map_err(|_| failed("HF_ENDPOINT is not an http(s) URL".into()))?
             .pop_if_empty()
             .extend(["api", kind, org, repo, "tree", rev].into_iter().chain(below.iter().map(String::as_str)));
         let client = ReqwestConnector::default().connect(&self.store.client_options()).map_err(|e| failed(reason(&e)))?;
