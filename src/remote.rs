@@ -648,17 +648,24 @@ pub struct RemoteDir {
     listing: OnceLock<Vec<Entry>>,
     /// Subdirectories asked for so far, each listed at most once.
     subs: Mutex<HashMap<String, Arc<RemoteDir>>>,
+    /// Files opened so far: readers that look at a file before opening it for good (a
+    /// checkpoint's `.index`) cost one request and one cached first block, not two.
+    opened: Mutex<HashMap<String, Arc<RemoteObject>>>,
 }
 
 impl RemoteDir {
     fn new(store: Arc<Store>, dir: Vec<String>, shown: String) -> Arc<RemoteDir> {
-        Arc::new(RemoteDir { store, dir, shown, listing: OnceLock::new(), subs: Mutex::new(HashMap::new()) })
+        Arc::new(RemoteDir { store, dir, shown, listing: OnceLock::new(), subs: Mutex::default(), opened: Mutex::default() })
     }
 
     /// Opens the file `name` of this directory (a plain name, checked by the caller).
     pub fn open(&self, name: &str) -> Result<Arc<RemoteObject>, OpenError> {
+        if let Some(object) = self.opened.lock().unwrap().get(name) {
+            return Ok(object.clone());
+        }
         let path = StorePath::from_iter(self.dir.iter().map(String::as_str).chain([name]));
-        RemoteObject::open(&self.store, path, self.shown(name))
+        let object = RemoteObject::open(&self.store, path, self.shown(name))?;
+        Ok(self.opened.lock().unwrap().entry(name.to_string()).or_insert(object).clone())
     }
 
     /// The subdirectory `name` (a plain name, checked by the caller).
