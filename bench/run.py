@@ -990,10 +990,8 @@ def fig_remote(w, work, layers, runs, res, rtts=(0.0, 0.040)):
                 subprocess.run([sys.executable, "-c", FIRST_TENSOR, str(download), small_name], check=True)
                 fetch_load.append(time.perf_counter() - t)
                 download.unlink()
-                w.mount(url)
-                seq.append(timed(big_dd))
-                w.umount()
-                ranged.append(timed(["curl", "-sSf", "-r", f"{begin}-{end - 1}", "-o", null, url]))
+                seq.append(wfs_dd(port))
+                ranged.append(range_curl(port))
             f_, fl, fe, s, rg = map(median, (first, fetch_load, fetch, seq, ranged))
             res.add(12, f"{link}: `wfs mount URL` of a {human(src.stat().st_size)}, {len(tensors)}-tensor safetensors "
                         f"file + read `{small_name}` ({human(size(small))}) from its `.raw` "

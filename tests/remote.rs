@@ -337,12 +337,9 @@ fn hub_urls_use_revision_endpoint_and_token() {
     let out = wfs().args(["ls", "hf://org/repo/ckpt/tf2_keras/ckpt-1"]).env("HF_ENDPOINT", &endpoint).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Directories are listed by the Hub's tree API: a SavedModel, a checkpoint directory.
+    let hub = Some(("HF_ENDPOINT", endpoint.as_ref()));
     for (url, local) in [("hf://org/repo/savedmodel/tf_module", "savedmodel/tf_module"), ("hf://org/repo@main/ckpt/tf2_keras/", "ckpt/tf2_keras")] {
-        let dir = tempfile::Builder::new().prefix("wfs-test-").tempdir().unwrap();
-        let point = dir.path().join("m");
-        let out = wfs().args(["mount", url]).arg(&point).env("HF_ENDPOINT", &endpoint).output().unwrap();
-        assert!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
-        assert_same_tree(&Mount { dir, point }, &fixture(local), url);
+        assert_same_tree(&mount_with_env(url, &[], hub), &fixture(local), url);
     }
     // A directory of model files (as most repositories are) names them in one line.
     let out = wfs().args(["info", "hf://org/repo/safetensors"]).env("HF_ENDPOINT", &endpoint).output().unwrap();
@@ -357,11 +354,7 @@ fn hub_urls_use_revision_endpoint_and_token() {
     }
     // A dataset repository: files and listed directories below /datasets/.
     for (url, local) in [("hf://datasets/org/data@main/ckpt/tf2_keras/", "ckpt/tf2_keras"), ("hf://datasets/org/data/safetensors/sharded/model.safetensors.index.json", "safetensors/sharded/model.safetensors.index.json")] {
-        let dir = tempfile::Builder::new().prefix("wfs-test-").tempdir().unwrap();
-        let point = dir.path().join("m");
-        let out = wfs().args(["mount", url]).arg(&point).env("HF_ENDPOINT", &endpoint).output().unwrap();
-        assert!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
-        let mount = Mount { dir, point };
+        let mount = mount_with_env(url, &[], hub);
         assert!(mount.text("info.json").contains("\"hf://datasets/org/data"), "{}", mount.text("info.json"));
         assert_same_tree(&mount, &fixture(local), url);
     }
@@ -702,22 +695,18 @@ impl S3 {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn credentials(&self) -> [(&'static str, String); 4] {
-        [
-            ("AWS_ACCESS_KEY_ID", S3_KEY.into()),
-            ("AWS_SECRET_ACCESS_KEY", S3_SECRET.into()),
-            ("AWS_ENDPOINT_URL", self.endpoint()),
-            ("AWS_REGION", "us-east-1".into()),
-        ]
+    /// `wfs ARGS` with the server's credentials in the environment.
+    fn wfs_with_credentials(&self, args: &[&str]) -> std::process::Output {
+        let endpoint = self.endpoint();
+        let env = [("AWS_ACCESS_KEY_ID", S3_KEY), ("AWS_SECRET_ACCESS_KEY", S3_SECRET), ("AWS_ENDPOINT_URL", &endpoint), ("AWS_REGION", "us-east-1")];
+        self.wfs(args, &env)
     }
 
     /// Mounts `url` with the server's credentials in the environment.
     fn mount(&self, url: &str) -> Mount {
         let tmp = tempfile::Builder::new().prefix("wfs-test-").tempdir().unwrap();
         let point = tmp.path().join("m");
-        let env = self.credentials();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let out = self.wfs(&["mount", url, point.to_str().unwrap()], &env);
+        let out = self.wfs_with_credentials(&["mount", url, point.to_str().unwrap()]);
         assert!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
         Mount { dir: tmp, point }
     }
@@ -758,9 +747,7 @@ fn s3_directories_are_listed_savedmodels_and_checkpoints() {
     }
     assert!(s3.mount("s3://models/savedmodel/tf_module/").path("assets/vocab.txt").is_file());
     // A prefix with nothing below it is not found, in one line.
-    let env = s3.credentials();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let out = s3.wfs(&["info", "s3://models/savedmodel/nothing"], &env);
+    let out = s3.wfs_with_credentials(&["info", "s3://models/savedmodel/nothing"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -845,8 +832,6 @@ fn real_models_over_s3_give_the_local_tree() {
     oracles.extend(std::fs::read_dir(root.join("bad")).unwrap().map(|e| e.unwrap().path()));
     oracles.retain(|p| p.to_str().unwrap().ends_with(".oracle.json"));
     oracles.sort();
-    let env = s3.credentials();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut mounted = 0;
     for oracle in &oracles {
         let oracle: serde_json::Value = serde_json::from_slice(&std::fs::read(oracle).unwrap()).unwrap();
@@ -857,7 +842,7 @@ fn real_models_over_s3_give_the_local_tree() {
             let local_info = wfs().arg("info").arg(&local).output().unwrap();
             if !local_info.status.success() {
                 // What fails locally fails remotely, the same way.
-                let out = s3.wfs(&["info", &url], &env);
+                let out = s3.wfs_with_credentials(&["info", &url]);
                 assert_eq!(out.status.code(), local_info.status.code(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
                 continue;
             }
