@@ -56,11 +56,11 @@ pub fn prepare_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(path)
-                .map_err(|e| MountError::Mountpoint(format!("{shown}: cannot create: {}", crate::formats::io_reason(&e))))?;
+                .map_err(|e| MountError::Mountpoint(format!("{shown}: cannot create: {}", crate::error::io_reason(&e))))?;
         }
-        Err(e) => return Err(MountError::Mountpoint(format!("{shown}: {}", crate::formats::io_reason(&e)))),
+        Err(e) => return Err(MountError::Mountpoint(format!("{shown}: {}", crate::error::io_reason(&e)))),
     }
-    let abs = std::fs::canonicalize(path).map_err(|e| MountError::Mountpoint(format!("{shown}: {}", crate::formats::io_reason(&e))))?;
+    let abs = std::fs::canonicalize(path).map_err(|e| MountError::Mountpoint(format!("{shown}: {}", crate::error::io_reason(&e))))?;
     if mount_type(&abs).is_some_and(|t| t.starts_with("fuse")) {
         return Err(MountError::Mountpoint(format!("{shown}: already a FUSE mount; unmount it first (`wfs umount {shown}`)")));
     }
@@ -227,7 +227,7 @@ fn serve(fs: &'static Fs, settings: &MountSettings, status: Status<'_, impl FnOn
     let activity = Activity::new();
     let handler = WfsFuse::new(fs, settings.owner, Some(ready_tx), activity.clone());
     let mut session = Session::new(handler, &settings.mountpoint, &config).map_err(|e| {
-        MountError::Mountpoint(format!("{}: cannot mount: {}", settings.mountpoint.display(), crate::formats::io_reason(&e)))
+        MountError::Mountpoint(format!("{}: cannot mount: {}", settings.mountpoint.display(), crate::error::io_reason(&e)))
     })?;
     if ready_rx.recv_timeout(Duration::from_secs(10)).is_err() {
         return Err(MountError::Other("the kernel did not complete the FUSE handshake".into()));
@@ -280,7 +280,7 @@ pub fn umount(path: &Path) -> Result<(), MountError> {
     let abs = match std::fs::canonicalize(path) {
         Ok(p) => p,
         Err(e) if is_dead_mount(&e) => absolute(path),
-        Err(e) => return Err(MountError::Mountpoint(format!("{shown}: {}", crate::formats::io_reason(&e)))),
+        Err(e) => return Err(MountError::Mountpoint(format!("{shown}: {}", crate::error::io_reason(&e)))),
     };
     match mount_type(&abs) {
         Some(t) if t.starts_with("fuse") => {}
@@ -306,7 +306,7 @@ pub fn umount(path: &Path) -> Result<(), MountError> {
                     return Err(MountError::Mountpoint(format!("{shown}: not permitted to unmount")));
                 }
             }
-            _ => return Err(MountError::Mountpoint(format!("{shown}: cannot unmount: {}", crate::formats::io_reason(&err)))),
+            _ => return Err(MountError::Mountpoint(format!("{shown}: cannot unmount: {}", crate::error::io_reason(&err)))),
         }
     }
     if let (Some(pid), false) = (pid, lazy) {

@@ -45,6 +45,15 @@ pub enum ReadError {
     Corrupt(String),
 }
 
+/// An I/O error as a short reason ("No such file or directory").
+pub fn io_reason(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
 impl ReadError {
     pub fn errno(&self) -> i32 {
         libc::EIO

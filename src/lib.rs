@@ -22,6 +22,7 @@ pub mod logger;
 pub mod model;
 pub mod names;
 pub mod npy;
+pub mod output;
 pub mod pickle;
 pub mod remote;
 pub mod source;

@@ -14,6 +14,7 @@ use wfs::error::OpenError;
 use wfs::formats::{self, ReadOptions};
 use wfs::fs::Fs;
 use wfs::fuse::Ownership;
+use wfs::output::{self, AtomicFile, OutputError};
 use wfs::tools;
 use wfs::tree::{SAFETENSORS_FILE, Tree, TreeOptions};
 
@@ -148,6 +149,9 @@ enum Command {
         /// Only this path of the tree
         #[arg(long, default_value = "")]
         path: String,
+        /// Write into DIR although it holds files (same names are replaced; never a source file)
+        #[arg(long)]
+        force: bool,
     },
     /// Write every tensor as one safetensors file (the mount's model.safetensors), without mounting
     Convert {
@@ -295,7 +299,7 @@ fn open_fs(args: &SourceArgs, options: TreeOptions) -> Result<(&'static Fs, Opti
     } else {
         let shown = args.source.display().to_string();
         let source = formats::canonical_source(&args.source)
-            .map_err(|e| OpenError::unreadable(formats::io_reason(&e)))
+            .map_err(|e| OpenError::unreadable(wfs::error::io_reason(&e)))
             .with_context(|| shown.clone())?;
         let modified = std::fs::metadata(&source).and_then(|m| m.modified()).ok();
         let model = formats::open_path(&source, &read_options).with_context(|| shown.clone())?;
@@ -352,7 +356,7 @@ fn run(command: Command) -> Result<()> {
                 .or_else(ignore_closed_pipe)
                 .with_context(|| path.clone())
         }
-        Command::Export { source, tree, dir, path } => {
+        Command::Export { source, tree, dir, path, force } => {
             let fs = open_fs(&source, tree.options())?.0;
             let ino = tools::resolve(fs, &path).ok_or_else(|| not_in_tree(&path))?;
             let tty = std::io::stderr().is_terminal();
@@ -361,7 +365,7 @@ fn run(command: Command) -> Result<()> {
                     eprint!("\rwfs: exported {}/{} files, {:.1} MiB", done.files, total, done.bytes as f64 / (1 << 20) as f64);
                 }
             };
-            let done = tools::export(fs, ino, &dir, &mut progress).with_context(|| dir.display().to_string())?;
+            let done = tools::export(fs, ino, &dir, force, &mut progress)?;
             if tty {
                 eprintln!();
             }
@@ -371,7 +375,7 @@ fn run(command: Command) -> Result<()> {
         Command::Convert { source, out } => {
             let fs = open_fs(&source, TreeOptions::default())?.0;
             let ino = tools::resolve(fs, SAFETENSORS_FILE).ok_or_else(|| OpenError::UnknownFormat("no safetensors file can hold this model".into()))?;
-            convert(fs, ino, &out).with_context(|| out.display().to_string())
+            convert(fs, ino, &out).with_context(|| if out.as_os_str() == "-" { "standard output".into() } else { out.display().to_string() })
         }
         Command::Info { source } => {
             let fs = open_fs(&source, TreeOptions::default())?.0;
@@ -392,9 +396,10 @@ fn run(command: Command) -> Result<()> {
 }
 
 /// Writes the file `ino` of the tree to `out` (`-`: standard output), with a progress line on
-/// a terminal. A regular file left unfinished by a failure is removed (never a device such as
-/// /dev/null).
-fn convert(fs: &Fs, ino: wfs::tree::Ino, out: &std::path::Path) -> std::io::Result<()> {
+/// a terminal. A file is written whole under a temporary name and renamed into place, so a
+/// failure leaves `out` as it was; a file of the source itself is refused, as a standard output
+/// redirected onto it is.
+fn convert(fs: &Fs, ino: wfs::tree::Ino, out: &std::path::Path) -> Result<(), OutputError> {
     let tty = std::io::stderr().is_terminal();
     let mut progress = |done: u64, total: u64| {
         if tty {
@@ -405,14 +410,13 @@ fn convert(fs: &Fs, ino: wfs::tree::Ino, out: &std::path::Path) -> std::io::Resu
         // Standard output's own handle is line-buffered, which splits binary data at newlines:
         // a duplicate of its descriptor writes each chunk whole.
         use std::os::fd::AsFd;
-        let stdout = std::io::stdout().as_fd().try_clone_to_owned();
-        stdout.and_then(|fd| tools::copy_file_overlapped(fs, ino, &mut std::fs::File::from(fd), &mut progress).map(|_| ())).or_else(ignore_closed_pipe)
+        let stdout = std::io::stdout().as_fd().try_clone_to_owned()?;
+        output::check_fd_not_source(&stdout)?;
+        tools::copy_file_overlapped(fs, ino, &mut std::fs::File::from(stdout), &mut progress).map(|_| ()).or_else(ignore_closed_pipe).map_err(OutputError::from)
     } else {
-        let written = std::fs::File::create(out).and_then(|mut file| tools::copy_file_overlapped(fs, ino, &mut file, &mut progress).map(|_| ()));
-        if written.is_err() && std::fs::symlink_metadata(out).is_ok_and(|m| m.is_file()) {
-            let _ = std::fs::remove_file(out);
-        }
-        written
+        let mut file = AtomicFile::create(out)?;
+        tools::copy_file_overlapped(fs, ino, file.file(), &mut progress)?;
+        file.commit()
     };
     if tty {
         eprintln!();
@@ -442,7 +446,7 @@ fn read_stdin(limit: u64) -> Result<Vec<u8>, OpenError> {
         .lock()
         .take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
-        .map_err(|e| OpenError::unreadable(formats::io_reason(&e)))?;
+        .map_err(|e| OpenError::unreadable(wfs::error::io_reason(&e)))?;
     if bytes.len() as u64 > limit {
         return Err(OpenError::unreadable(format!("more than {limit} bytes (raise --stdin-limit)")));
     }

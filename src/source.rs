@@ -33,6 +33,30 @@ impl Identity {
     }
 }
 
+/// Every file this process opened as (part of) a source, by device and inode: shards,
+/// checkpoint indexes and data files, external data, whenever they were opened and whether or
+/// not they are still open. A command refuses to write its output over any of them.
+static OPENED: std::sync::Mutex<std::collections::BTreeMap<(u64, u64), Opened>> = std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+struct Opened {
+    /// How many `SourceFile`s hold it open now.
+    open: usize,
+    path: PathBuf,
+}
+
+fn opened() -> std::sync::MutexGuard<'static, std::collections::BTreeMap<(u64, u64), Opened>> {
+    OPENED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `true` if the file with this device and inode was opened as (part of) a source. A file no
+/// longer open counts while its path still leads to it: once deleted, its inode number may be
+/// given to an unrelated file.
+pub fn is_source_file(dev: u64, ino: u64) -> bool {
+    let opened = opened();
+    let Some(file) = opened.get(&(dev, ino)) else { return false };
+    file.open > 0 || std::fs::metadata(&file.path).is_ok_and(|m| (m.dev(), m.ino()) == (dev, ino))
+}
+
 /// An open, immutable-while-mounted source file.
 #[derive(Debug)]
 pub struct SourceFile {
@@ -45,6 +69,7 @@ impl SourceFile {
     pub fn open(path: &Path) -> std::io::Result<Self> {
         let file = File::open(path)?;
         let identity = Identity::of(&file.metadata()?);
+        opened().entry((identity.dev, identity.ino)).or_insert_with(|| Opened { open: 0, path: path.to_path_buf() }).open += 1;
         Ok(SourceFile { path: path.to_path_buf(), file, identity })
     }
 
@@ -59,6 +84,14 @@ impl SourceFile {
     /// `true` while the path still names the same, unmodified file.
     fn unchanged(&self) -> bool {
         std::fs::metadata(&self.path).is_ok_and(|m| Identity::of(&m) == self.identity)
+    }
+}
+
+impl Drop for SourceFile {
+    fn drop(&mut self) {
+        if let Some(file) = opened().get_mut(&(self.identity.dev, self.identity.ino)) {
+            file.open -= 1;
+        }
     }
 }
 
@@ -241,7 +274,7 @@ impl Dir {
         match self {
             Dir::Local(dir) => {
                 let path = dir.join(name);
-                let file = SourceFile::open(&path).map_err(|e| OpenError::unreadable(crate::formats::io_reason(&e)))?;
+                let file = SourceFile::open(&path).map_err(|e| OpenError::unreadable(crate::error::io_reason(&e)))?;
                 Ok(Blob::File(Arc::new(file)))
             }
             Dir::Remote(dir) => Ok(Blob::Remote(dir.open(name)?)),
@@ -289,7 +322,7 @@ impl Dir {
     pub fn list(&self) -> Result<Vec<Entry>, OpenError> {
         let mut entries = match self {
             Dir::Local(dir) => {
-                let listing = std::fs::read_dir(dir).map_err(|e| OpenError::unreadable(crate::formats::io_reason(&e)))?;
+                let listing = std::fs::read_dir(dir).map_err(|e| OpenError::unreadable(crate::error::io_reason(&e)))?;
                 listing
                     .filter_map(|entry| {
                         let entry = entry.ok()?;

@@ -3,8 +3,9 @@
 
 use crate::fs::{Fs, Kind};
 use crate::tree::{Ino, ROOT};
+use crate::output::{AtomicDir, AtomicFile, OutputError, check_not_source};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// How many bytes one read asks for (the size of the kernel's largest FUSE read).
 pub const READ_SIZE: u32 = 1 << 20;
@@ -123,12 +124,42 @@ pub struct Exported {
     pub bytes: u64,
 }
 
-/// Writes the subtree at `ino` into `dir` as real files, directories and symlinks. `progress`
-/// is called after every file with the running totals and the total file count.
-pub fn export(fs: &Fs, ino: Ino, dir: &Path, progress: &mut dyn FnMut(Exported, u64)) -> io::Result<Exported> {
+/// Why an export stopped, and at which path.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct ExportError {
+    pub path: PathBuf,
+    #[source]
+    pub source: OutputError,
+}
+
+fn at(path: &Path) -> impl FnOnce(OutputError) -> ExportError + '_ {
+    move |source| ExportError { path: path.to_path_buf(), source }
+}
+
+/// Writes the subtree at `ino` into `dir` as real files, directories and symlinks. A `dir`
+/// that does not exist appears only once complete; an existing one must be empty unless
+/// `force`, and then each file in it is replaced whole or not at all. A file of the source is
+/// never overwritten. `progress` is called after every file with the running totals and the
+/// total file count.
+pub fn export(fs: &Fs, ino: Ino, dir: &Path, force: bool, progress: &mut dyn FnMut(Exported, u64)) -> Result<Exported, ExportError> {
     let total = count_files(fs, ino);
     let mut done = Exported::default();
-    export_into(fs, ino, dir, &mut done, total, progress)?;
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let building = AtomicDir::create(dir).map_err(at(dir))?;
+            export_into(fs, ino, building.path(), false, &mut done, total, progress)?;
+            building.commit().map_err(at(dir))?;
+        }
+        Err(e) => return Err(at(dir)(e.into())),
+        Ok(_) => {
+            let mut entries = std::fs::read_dir(dir).map_err(|e| at(dir)(e.into()))?;
+            if !force && entries.next().is_some() {
+                return Err(at(dir)(OutputError::NotEmpty));
+            }
+            export_into(fs, ino, dir, true, &mut done, total, progress)?;
+        }
+    }
     Ok(done)
 }
 
@@ -146,21 +177,29 @@ fn count_files(fs: &Fs, ino: Ino) -> u64 {
         .unwrap_or(0)
 }
 
-fn export_into(fs: &Fs, ino: Ino, dir: &Path, done: &mut Exported, total: u64, progress: &mut dyn FnMut(Exported, u64)) -> io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    for (child, kind, name) in fs.readdir(ino, 2).map_err(io::Error::from_raw_os_error)? {
+/// `replace`: `dir` may already hold entries of the same names, which are replaced.
+fn export_into(fs: &Fs, ino: Ino, dir: &Path, replace: bool, done: &mut Exported, total: u64, progress: &mut dyn FnMut(Exported, u64)) -> Result<(), ExportError> {
+    std::fs::create_dir_all(dir).map_err(|e| at(dir)(e.into()))?;
+    for (child, kind, name) in fs.readdir(ino, 2).map_err(|e| at(dir)(io::Error::from_raw_os_error(e).into()))? {
         // Names in the tree are already safe components: no `/`, `.` or `..`.
         let path = dir.join(name);
         match kind {
-            Kind::Dir => export_into(fs, child, &path, done, total, progress)?,
+            Kind::Dir => export_into(fs, child, &path, replace, done, total, progress)?,
             Kind::Symlink => {
-                let target = fs.readlink(child).map_err(io::Error::from_raw_os_error)?;
-                std::os::unix::fs::symlink(target, &path)?;
+                let target = fs.readlink(child).map_err(|e| at(&path)(io::Error::from_raw_os_error(e).into()))?;
+                if replace && std::fs::symlink_metadata(&path).is_ok() {
+                    check_not_source(&path).map_err(at(&path))?;
+                    std::fs::remove_file(&path).map_err(|e| at(&path)(e.into()))?;
+                }
+                std::os::unix::fs::symlink(target, &path).map_err(|e| at(&path)(e.into()))?;
             }
             Kind::File => {
-                let mut file = io::BufWriter::with_capacity(READ_SIZE as usize, std::fs::File::create(&path)?);
-                done.bytes += copy_file(fs, child, &mut file)?;
-                file.flush()?;
+                let mut out = AtomicFile::create(&path).map_err(at(&path))?;
+                let mut writer = io::BufWriter::with_capacity(READ_SIZE as usize, out.file());
+                done.bytes += copy_file(fs, child, &mut writer).map_err(|e| at(&path)(e.into()))?;
+                writer.flush().map_err(|e| at(&path)(e.into()))?;
+                drop(writer);
+                out.commit().map_err(at(&path))?;
                 done.files += 1;
                 progress(*done, total);
             }
@@ -214,7 +253,7 @@ mod tests {
         let fs = sample();
         let dir = tempfile::tempdir().unwrap();
         let mut calls = 0;
-        let done = export(&fs, ROOT, dir.path(), &mut |_, total| {
+        let done = export(&fs, ROOT, dir.path(), false, &mut |_, total| {
             calls += 1;
             assert_eq!(total, 7);
         })

@@ -17,7 +17,7 @@ pub mod torch;
 pub mod tflite;
 
 use crate::cache::ChunkCache;
-use crate::error::OpenError;
+use crate::error::{OpenError, io_reason};
 use crate::model::Model;
 use crate::remote::{RemoteOptions, RemoteSource};
 use crate::source::{Blob, Dir, EntryKind, SourceFile};
@@ -218,13 +218,4 @@ pub fn canonical_source(path: &Path) -> std::io::Result<PathBuf> {
             Err(_) => Err(e),
         }
     })
-}
-
-/// An I/O error as a short reason ("No such file or directory").
-pub fn io_reason(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
 }

@@ -10,7 +10,7 @@
 //! messages (value infos, opsets, key/value pairs) are decoded with prost.
 
 use super::paged::Paged;
-use super::io_reason;
+use crate::error::io_reason;
 use crate::dtype::DType;
 use crate::error::{OpenError, ReadError};
 use crate::model::{Extent, InMemory, Model, Tensor, TensorBytes};
