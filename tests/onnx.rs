@@ -29,7 +29,7 @@ fn check_against(mount: &Mount, expect: &Value) {
         check_tensor(mount, path, t);
         assert_eq!(row[0], format!("{path}.npy"));
         assert_eq!(row[4], t["name"].as_str().unwrap(), "name column of {path}");
-        assert_eq!(getxattr(&mount.path(&format!("{path}.raw")), "user.wfs.name"), t["name"].as_str().unwrap());
+        assert_eq!(xattr_text(&mount.path(&format!("{path}.raw")), "user.wfs.name"), t["name"].as_str().unwrap());
     }
     let info: Value = serde_json::from_slice(&mount.read("info.json")).unwrap();
     assert_eq!(info["format"], "onnx");
@@ -56,9 +56,9 @@ fn raw_data_is_served_in_place() {
     let mount = check_fixture("raw.onnx");
     let source = fixture("onnx/raw.onnx");
     let raw = mount.path("tensors/model/layers/0/bias.raw");
-    assert_eq!(getxattr(&raw, "user.wfs.storage"), "plain");
-    assert_eq!(getxattr(&raw, "user.wfs.file"), std::fs::canonicalize(&source).unwrap().to_str().unwrap());
-    let offset: usize = getxattr(&raw, "user.wfs.offset").parse().unwrap();
+    assert_eq!(xattr_text(&raw, "user.wfs.storage"), "plain");
+    assert_eq!(xattr_text(&raw, "user.wfs.file"), std::fs::canonicalize(&source).unwrap().to_str().unwrap());
+    let offset: usize = xattr_text(&raw, "user.wfs.offset").parse().unwrap();
     let bytes = std::fs::read(&source).unwrap();
     assert_eq!(bytes[offset..offset + 20], mount.read("tensors/model/layers/0/bias.raw"));
     // tf2onnx names: '/' splits, ':0' stays.
@@ -69,7 +69,7 @@ fn raw_data_is_served_in_place() {
 fn external_data_in_one_shared_file() {
     let mount = check_fixture("external_one/model.onnx");
     let raw = mount.path("tensors/big/bias.raw");
-    assert!(getxattr(&raw, "user.wfs.file").ends_with("external_one/weights.bin"));
+    assert!(xattr_text(&raw, "user.wfs.file").ends_with("external_one/weights.bin"));
     let info: Value = serde_json::from_slice(&mount.read("info.json")).unwrap();
     assert_eq!(info["external_data"], serde_json::json!(["weights.bin"]));
 }
@@ -77,16 +77,16 @@ fn external_data_in_one_shared_file() {
 #[test]
 fn external_data_in_a_subdirectory() {
     let mount = check_fixture("external_sub/model.onnx");
-    assert!(getxattr(&mount.path("tensors/dense/bias.raw"), "user.wfs.file").ends_with("external_sub/data/weights.bin"));
+    assert!(xattr_text(&mount.path("tensors/dense/bias.raw"), "user.wfs.file").ends_with("external_sub/data/weights.bin"));
 }
 
 #[test]
 fn external_data_in_a_file_per_tensor_with_offset_and_length() {
     let mount = check_fixture("external_per/model.onnx");
     let raw = mount.path("tensors/offset/tensor.raw");
-    assert!(getxattr(&raw, "user.wfs.file").ends_with("external_per/padded.bin"));
-    assert_eq!(getxattr(&raw, "user.wfs.offset"), "5");
-    assert_eq!(getxattr(&raw, "user.wfs.length"), "12");
+    assert!(xattr_text(&raw, "user.wfs.file").ends_with("external_per/padded.bin"));
+    assert_eq!(xattr_text(&raw, "user.wfs.offset"), "5");
+    assert_eq!(xattr_text(&raw, "user.wfs.length"), "12");
 }
 
 #[test]

@@ -9,13 +9,7 @@ use common::*;
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-fn xattr(path: &Path, name: &str) -> Vec<u8> {
-    let out = Command::new("getfattr").args(["--only-values", "--absolute-names", "-n", name]).arg(path).output().unwrap();
-    assert!(out.status.success(), "getfattr {name} {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
-    out.stdout
-}
+use std::process::{Output, Stdio};
 
 /// tensors.tsv rows after the header, split into fields.
 fn tsv_rows(mount: &Mount) -> Vec<Vec<String>> {
@@ -38,7 +32,7 @@ fn check_fixture(mount: &Mount, oracle: &str) {
         let raw_len = mount.read(&format!("{path}.raw")).len().to_string();
         let want = [format!("{path}.npy"), t["dtype"].as_str().unwrap().to_string(), shape.join(","), raw_len, name.to_string()];
         assert_eq!(row[..], want[..], "{oracle}: tensors.tsv row");
-        assert_eq!(xattr(&mount.path(&format!("{path}.npy")), "user.wfs.name"), name.as_bytes(), "{oracle}: user.wfs.name");
+        assert_eq!(xattr_text(&mount.path(&format!("{path}.npy")), "user.wfs.name"), name, "{oracle}: user.wfs.name");
     }
     let info: Value = serde_json::from_slice(&mount.read("info.json")).unwrap();
     assert_eq!(info["format"], expect["format"]);
@@ -66,8 +60,8 @@ fn safetensors_every_dtype_scalars_and_empty_tensors() {
     assert_eq!(info["metadata"], expect["metadata"]);
     // Served in place: the bytes lie in the file at the offset the xattrs give.
     let raw = mount.path("tensors/model/layers/0/self_attn/q_proj/weight.raw");
-    assert_eq!(xattr(&raw, "user.wfs.storage"), b"plain");
-    let offset: usize = String::from_utf8(xattr(&raw, "user.wfs.offset")).unwrap().parse().unwrap();
+    assert_eq!(xattr_text(&raw, "user.wfs.storage"), "plain");
+    let offset: usize = xattr_text(&raw, "user.wfs.offset").parse().unwrap();
     let file = std::fs::read(fixture("safetensors/all_dtypes.safetensors")).unwrap();
     assert_eq!(&file[offset..offset + 96], std::fs::read(&raw).unwrap().as_slice());
     assert_eq!(mount.text("tensors/scalar/step.shape"), "\n");
@@ -92,9 +86,9 @@ fn safetensors_sharded_index_is_one_tree() {
 #[test]
 fn npz_stored_members_in_place() {
     let mount = mount_fixture("numpy/arrays.npz");
-    assert_eq!(xattr(&mount.path("tensors/dense/kernel.raw"), "user.wfs.storage"), b"plain");
+    assert_eq!(xattr_text(&mount.path("tensors/dense/kernel.raw"), "user.wfs.storage"), "plain");
     // Big-endian and Fortran-order members are converted on read.
-    assert_eq!(xattr(&mount.path("tensors/fortran_be.raw"), "user.wfs.storage"), b"decoded");
+    assert_eq!(xattr_text(&mount.path("tensors/fortran_be.raw"), "user.wfs.storage"), "decoded");
 }
 
 #[test]

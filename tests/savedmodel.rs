@@ -80,15 +80,6 @@ fn tf1_builder_variables_by_name() {
     assert!(!mount.path("layers").exists());
 }
 
-fn getxattr(path: &Path, name: &str) -> String {
-    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    let c_name = std::ffi::CString::new(name).unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = unsafe { libc::getxattr(c_path.as_ptr(), c_name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert!(n >= 0, "getxattr {name} on {}", path.display());
-    String::from_utf8(buf[..n as usize].to_vec()).unwrap()
-}
-
 #[test]
 fn zip_is_read_in_place_never_extracted() {
     let work = tempfile::tempdir().unwrap();
@@ -106,9 +97,9 @@ fn zip_is_read_in_place_never_extracted() {
     }
     // Stored members are served from the zip itself, at their offset in it.
     let raw = point.join("variables/w.raw");
-    assert_eq!(getxattr(&raw, "user.wfs.storage"), "plain");
-    assert_eq!(getxattr(&raw, "user.wfs.file"), zip.to_str().unwrap());
-    let offset: usize = getxattr(&raw, "user.wfs.offset").parse().unwrap();
+    assert_eq!(xattr_text(&raw, "user.wfs.storage"), "plain");
+    assert_eq!(xattr_text(&raw, "user.wfs.file"), zip.to_str().unwrap());
+    let offset: usize = xattr_text(&raw, "user.wfs.offset").parse().unwrap();
     let bytes = std::fs::read(&raw).unwrap();
     assert_eq!(&std::fs::read(&zip).unwrap()[offset..offset + bytes.len()], bytes.as_slice());
     let mut left: Vec<String> =

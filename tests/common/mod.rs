@@ -181,11 +181,55 @@ pub fn write_zip(path: &Path, members: &[(&str, Vec<u8>, bool)]) {
     zip.finish().unwrap();
 }
 
-/// One extended attribute of a file, read with the real `getfattr`.
-pub fn getxattr(path: &Path, name: &str) -> String {
-    let out = Command::new("getfattr").args(["--only-values", "--absolute-names", "-n", name]).arg(path).output().unwrap();
-    assert!(out.status.success(), "getfattr {name} {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+/// One extended attribute of a path (of a symlink itself, not its target), or None when the
+/// path has no attribute of that name.
+pub fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let c_path = c_string(path.as_os_str().as_encoded_bytes());
+    let c_name = c_string(name.as_bytes());
+    // SAFETY: both names are NUL-terminated CStrings that outlive the calls; the buffer pointer
+    // and length describe `value`, which the kernel writes at most `value.len()` bytes into.
+    read_sized(|buf: &mut [u8]| unsafe { libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// The same attribute as text; panics when it is missing.
+pub fn xattr_text(path: &Path, name: &str) -> String {
+    let value = xattr(path, name).unwrap_or_else(|| panic!("{} has no xattr {name}", path.display()));
+    String::from_utf8(value).unwrap()
+}
+
+/// Every extended attribute of a path (of a symlink itself), sorted by name.
+pub fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let c_path = c_string(path.as_os_str().as_encoded_bytes());
+    // SAFETY: as in `xattr`: a NUL-terminated path and a buffer of the length passed.
+    let list = read_sized(|buf: &mut [u8]| unsafe { libc::llistxattr(c_path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+        .unwrap_or_else(|| panic!("listxattr {}: {}", path.display(), std::io::Error::last_os_error()));
+    let mut names: Vec<String> = list.split(|&b| b == 0).filter(|n| !n.is_empty()).map(|n| String::from_utf8(n.to_vec()).unwrap()).collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let value = xattr(path, &name).unwrap_or_else(|| panic!("{} lost xattr {name}", path.display()));
+            (name, value)
+        })
+        .collect()
+}
+
+fn c_string(bytes: &[u8]) -> std::ffi::CString {
+    std::ffi::CString::new(bytes).unwrap()
+}
+
+/// Calls a get/list-xattr style function first for the size, then for the bytes (again when the
+/// value grew in between); None when it fails (ENODATA: no such attribute).
+fn read_sized(call: impl Fn(&mut [u8]) -> isize) -> Option<Vec<u8>> {
+    loop {
+        let size = usize::try_from(call(&mut [])).ok()?;
+        let mut buf = vec![0u8; size];
+        match call(&mut buf) {
+            n if n >= 0 => return Some(buf[..n as usize].to_vec()),
+            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::ERANGE) => continue,
+            _ => return None,
+        }
+    }
 }
 
 /// The `tensors.tsv` rows as (path, dtype, shape, bytes, name).
