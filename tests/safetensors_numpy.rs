@@ -11,11 +11,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
-/// tensors.tsv rows after the header, split into fields.
-fn tsv_rows(mount: &Mount) -> Vec<Vec<String>> {
-    mount.text("tensors.tsv").lines().skip(1).map(|l| l.split('\t').map(str::to_string).collect()).collect()
-}
-
 /// Checks a mount against a fixture's `.expect.json` and `.expect.npz`: the tensors in order
 /// (tensors.tsv rows with their names, `.raw` digest, `.shape`, `.dtype`, `user.wfs.name`),
 /// the refused members, and every `.npy` through numpy.

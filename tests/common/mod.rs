@@ -181,6 +181,30 @@ pub fn write_zip(path: &Path, members: &[(&str, Vec<u8>, bool)]) {
     zip.finish().unwrap();
 }
 
+/// Writes a zip archive of (member name, content, deflate?), where a content `@name` stands for
+/// `at(name)` (bytes of a fixture) and any other content for itself.
+pub fn make_zip(path: &Path, members: &[(&str, &str, bool)], at: impl Fn(&str) -> Vec<u8>) {
+    let members: Vec<(&str, Vec<u8>, bool)> = members
+        .iter()
+        .map(|&(name, content, deflate)| (name, content.strip_prefix('@').map_or_else(|| content.as_bytes().to_vec(), &at), deflate))
+        .collect();
+    write_zip(path, &members);
+}
+
+/// Copies a file or a directory tree (creating `to`'s parents).
+pub fn copy_tree(from: &Path, to: &Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        }
+    } else {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap();
+    }
+}
+
 /// One extended attribute of a path (of a symlink itself, not its target), or None when the
 /// path has no attribute of that name.
 pub fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
