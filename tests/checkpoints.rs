@@ -1,8 +1,7 @@
 //! TensorFlow checkpoints written by real TensorFlow (tests/fixtures/ckpt, real-models), mounted
 //! for real; damaged copies must fail cleanly or fail only the damaged tensor.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 

@@ -4,8 +4,7 @@
 //! oracle recorded when the fixture was written; every real model of ../shared/real-models that
 //! mounts, against its oracle; `wfs convert` byte-identical to the mount; `noexport`.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;

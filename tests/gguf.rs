@@ -3,8 +3,7 @@
 //! it lacks, numpy formulas) gave at generation time; hostile files built here byte by byte; and
 //! the GGUF items of ../shared/real-models against their oracles.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

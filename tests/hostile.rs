@@ -1,8 +1,7 @@
 //! Hostile HDF5 files (tests/fixtures/gen/make_hostile.py): damaged datasets are skipped with a
 //! reason in info.json, hostile layer names become safe entries, nothing escapes the mount.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn skipped(mount: &Mount) -> Vec<String> {

@@ -2,8 +2,7 @@
 //! committed fixtures of tests/hostile.rs): each must give a one-line error or a safe tree, in
 //! bounded time and memory. The bounds are safety nets, not benchmarks.
 
-mod common;
-use common::*;
+use crate::common::*;
 use prost::Message;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

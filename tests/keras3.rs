@@ -2,8 +2,7 @@
 //! sharded weights and models piped on standard input, mounted for real; hostile archives; and
 //! the real-world Keras 3 files when ../shared/real-models is present.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;

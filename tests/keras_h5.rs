@@ -1,8 +1,7 @@
 //! Keras HDF5 fixtures written by real Keras (tests/fixtures/gen/make_keras_h5.py), mounted for
 //! real and read with cat-like reads and numpy.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 fn check_fixture(name: &str) {
     let source = fixture(&format!("h5/{name}"));

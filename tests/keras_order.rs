@@ -3,8 +3,7 @@
 //! `layers/<i>` is always the i-th layer, and each layer's rows in `tensors.tsv` come in
 //! `layer.weights` order.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::path::Path;
 

@@ -1,8 +1,7 @@
 //! Mount lifecycle and bad input: exit codes, signals, umount, stale mounts, source changes,
 //! hostile names, read-only semantics and concurrent readers.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::io::Read;
 use std::path::Path;
 use std::process::Command;

@@ -2,8 +2,7 @@
 //! exporters (real-models), mounted for real and compared with what onnx itself reads:
 //! `numpy_helper.to_array` bytes, dtypes, shapes and names, the graph and the model's metadata.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;

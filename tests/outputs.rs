@@ -3,9 +3,7 @@
 //! refused with the source byte-identical afterwards (sha256 before and after); outputs appear
 //! whole or not at all, also when the command is killed midway.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -2,8 +2,7 @@
 //! its format is listed as not read yet (then, and for the broken items, it fails with one
 //! clear line); every Keras HDF5 item's tensors match its oracle.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::collections::HashMap;
 

@@ -3,9 +3,7 @@
 //! fault-injecting proxy in front of nginx. Every remote mount must give the same tree, byte
 //! for byte, as the local mount of the same files.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

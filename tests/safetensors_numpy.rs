@@ -4,8 +4,7 @@
 //! with numpy; the real files of ../shared/real-models against their oracles; and hostile files
 //! refused in one line or mounted safely, in bounded memory.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::io::Write;
 use std::path::Path;

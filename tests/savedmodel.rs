@@ -2,8 +2,7 @@
 //! and zips of them, mounted for real and compared with TF's own view; broken ones must fail in
 //! one line or mount what is intact and say what is not.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;

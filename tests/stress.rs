@@ -2,8 +2,7 @@
 //! tiny cache): every other format's source truncated, rewritten or deleted while mounted, and
 //! many parallel readers over every file of a mount.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

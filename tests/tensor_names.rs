@@ -3,8 +3,7 @@
 //! files, checked for every fixture against its oracle's tree paths, and for every Keras and
 //! TensorFlow real-models item against its oracle's checkpoint keys or tensor count.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -3,8 +3,7 @@
 //! TensorFlow itself reads: `Interpreter.get_tensor` bytes, names, shapes, quantization
 //! parameters, and the graph as TF's generated FlatBuffers code reads it.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;

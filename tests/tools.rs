@@ -1,8 +1,7 @@
 //! The commands that work without FUSE (`ls`, `cat`, `export`, `info`) give the same bytes as
 //! the mount; xattrs, mount(8)/fstab, the systemd units and `--idle-timeout`.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,8 +2,7 @@
 //! mounted for real and checked against what `torch.load` returned when they were written;
 //! hostile pickles must never run anything.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;

@@ -15,10 +15,9 @@
 //! tests/fixtures/tree_digests.tsv holds one digest per source; tree_digests.entries.tsv holds
 //! each entry's short digests, so that a failure names the files that changed. After an
 //! intended change of the tree, record again and commit both files:
-//! `WFS_RECORD_DIGESTS=1 cargo test --release --test tree_digests`.
+//! `WFS_RECORD_DIGESTS=1 cargo test --release --test all -- tree_digests::`.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -119,7 +118,7 @@ fn every_fixture_tree_matches_its_recorded_digest() {
     assert!(
         report.is_empty(),
         "fixture trees differ from tests/fixtures/{DIGESTS}:\n{report}\
-         If the change is intended, record again (WFS_RECORD_DIGESTS=1 cargo test --release --test tree_digests) and commit both files."
+         If the change is intended, record again (WFS_RECORD_DIGESTS=1 cargo test --release --test all -- tree_digests::) and commit both files."
     );
 }
 
