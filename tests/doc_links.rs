@@ -80,10 +80,10 @@ fn link_targets(text: &str) -> Vec<(usize, String)> {
             rest = &rest[end..];
         }
         let trimmed = line.trim_start();
-        if let Some((label, target)) = trimmed.strip_prefix('[').and_then(|l| l.split_once("]:")) {
-            if !label.contains(']') {
-                targets.push((number, target.to_string()));
-            }
+        if let Some((label, target)) = trimmed.strip_prefix('[').and_then(|l| l.split_once("]:"))
+            && !label.contains(']')
+        {
+            targets.push((number, target.to_string()));
         }
     }
     targets
