@@ -50,7 +50,7 @@ fn check_tensors(mount: &Mount, expect: &Value) {
         };
         let row = format!("{path}.{file}\t{dtype}\t{}\t{}\t{name}\n", shape.join(","), raw.len());
         assert!(tsv.contains(&row), "tensors.tsv lacks {row:?}");
-        assert_eq!(getxattr(&mount.path(&format!("{path}.raw")), "user.wfs.name"), name);
+        assert_eq!(xattr_text(&mount.path(&format!("{path}.raw")), "user.wfs.name"), name);
     }
     let info: Value = serde_json::from_slice(&mount.read("info.json")).unwrap();
     assert_eq!(info["format"], "gguf");
@@ -64,15 +64,6 @@ fn check_tensors(mount: &Mount, expect: &Value) {
     let not_decoded: Vec<&str> = info["not_decoded"].as_array().map_or(Vec::new(), |a| a.iter().map(|e| e["name"].as_str().unwrap()).collect());
     let want: Vec<&str> = expect["not_decoded"].as_array().map_or(Vec::new(), |a| a.iter().map(|e| e.as_str().unwrap()).collect());
     assert_eq!(not_decoded, want);
-}
-
-fn getxattr(path: &Path, name: &str) -> String {
-    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    let c_name = std::ffi::CString::new(name).unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = unsafe { libc::getxattr(c_path.as_ptr(), c_name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert!(n >= 0, "getxattr {name} on {}", path.display());
-    String::from_utf8(buf[..n as usize].to_vec()).unwrap()
 }
 
 fn mount_fixture(name: &str, args: &[&str]) -> (Mount, Value) {
@@ -149,7 +140,7 @@ fn types_gguf_py_cannot_write_and_unknown_types() {
     let (mount, _) = mount_fixture("handmade.gguf", &[]);
     let info: Value = serde_json::from_slice(&mount.read("info.json")).unwrap();
     assert!(info["not_decoded"][0]["reason"].as_str().unwrap().contains("unknown"));
-    assert_eq!(getxattr(&mount.path("tensors/odd/unknown.raw"), "user.wfs.storage"), "plain");
+    assert_eq!(xattr_text(&mount.path("tensors/odd/unknown.raw"), "user.wfs.storage"), "plain");
 }
 
 #[test]
@@ -343,7 +334,7 @@ fn random_reads_decode_only_the_blocks_they_touch() {
     }
     let path = write_temp(dir.path(), "big.gguf", &gguf(1, 0, &[], &[info("big", &[1024, 1024], 8, 0)], &data));
     let mount = Mount::new(&path, &[]);
-    let decodes = || getxattr(&mount.point, "user.wfs.decodes").parse::<u64>().unwrap();
+    let decodes = || xattr_text(&mount.point, "user.wfs.decodes").parse::<u64>().unwrap();
     let npy = std::fs::File::open(mount.path("tensors/big.npy")).unwrap();
     let header = npy.metadata().unwrap().len() - 4 * 1024 * 1024;
     let before = decodes();

@@ -223,26 +223,6 @@ fn bad_stdin() {
     );
 }
 
-/// Writes a zip of (member name, bytes or `@member` of a fixture archive, deflate?).
-fn make_zip(path: &Path, members: &[(&str, &str, bool)]) {
-    let mut source = zip::ZipArchive::new(std::fs::File::open(fixture("keras3/k3_mixed.keras")).unwrap()).unwrap();
-    let members: Vec<(&str, Vec<u8>, bool)> = members
-        .iter()
-        .map(|&(name, content, deflate)| {
-            let bytes = match content.strip_prefix('@') {
-                Some(member) => {
-                    let mut bytes = Vec::new();
-                    std::io::Read::read_to_end(&mut source.by_name(member).unwrap(), &mut bytes).unwrap();
-                    bytes
-                }
-                None => content.as_bytes().to_vec(),
-            };
-            (name, bytes, deflate)
-        })
-        .collect();
-    write_zip(path, &members);
-}
-
 /// Sets the uncompressed size that the central directory declares for every member.
 fn declare_size(path: &Path, size: u32) {
     let mut bytes = std::fs::read(path).unwrap();
@@ -264,25 +244,25 @@ fn hostile_archives() {
     assert_fails(Mount::try_new(&truncated, &[]).err().unwrap(), 4, "zip");
 
     let no_weights = tmp.path().join("no_weights.keras");
-    make_zip(&no_weights, &[("config.json", "@config.json", false), ("metadata.json", "@metadata.json", false)]);
+    make_zip(&no_weights, &[("config.json", "@config.json", false), ("metadata.json", "@metadata.json", false)], k3_member);
     assert_fails(Mount::try_new(&no_weights, &[]).err().unwrap(), 4, "without model.weights.h5");
 
     let npz = tmp.path().join("npz.keras");
-    make_zip(&npz, &[("config.json", "@config.json", false), ("model.weights.npz", "x", false)]);
+    make_zip(&npz, &[("config.json", "@config.json", false), ("model.weights.npz", "x", false)], k3_member);
     assert_fails(Mount::try_new(&npz, &[]).err().unwrap(), 4, ".npz weights");
 
     let bomb = tmp.path().join("bomb.keras");
-    make_zip(&bomb, &[("model.weights.h5", "@model.weights.h5", true)]);
+    make_zip(&bomb, &[("model.weights.h5", "@model.weights.h5", true)], k3_member);
     declare_size(&bomb, 0xFFFF_FFF0);
     assert_fails(Mount::try_new(&bomb, &[]).err().unwrap(), 4, "limit for compressed members");
 
     let liar = tmp.path().join("liar.keras");
-    make_zip(&liar, &[("model.weights.h5", "@model.weights.h5", true)]);
+    make_zip(&liar, &[("model.weights.h5", "@model.weights.h5", true)], k3_member);
     declare_size(&liar, 1000);
     assert_fails(Mount::try_new(&liar, &[]).err().unwrap(), 4, "declared");
 
     let not_hdf5 = tmp.path().join("not_hdf5.keras");
-    make_zip(&not_hdf5, &[("model.weights.h5", "garbage", false)]);
+    make_zip(&not_hdf5, &[("model.weights.h5", "garbage", false)], k3_member);
     assert_fails(Mount::try_new(&not_hdf5, &[]).err().unwrap(), 4, "HDF5");
 
     // Traversal names are only ever tree names, made safe; nothing is written anywhere.
@@ -296,6 +276,7 @@ fn hostile_archives() {
             ("../../outside", "boo", false),
             ("assets/vocab.txt", "a\nb\n", true),
         ],
+        k3_member,
     );
     let mount = Mount::new(&traversal, &[]);
     assert_eq!(mount.text("assets/%2E%2E/%2E%2E/escaped"), "boo");
@@ -383,4 +364,12 @@ fn real_keras341_archive() {
 #[test]
 fn real_keras3_weights_file() {
     check_real("w_k3_churn_jenish", "model.weights.h5");
+}
+
+/// A member of the fixture archive k3_mixed.keras.
+fn k3_member(name: &str) -> Vec<u8> {
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(fixture("keras3/k3_mixed.keras")).unwrap()).unwrap();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut archive.by_name(name).unwrap(), &mut bytes).unwrap();
+    bytes
 }

@@ -13,19 +13,6 @@ fn format_of(mount: &Mount) -> String {
     info["format"].as_str().unwrap().to_string()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 /// A SavedModel directory `model/` beside a checkpoint `model.index` + `model.data-*` (a
 /// training script that saved both under one name): `model` is the directory, `model.index`
 /// the checkpoint, and once the directory is gone `model` is the checkpoint prefix.
@@ -33,7 +20,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn an_existing_path_wins_over_a_checkpoint_prefix() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
-    copy_dir(&fixture("savedmodel/tfk_functional"), &model);
+    copy_tree(&fixture("savedmodel/tfk_functional"), &model);
     for suffix in [".index", ".data-00000-of-00001"] {
         std::fs::copy(fixture(&format!("ckpt/tf2_keras/ckpt-1{suffix}")), tmp.path().join(format!("model{suffix}"))).unwrap();
     }

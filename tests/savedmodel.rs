@@ -80,15 +80,6 @@ fn tf1_builder_variables_by_name() {
     assert!(!mount.path("layers").exists());
 }
 
-fn getxattr(path: &Path, name: &str) -> String {
-    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    let c_name = std::ffi::CString::new(name).unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = unsafe { libc::getxattr(c_path.as_ptr(), c_name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert!(n >= 0, "getxattr {name} on {}", path.display());
-    String::from_utf8(buf[..n as usize].to_vec()).unwrap()
-}
-
 #[test]
 fn zip_is_read_in_place_never_extracted() {
     let work = tempfile::tempdir().unwrap();
@@ -106,9 +97,9 @@ fn zip_is_read_in_place_never_extracted() {
     }
     // Stored members are served from the zip itself, at their offset in it.
     let raw = point.join("variables/w.raw");
-    assert_eq!(getxattr(&raw, "user.wfs.storage"), "plain");
-    assert_eq!(getxattr(&raw, "user.wfs.file"), zip.to_str().unwrap());
-    let offset: usize = getxattr(&raw, "user.wfs.offset").parse().unwrap();
+    assert_eq!(xattr_text(&raw, "user.wfs.storage"), "plain");
+    assert_eq!(xattr_text(&raw, "user.wfs.file"), zip.to_str().unwrap());
+    let offset: usize = xattr_text(&raw, "user.wfs.offset").parse().unwrap();
     let bytes = std::fs::read(&raw).unwrap();
     assert_eq!(&std::fs::read(&zip).unwrap()[offset..offset + bytes.len()], bytes.as_slice());
     let mut left: Vec<String> =
@@ -224,35 +215,20 @@ fn broken_saved_model_pb() {
     assert_fails(tmp.path(), "holds no MetaGraphDef");
 }
 
-/// Writes a zip of (member name, literal content or `@path` of a fixture file, deflate?).
-fn make_zip(path: &Path, members: &[(&str, &str, bool)]) {
-    let members: Vec<(&str, Vec<u8>, bool)> = members
-        .iter()
-        .map(|&(name, content, deflate)| {
-            let bytes = match content.strip_prefix('@') {
-                Some(rel) => std::fs::read(fixture(&format!("savedmodel/{rel}"))).unwrap(),
-                None => content.as_bytes().to_vec(),
-            };
-            (name, bytes, deflate)
-        })
-        .collect();
-    write_zip(path, &members);
-}
-
 #[test]
 fn hostile_zips() {
     let tmp = tempfile::tempdir().unwrap();
     let none = tmp.path().join("none.zip");
-    make_zip(&none, &[("readme.txt", "hello", false), ("deep/er/saved_model.pb", "@tf_module/saved_model.pb", false)]);
+    make_zip(&none, &[("readme.txt", "hello", false), ("deep/er/saved_model.pb", "@tf_module/saved_model.pb", false)], savedmodel_file);
     assert_fails(&none, "without model.weights.h5 or saved_model.pb");
 
     // A SavedModel only reachable through `..` is none.
     let escape = tmp.path().join("escape.zip");
-    make_zip(&escape, &[("../saved_model.pb", "@tf_module/saved_model.pb", false)]);
+    make_zip(&escape, &[("../saved_model.pb", "@tf_module/saved_model.pb", false)], savedmodel_file);
     assert_fails(&escape, "without model.weights.h5 or saved_model.pb");
 
     let broken = tmp.path().join("broken.zip");
-    make_zip(&broken, &[("sm/saved_model.pb", "\r\n", true)]);
+    make_zip(&broken, &[("sm/saved_model.pb", "\r\n", true)], savedmodel_file);
     assert_fails(&broken, "is not a SavedModel");
 
     // Traversal names are only ever tree names, made safe; nothing is written anywhere.
@@ -267,6 +243,7 @@ fn hostile_zips() {
             ("assets/../../escaped", "boo", false),
             ("../../outside", "boo", false),
         ],
+        savedmodel_file,
     );
     let mount = Mount::new(&traversal, &[]);
     check_expect(&mount, &load_json(&fixture("savedmodel/tf_module.expect.json")));
@@ -292,4 +269,9 @@ fn zipped_savedmodel_on_stdin() {
     let expect = load_json(&fixture("savedmodel/tfk_deflated.zip.expect.json"));
     let bias = &expect["tensors"]["layers/dense_1/bias"]["sha256"];
     assert_eq!(sha256_hex(&std::fs::read(point.join("layers/dense_1/bias.raw")).unwrap()), bias.as_str().unwrap());
+}
+
+/// A file of the SavedModel fixtures.
+fn savedmodel_file(rel: &str) -> Vec<u8> {
+    std::fs::read(fixture(&format!("savedmodel/{rel}"))).unwrap()
 }

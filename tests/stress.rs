@@ -27,23 +27,14 @@ fn files(root: &Path) -> Vec<String> {
     out
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() { copy_dir(&entry.path(), &dest) } else { std::fs::copy(entry.path(), &dest).map(drop).unwrap() }
-    }
-}
-
 /// A source of each format in a scratch copy: what to mount, and the file to damage.
 fn sources(dir: &Path) -> Vec<(&'static str, PathBuf, PathBuf)> {
     let keras = dir.join("model.keras");
     std::fs::copy(fixture("keras3/k3_functional.keras"), &keras).unwrap();
     let ckpt = dir.join("ckpt");
-    copy_dir(&fixture("ckpt/tf2_keras"), &ckpt);
+    copy_tree(&fixture("ckpt/tf2_keras"), &ckpt);
     let saved = dir.join("saved");
-    copy_dir(&fixture("savedmodel/tf_module"), &saved);
+    copy_tree(&fixture("savedmodel/tf_module"), &saved);
     vec![
         ("keras", keras.clone(), keras),
         ("checkpoint", ckpt.join("ckpt-1"), ckpt.join("ckpt-1.data-00000-of-00001")),

@@ -88,19 +88,13 @@ fn xattrs_show_dtype_shape_and_where_the_bytes_lie() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("user.wfs.dtype=\"float32\"") && text.contains("user.wfs.shape=\"5,4\""), "{text}");
     assert!(text.contains("user.wfs.storage=\"plain\""), "{text}");
-    let attr = |name: &str| String::from_utf8(xattr(&m.path("layers/d1/kernel.raw"), name)).unwrap();
+    let attr = |name: &str| xattr_text(&m.path("layers/d1/kernel.raw"), name);
     let offset: u64 = attr("user.wfs.offset").parse().unwrap();
     let length: usize = attr("user.wfs.length").parse().unwrap();
     let file = std::fs::read(attr("user.wfs.file")).unwrap();
     assert_eq!(&file[offset as usize..offset as usize + length], m.read("layers/d1/kernel.raw").as_slice());
     let gz = Mount::new(&fixture("h5/v_gzip_shuffle.h5"), &[]);
-    assert_eq!(xattr(&gz.path("layers/d1/kernel.npy"), "user.wfs.storage"), b"decoded");
-}
-
-fn xattr(path: &Path, name: &str) -> Vec<u8> {
-    let out = Command::new("getfattr").args(["--only-values", "--absolute-names", "-n", name]).arg(path).output().unwrap();
-    assert!(out.status.success(), "getfattr {name}: {}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
+    assert_eq!(xattr_text(&gz.path("layers/d1/kernel.npy"), "user.wfs.storage"), "decoded");
 }
 
 #[test]
