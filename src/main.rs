@@ -121,7 +121,7 @@ enum Command {
         /// A directory where a wfs filesystem is mounted
         mountpoint: PathBuf,
     },
-    /// List the live wfs mounts: source, mountpoint, daemon pid, cache in use
+    /// List the live wfs mounts: source, mountpoint, daemon pid, bytes in its cache
     #[command(visible_alias = "status")]
     List,
     /// List a directory of the tree (default: the top), without mounting

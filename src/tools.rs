@@ -253,13 +253,13 @@ pub fn summary(fs: &Fs) -> io::Result<String> {
     Ok(out)
 }
 
-/// `wfs list`: one line per live mount (source, mountpoint, daemon pid, cache in use), under
-/// a header; `-` where a value cannot be known (another user's mount).
+/// `wfs list`: one tab-separated line per live mount (source, mountpoint, daemon pid, bytes
+/// held by its cache), under a header; `-` where a value cannot be known (another user's mount).
 pub fn mounts_table(mounts: &[crate::daemon::LiveMount]) -> String {
     let mut out = String::from("SOURCE\tMOUNTPOINT\tPID\tCACHE\n");
     for m in mounts {
         let pid = m.pid.map_or("-".to_string(), |p| p.to_string());
-        let cache = cache_bytes(&m.mountpoint).map_or("-".to_string(), human_size);
+        let cache = cache_bytes(&m.mountpoint).map_or("-".to_string(), |b| b.to_string());
         out.push_str(&format!("{}\t{}\t{pid}\t{cache}\n", m.source, m.mountpoint.display()));
     }
     out
