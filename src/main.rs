@@ -301,7 +301,14 @@ fn usage_message(e: &clap::Error) -> String {
     for part in parts.filter(|l| !l.is_empty() && !l.starts_with("For more information")) {
         let part = part.trim_start_matches("error: ").trim_start_matches("tip: ");
         if !line.is_empty() {
-            line.push_str(if line.ends_with(':') || part.starts_with('[') { " " } else { "; " });
+            // A list (the missing arguments) follows its "...:" line, one item per line.
+            let separator = match part.chars().next() {
+                _ if line.ends_with(':') => " ",
+                Some('[') => " ",
+                Some('<' | '-') => ", ",
+                _ => "; ",
+            };
+            line.push_str(separator);
         }
         line.push_str(part);
     }

@@ -140,6 +140,10 @@ fn messages_name_what_is_missing_and_what_is_valid() {
     let s = source.to_str().unwrap();
     let err = one_line_failure(&wfs().args(["cat", s]).output().unwrap(), 2);
     assert!(err.contains("required arguments were not provided: <PATH>"), "{err}");
+    let err = one_line_failure(&wfs().args(["mount", s]).output().unwrap(), 2);
+    assert!(err.contains("required arguments were not provided: <MOUNTPOINT> (see `wfs mount --help`)"), "{err}");
+    let err = one_line_failure(&wfs().arg("mount").output().unwrap(), 2);
+    assert!(err.contains("required arguments were not provided: <SOURCE>, <MOUNTPOINT>"), "{err}");
     let err = one_line_failure(&wfs().args(["completions", "tcsh"]).output().unwrap(), 2);
     assert!(err.contains("invalid value 'tcsh'") && err.contains("bash, elvish, fish, powershell, zsh"), "{err}");
     let err = one_line_failure(&wfs().args(["mount", s, "/nonexistent/x", "--idle-timeout", "5x"]).output().unwrap(), 2);
