@@ -175,7 +175,6 @@ const PRODUCER_KEYS: &[&str] = &[
     "keras_version",
     "backend",
     "tensorflow_version",
-    "torch_format",
     "general.name",
     "general.architecture",
     "description",
