@@ -31,15 +31,42 @@ pub struct MountSettings {
     pub allow_other: bool,
     pub allow_root: bool,
     pub default_permissions: bool,
+    /// Mount on a directory that holds files (`-o nonempty`).
+    pub allow_nonempty: bool,
     pub owner: Ownership,
     /// Unmount by itself after this long with no request and nothing open.
     pub idle_timeout: Option<Duration>,
 }
 
-/// Makes sure `path` can be mounted on: creates it if missing, clears a stale wfs mount left by
-/// a killed daemon, and refuses a live mount or a non-directory.
-pub fn prepare_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
+/// A directory ready to be mounted on, with the directories `prepare_mountpoint` created for it
+/// (deepest first), which a failed mount removes again.
+pub struct Mountpoint {
+    pub path: PathBuf,
+    created: Vec<PathBuf>,
+}
+
+impl Mountpoint {
+    /// Removes the directories this mount created, if they are still empty.
+    pub fn remove_created(&self) {
+        remove_dirs(&self.created);
+    }
+}
+
+/// Removes `dirs` in order (deepest first), stopping at the first that is not empty.
+fn remove_dirs(dirs: &[PathBuf]) {
+    for dir in dirs {
+        if std::fs::remove_dir(dir).is_err() {
+            break;
+        }
+    }
+}
+
+/// Makes sure `path` can be mounted on: creates it (and its missing parents) if missing, clears
+/// a stale wfs mount left by a killed daemon, and refuses a live mount, a non-directory, and a
+/// non-empty directory (whose files the mount would hide) unless `allow_nonempty`.
+pub fn prepare_mountpoint(path: &Path, allow_nonempty: bool) -> Result<Mountpoint, MountError> {
     let shown = path.display();
+    let mut created = Vec::new();
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(MountError::Mountpoint(format!("{shown}: not a directory"))),
@@ -55,16 +82,44 @@ pub fn prepare_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(path)
+            created = create_missing_dirs(path)
                 .map_err(|e| MountError::Mountpoint(format!("{shown}: cannot create: {}", crate::error::io_reason(&e))))?;
         }
         Err(e) => return Err(MountError::Mountpoint(format!("{shown}: {}", crate::error::io_reason(&e)))),
     }
-    let abs = std::fs::canonicalize(path).map_err(|e| MountError::Mountpoint(format!("{shown}: {}", crate::error::io_reason(&e))))?;
+    let fail = |message: String| {
+        remove_dirs(&created);
+        Err(MountError::Mountpoint(message))
+    };
+    let abs = match std::fs::canonicalize(path) {
+        Ok(abs) => abs,
+        Err(e) => return fail(format!("{shown}: {}", crate::error::io_reason(&e))),
+    };
     if mount_type(&abs).is_some_and(|t| t.starts_with("fuse")) {
-        return Err(MountError::Mountpoint(format!("{shown}: already a FUSE mount; unmount it first (`wfs umount {shown}`)")));
+        return fail(format!("{shown}: already a FUSE mount; unmount it first (`wfs umount {shown}`)"));
     }
-    Ok(abs)
+    if !allow_nonempty && std::fs::read_dir(&abs).is_ok_and(|mut entries| entries.next().is_some()) {
+        return fail(format!("{shown}: not empty (the mount would hide its files); use an empty directory, or -o nonempty"));
+    }
+    Ok(Mountpoint { path: abs, created })
+}
+
+/// Creates `path` and whichever of its parents are missing; returns those it created, deepest
+/// first. Undoes its own work if it fails midway.
+fn create_missing_dirs(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut at = Some(path);
+    while let Some(dir) = at.filter(|d| !d.as_os_str().is_empty() && std::fs::symlink_metadata(d).is_err()) {
+        missing.push(dir.to_path_buf());
+        at = dir.parent();
+    }
+    for (made, dir) in missing.iter().rev().enumerate() {
+        if let Err(e) = std::fs::create_dir(dir) {
+            remove_dirs(&missing[missing.len() - made..]);
+            return Err(e);
+        }
+    }
+    Ok(missing)
 }
 
 /// What `stat` says of a FUSE mount whose daemon is gone (ECONNABORTED on newer kernels).
@@ -82,6 +137,35 @@ pub fn mount_type(path: &Path) -> Option<String> {
         let dash = fields.iter().position(|f| *f == "-")?;
         (mount_point == want).then(|| fields.get(dash + 1).map(|s| s.to_string()))?
     })
+}
+
+/// A live wfs mount, as `wfs list` shows it.
+pub struct LiveMount {
+    /// The source as the mount table holds it (a URL without its credentials).
+    pub source: String,
+    pub mountpoint: PathBuf,
+    /// The daemon, when its pid file is ours to read and it still runs.
+    pub pid: Option<i32>,
+}
+
+/// The wfs mounts (type `fuse.wfs`) of this mount namespace, from /proc/self/mountinfo.
+pub fn live_mounts() -> Vec<LiveMount> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let dash = fields.iter().position(|f| *f == "-")?;
+            if *fields.get(dash + 1)? != "fuse.wfs" {
+                return None;
+            }
+            let mountpoint = PathBuf::from(unescape_mountinfo(fields.get(4)?));
+            let pid = std::fs::read_to_string(pid_file(&mountpoint))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .filter(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            Some(LiveMount { source: unescape_mountinfo(fields.get(dash + 2)?), mountpoint, pid })
+        })
+        .collect()
 }
 
 fn unescape_mountinfo(field: &str) -> String {
@@ -237,10 +321,14 @@ fn serve(fs: &'static Fs, settings: &MountSettings, status: Status<'_, impl FnOn
         let _ = std::fs::create_dir_all(dir);
     }
     let _ = std::fs::write(&pid_path, format!("{}\n", std::process::id()));
-    log::info!("mounted {} on {}", settings.source_name, settings.mountpoint.display());
-    if let Some((status, on_daemonized)) = status {
-        let _ = status.write_all(b"R");
+    // The log moves to its file (or syslog) first, so that "mounted" is its first line.
+    let status = status.map(|(status, on_daemonized)| {
         on_daemonized();
+        status
+    });
+    log::info!("mounted {} on {}", settings.source_name, settings.mountpoint.display());
+    if let Some(status) = status {
+        let _ = status.write_all(b"R");
     }
     if let Some(timeout) = settings.idle_timeout {
         let mut unmounter = session.unmount_callable();

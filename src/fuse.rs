@@ -4,7 +4,7 @@ use crate::fs::{Attr, Fs, Kind};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -215,6 +215,24 @@ impl Filesystem for WfsFuse {
             }
             Some(_) => reply.error(Errno::ENOTDIR),
             None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    /// Every `close()` sends one; nothing is ever written, so there is nothing to flush.
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    /// `cp` and others ask where data and holes are (SEEK_DATA, SEEK_HOLE; the kernel answers
+    /// the other whences itself): a file of the tree is data from start to end.
+    fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        let Some(size) = self.fs.attr(ino.0).map(|a| a.size as i64) else { return reply.error(Errno::ENOENT) };
+        match whence {
+            _ if offset < 0 => reply.error(Errno::EINVAL),
+            _ if offset >= size && matches!(whence, libc::SEEK_DATA | libc::SEEK_HOLE) => reply.error(Errno::from_i32(libc::ENXIO)),
+            libc::SEEK_DATA => reply.offset(offset),
+            libc::SEEK_HOLE => reply.offset(size),
+            _ => reply.error(Errno::EINVAL),
         }
     }
 

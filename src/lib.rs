@@ -8,6 +8,7 @@
 #![allow(clippy::len_without_is_empty)]
 
 pub mod cache;
+pub mod codecs;
 pub mod daemon;
 pub mod dtype;
 pub mod error;

@@ -21,10 +21,10 @@ impl log::Log for Logger {
     }
 
     fn log(&self, record: &log::Record) {
-        // fuser warns when its own unmount finds the mount already gone, which is how every
-        // `wfs umount` ends: its messages count one level lower.
+        // fuser's own notes (requests it answers by default, its unmount steps) say nothing a
+        // user can act on: they show only with -vv.
         let level = match record.level() {
-            log::Level::Warn if record.target().starts_with("fuser") => log::Level::Info,
+            log::Level::Warn | log::Level::Info if record.target().starts_with("fuser") => log::Level::Debug,
             // rustls reports each failed handshake; the request's own error says it once.
             _ if record.target().starts_with("rustls") => log::Level::Debug,
             level => level,
@@ -32,12 +32,15 @@ impl log::Log for Logger {
         if level > log::max_level() {
             return;
         }
-        let line = format!("wfs[{}]: {}: {}", std::process::id(), level.as_str().to_lowercase(), record.args());
+        // One line per event: a message formatted across lines (pretty `Debug`) is joined.
+        let message = record.args().to_string();
+        let message = if message.contains('\n') { message.lines().map(str::trim).collect::<Vec<_>>().join(" ") } else { message };
+        let line = format!("wfs[{}]: {}: {message}", std::process::id(), level.as_str().to_lowercase());
         match &*self.target.lock().unwrap() {
             // Under systemd, stderr goes to the journal: a `<N>` prefix (sd-daemon(3)) gives each
             // line its priority, and the journal adds the name and pid itself.
             Target::Stderr if std::env::var_os("JOURNAL_STREAM").is_some() => {
-                eprintln!("<{}>{}: {}", priority(level), level.as_str().to_lowercase(), record.args())
+                eprintln!("<{}>{}: {message}", priority(level), level.as_str().to_lowercase())
             }
             Target::Stderr => eprintln!("{line}"),
             Target::File(f) => {

@@ -1,5 +1,6 @@
-//! The `wfs` command line: `mount`/`umount`, the tools that read the tree without mounting
-//! (`ls`, `cat`, `export`, `info`), and the `mount.fuse.wfs` form used by mount(8) and fstab.
+//! The `wfs` command line: `mount`/`umount`/`list`, the tools that read the tree without
+//! mounting (`ls`, `cat`, `export`, `convert`, `info`), and the `mount.fuse.wfs` form used by
+//! mount(8) and fstab.
 
 use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -18,7 +19,7 @@ use wfs::output::{self, AtomicFile, OutputError};
 use wfs::tools;
 use wfs::tree::{SAFETENSORS_FILE, Tree, TreeOptions};
 
-/// Exit codes, one per failure class (documented in the README).
+/// Exit codes, one per failure class (documented in docs/cli.md and the man page).
 mod exit {
     pub const OTHER: u8 = 1;
     pub const USAGE: u8 = 2;
@@ -28,7 +29,7 @@ mod exit {
 }
 
 #[derive(Parser)]
-#[command(name = "wfs", version, about = "Mount machine-learning model files as a read-only filesystem")]
+#[command(name = "wfs", version, about = "Mount machine-learning model files as a read-only filesystem", after_help = "`wfs help COMMAND` (or `wfs COMMAND --help`) describes one command; `wfs man` prints the manual.")]
 struct Cli {
     /// More log output (repeat for more)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -94,6 +95,8 @@ enum Command {
         source: SourceArgs,
         #[command(flatten)]
         tree: TreeArgs,
+        /// The directory to mount on: created (with its parents) if missing, and removed again if
+        /// the mount fails; must be empty unless -o nonempty
         mountpoint: PathBuf,
         /// Stay in the foreground (logs go to stderr)
         #[arg(short, long)]
@@ -101,25 +104,35 @@ enum Command {
         /// Threads serving kernel requests
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
         threads: u16,
-        /// Mount options: allow_other, allow_root, default_permissions, uid=N, gid=N, ro, noexport
-        #[arg(short = 'o', value_delimiter = ',')]
+        /// Mount options: allow_other, allow_root, default_permissions, uid=N, gid=N, ro, noexport,
+        /// nonempty (mount on a directory that holds files, hiding them)
+        #[arg(short = 'o', value_delimiter = ',', value_name = "OPTIONS")]
         options: Vec<String>,
-        /// Log file for the daemon (default: syslog, or the journal under systemd)
-        #[arg(long)]
+        /// Log file for the daemon, appended to (default: syslog, or the journal under systemd)
+        #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
-        /// Unmount after this many seconds with no access and no open file
-        #[arg(long, value_name = "SECONDS")]
-        idle_timeout: Option<u64>,
+        /// Unmount after this long with no access and no open file: 90 (seconds), 90s, 5m, 1h;
+        /// 0 means never, as without the option
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        idle_timeout: Option<Duration>,
     },
     /// Unmount MOUNTPOINT and wait for its daemon to exit
-    Umount { mountpoint: PathBuf },
+    Umount {
+        /// A directory where a wfs filesystem is mounted
+        mountpoint: PathBuf,
+    },
+    /// List the live wfs mounts: source, mountpoint, daemon pid, bytes in its cache
+    #[command(visible_alias = "status")]
+    List,
     /// List a directory of the tree (default: the top), without mounting
+    // -h is --human, as for ls(1); --help stays.
+    #[command(disable_help_flag = true)]
     Ls {
         #[command(flatten)]
         source: SourceArgs,
         #[command(flatten)]
         tree: TreeArgs,
-        /// A path inside the tree
+        /// A path inside the tree: a directory is listed, a file is named
         #[arg(default_value = "")]
         path: String,
         /// List subdirectories too
@@ -128,16 +141,23 @@ enum Command {
         /// Show sizes
         #[arg(short, long)]
         long: bool,
+        /// Sizes in K, M, G (powers of 1024), as `ls -lh`
+        #[arg(short = 'h', long)]
+        human: bool,
+        /// Print help
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
         /// Print the tensor table (tensors.tsv) instead
         #[arg(long)]
         tensors: bool,
     },
-    /// Write one file of the tree to standard output, without mounting
+    /// Write files of the tree to standard output, one after the other, without mounting
     Cat {
         #[command(flatten)]
         source: SourceArgs,
-        /// A file path inside the tree, e.g. layers/0/bias.npy
-        path: String,
+        /// File paths inside the tree, e.g. layers/0/bias.npy
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<String>,
     },
     /// Write the tree (or a part of it) out as real files into DIR, without mounting
     Export {
@@ -145,6 +165,8 @@ enum Command {
         source: SourceArgs,
         #[command(flatten)]
         tree: TreeArgs,
+        /// The directory to write into: created if missing (appearing only once complete);
+        /// an existing one must be empty unless --force
         dir: PathBuf,
         /// Only this path of the tree
         #[arg(long, default_value = "")]
@@ -160,14 +182,21 @@ enum Command {
         /// The file to write, or - for standard output
         out: PathBuf,
     },
-    /// Print info.json, without mounting
+    /// Summarize the model (format, producer, tensors, parameters by dtype, largest tensors,
+    /// quantization), without mounting
     Info {
         #[command(flatten)]
         source: SourceArgs,
+        /// Print the tree's info.json instead
+        #[arg(long)]
+        json: bool,
     },
     /// Print a shell completion script
-    Completions { shell: clap_complete::Shell },
-    /// Print the man page (roff)
+    Completions {
+        /// The shell to complete for
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `wfs man | man -l -`
     Man,
 }
 
@@ -189,20 +218,41 @@ fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(1 << shift).ok_or_else(|| format!("size '{s}' is too large"))
 }
 
+/// A duration: seconds, or a number with the unit s, m or h; zero means none.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits.parse().map_err(|_| format!("invalid duration '{s}' (use e.g. 90, 90s, 5m or 1h)"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("invalid duration unit in '{s}' (use s, m or h)")),
+    };
+    n.checked_mul(scale).map(Duration::from_secs).ok_or_else(|| format!("duration '{s}' is too large"))
+}
+
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let args = mount_helper_args(&args).unwrap_or(args);
+    // Where a usage error points: the help of the command it is about, else the general one.
+    let help = match args.iter().skip(1).find_map(|a| Cli::command().find_subcommand(a).map(|c| c.get_name().to_string())) {
+        Some(command) => format!("wfs {command} --help"),
+        None => "wfs --help".to_string(),
+    };
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // Bare `wfs`: the usage and the commands, not the description as if it were an error.
+            eprint!("{}", Cli::command().about(None).render_help());
+            return ExitCode::from(exit::USAGE);
+        }
         Err(e) => {
-            // One line, like every other failure: clap's first line without its "error: ".
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or_default();
-            eprintln!("wfs: {} (see `wfs --help`)", first.trim_start_matches("error: "));
+            eprintln!("wfs: {} (see `{help}`)", usage_message(&e));
             return ExitCode::from(exit::USAGE);
         }
     };
@@ -223,16 +273,61 @@ fn main() -> ExitCode {
     }
 }
 
+/// clap's error as one line: its text up to the usage, lines joined, and for a word that is
+/// not a command, the command it resembles (or the list of commands).
+fn usage_message(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() == ErrorKind::InvalidSubcommand {
+        let word = match e.get(ContextKind::InvalidSubcommand) {
+            Some(ContextValue::String(word)) => word.clone(),
+            _ => String::new(),
+        };
+        return match e.get(ContextKind::SuggestedSubcommand) {
+            Some(ContextValue::String(similar)) => format!("'{word}' is not a wfs command; did you mean `wfs {similar}`?"),
+            // clap orders them by growing likeness: the likeliest first here.
+            Some(ContextValue::Strings(similar)) if !similar.is_empty() => {
+                let similar: Vec<&str> = similar.iter().rev().map(String::as_str).collect();
+                format!("'{word}' is not a wfs command; did you mean `wfs {}`?", similar.join("` or `wfs "))
+            }
+            _ => {
+                let commands: Vec<String> = Cli::command().get_subcommands().map(|c| c.get_name().to_string()).collect();
+                format!("'{word}' is not a wfs command (commands: {}; to mount: `wfs mount SOURCE MOUNTPOINT`)", commands.join(", "))
+            }
+        };
+    }
+    let text = e.to_string();
+    let mut line = String::new();
+    let parts = text.lines().take_while(|l| !l.starts_with("Usage:")).map(str::trim);
+    for part in parts.filter(|l| !l.is_empty() && !l.starts_with("For more information")) {
+        let part = part.trim_start_matches("error: ").trim_start_matches("tip: ");
+        if !line.is_empty() {
+            // A list (the missing arguments) follows its "...:" line, one item per line.
+            let separator = match part.chars().next() {
+                _ if line.ends_with(':') => " ",
+                Some('[') => " ",
+                Some('<' | '-') => ", ",
+                _ => "; ",
+            };
+            line.push_str(separator);
+        }
+        line.push_str(part);
+    }
+    line
+}
+
 /// mount(8) runs `mount.fuse.wfs SOURCE MOUNTPOINT -o OPTIONS` (directly, or through
 /// mount.fuse3 as `wfs SOURCE MOUNTPOINT -o OPTIONS`): turn that into `wfs mount ...`,
-/// dropping the options that only mean something to mount(8) and fstab.
+/// dropping the options that only mean something to mount(8) and fstab. Invoked as `wfs`, the
+/// form is taken only with its `-o` third: mount.fuse3 always passes one (it adds `dev` and
+/// `suid`, or the `nodev`/`nosuid` asked for), while a mistyped command (`wfs mout SRC DIR`)
+/// has none and is a usage error.
 fn mount_helper_args(args: &[std::ffi::OsString]) -> Option<Vec<std::ffi::OsString>> {
-    let invoked_as_helper = args.first().and_then(|a| std::path::Path::new(a).file_name()).is_some_and(|n| n.to_str().is_some_and(|n| n.starts_with("mount.")));
-    let looks_like_mount_form = args.len() >= 3 && args.get(1).is_some_and(|a| {
-        let a = a.to_string_lossy();
-        !a.starts_with('-') && Cli::command().find_subcommand(&*a).is_none()
-    });
-    if !invoked_as_helper && !looks_like_mount_form {
+    let invoked_as_helper = args.len() >= 3 && args[0].to_str().and_then(|a| std::path::Path::new(a).file_name()?.to_str()).is_some_and(|n| n.starts_with("mount."));
+    let mount_fuse3_form = args.len() >= 5 && args[3] == "-o" && {
+        let first = args[1].to_string_lossy();
+        !first.starts_with('-') && first != "help" && Cli::command().find_subcommand(&*first).is_none()
+    };
+    if !invoked_as_helper && !mount_fuse3_form {
         return None;
     }
     let mut out = vec!["wfs".into(), "mount".into(), args[1].clone(), args[2].clone()];
@@ -320,41 +415,66 @@ fn run(command: Command) -> Result<()> {
                 allow_other: false,
                 allow_root: false,
                 default_permissions: false,
+                allow_nonempty: false,
                 owner: Ownership { uid: unsafe { libc::geteuid() }, gid: unsafe { libc::getegid() }, time: SystemTime::now() },
-                idle_timeout: idle_timeout.map(Duration::from_secs),
+                idle_timeout: idle_timeout.filter(|t| !t.is_zero()),
             };
             let mut tree_options = tree.options();
             apply_options(&mut settings, &mut tree_options, &options).map_err(Usage)?;
-            settings.mountpoint = daemon::prepare_mountpoint(&mountpoint)?;
-            let (fs, modified) = open_fs(&source, tree_options)?;
-            // The daemon forks: the remote requests' threads must not exist at that moment.
-            wfs::remote::quiesce();
-            if let Some(t) = modified {
-                settings.owner.time = t;
+            let prepared = daemon::prepare_mountpoint(&mountpoint, settings.allow_nonempty)?;
+            settings.mountpoint = prepared.path.clone();
+            let mounted = open_fs(&source, tree_options).and_then(|(fs, modified)| {
+                // The daemon forks: the remote requests' threads must not exist at that moment.
+                wfs::remote::quiesce();
+                if let Some(t) = modified {
+                    settings.owner.time = t;
+                }
+                Ok(daemon::mount(fs, settings, || detach_stdio(log_file.as_deref()))?)
+            });
+            if mounted.is_err() {
+                prepared.remove_created();
             }
-            Ok(daemon::mount(fs, settings, || detach_stdio(log_file.as_deref()))?)
+            mounted
         }
         Command::Umount { mountpoint } => Ok(daemon::umount(&mountpoint)?),
-        Command::Ls { source, tree, path, recursive, long, tensors } => {
+        Command::List => print_all(tools::mounts_table(&daemon::live_mounts()).as_bytes()),
+        Command::Ls { source, tree, path, recursive, long, human, tensors, help: _ } => {
             let fs = open_fs(&source, tree.options())?.0;
-            let target = if tensors { "tensors.tsv" } else { path.as_str() };
-            let ino = tools::resolve(fs, target).ok_or_else(|| not_in_tree(&path))?;
             let mut out = std::io::stdout().lock();
-            let result = if tensors || fs.readdir(ino, 0).is_err() {
+            let sizes = match (long, human) {
+                (false, _) => tools::Sizes::None,
+                (true, false) => tools::Sizes::Bytes,
+                (true, true) => tools::Sizes::Human,
+            };
+            let result = if tensors {
+                let ino = tools::resolve(fs, "tensors.tsv").ok_or_else(|| not_in_tree("tensors.tsv"))?;
                 tools::copy_file(fs, ino, &mut out).map(|_| ())
             } else {
+                let ino = tools::resolve(fs, &path).ok_or_else(|| not_in_tree(&path))?;
                 let prefix = if recursive && !path.is_empty() { format!("{}/", path.trim_end_matches('/')) } else { String::new() };
-                tools::list(fs, ino, &prefix, recursive, long, &mut out)
+                tools::list(fs, ino, &path, &prefix, recursive, sizes, &mut out)
             };
             Ok(result.or_else(ignore_closed_pipe).with_context(|| path.clone())?)
         }
-        Command::Cat { source, path } => {
+        Command::Cat { source, paths } => {
             let fs = open_fs(&source, TreeOptions::default())?.0;
-            let ino = tools::resolve(fs, &path).ok_or_else(|| not_in_tree(&path))?;
-            tools::copy_file(fs, ino, &mut std::io::stdout().lock())
-                .map(|_| ())
-                .or_else(ignore_closed_pipe)
-                .with_context(|| path.clone())
+            // Every path is checked before anything is written.
+            let mut files = Vec::with_capacity(paths.len());
+            for path in &paths {
+                let ino = tools::resolve(fs, path).ok_or_else(|| not_in_tree(path))?;
+                if fs.attr(ino).is_some_and(|a| a.kind == wfs::fs::Kind::Dir) {
+                    return Err(Usage(format!("{path}: a directory; list it with `wfs ls {} {path}`", source.shown())).into());
+                }
+                files.push((path, ino));
+            }
+            let mut out = std::io::stdout().lock();
+            for (path, ino) in files {
+                match tools::copy_file(fs, ino, &mut out) {
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                    result => result.with_context(|| path.clone())?,
+                };
+            }
+            Ok(())
         }
         Command::Export { source, tree, dir, path, force } => {
             let fs = open_fs(&source, tree.options())?.0;
@@ -377,21 +497,20 @@ fn run(command: Command) -> Result<()> {
             let ino = tools::resolve(fs, SAFETENSORS_FILE).ok_or_else(|| OpenError::UnknownFormat("no safetensors file can hold this model".into()))?;
             convert(fs, ino, &out).with_context(|| if out.as_os_str() == "-" { "standard output".into() } else { out.display().to_string() })
         }
-        Command::Info { source } => {
+        Command::Info { source, json } => {
             let fs = open_fs(&source, TreeOptions::default())?.0;
-            let ino = tools::resolve(fs, "info.json").ok_or_else(|| not_in_tree("info.json"))?;
-            Ok(tools::copy_file(fs, ino, &mut std::io::stdout().lock()).map(|_| ()).or_else(ignore_closed_pipe)?)
+            if json {
+                let ino = tools::resolve(fs, "info.json").ok_or_else(|| not_in_tree("info.json"))?;
+                return Ok(tools::copy_file(fs, ino, &mut std::io::stdout().lock()).map(|_| ()).or_else(ignore_closed_pipe)?);
+            }
+            print_all(tools::summary(fs)?.as_bytes())
         }
         Command::Completions { shell } => {
             let mut text = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "wfs", &mut text);
             print_all(&text)
         }
-        Command::Man => {
-            let mut text = Vec::new();
-            clap_mangen::Man::new(Cli::command()).render(&mut text)?;
-            print_all(&text)
-        }
+        Command::Man => print_all(&man_page()?),
     }
 }
 
@@ -423,6 +542,118 @@ fn convert(fs: &Fs, ino: wfs::tree::Ino, out: &std::path::Path) -> Result<(), Ou
     }
     result
 }
+
+/// `wfs man`: clap_mangen's page for the whole command, one subsection per command (its
+/// synopsis, description and options), then what the command line cannot say itself.
+fn man_page() -> std::io::Result<Vec<u8>> {
+    let cli = Cli::command();
+    let man = clap_mangen::Man::new(cli.clone());
+    let mut page = Vec::new();
+    man.render_title(&mut page)?;
+    man.render_name_section(&mut page)?;
+    man.render_synopsis_section(&mut page)?;
+    man.render_description_section(&mut page)?;
+    man.render_options_section(&mut page)?;
+    page.extend_from_slice(b".SH COMMANDS\n");
+    for sub in cli.get_subcommands() {
+        let name = format!("wfs {}", sub.get_name());
+        let man = clap_mangen::Man::new(sub.clone().bin_name(name.clone()));
+        writeln!(page, ".SS \"{name}\"")?;
+        for render in [clap_mangen::Man::render_synopsis_section, clap_mangen::Man::render_description_section, clap_mangen::Man::render_options_section] {
+            let mut part = Vec::new();
+            render(&man, &mut part)?;
+            // Each part starts with its own `.SH` heading: here they sit under the command's.
+            let part = String::from_utf8_lossy(&part);
+            page.extend(part.lines().filter(|l| !l.starts_with(".SH ")).flat_map(|l| l.bytes().chain([b'\n'])));
+            page.extend_from_slice(b".PP\n");
+        }
+    }
+    page.extend_from_slice(MAN_SECTIONS.as_bytes());
+    man.render_version_section(&mut page)?;
+    Ok(page)
+}
+
+/// The sections of `wfs man` that come from no argument: the tree, exit codes, environment, examples.
+const MAN_SECTIONS: &str = r#".SH "THE TREE"
+A mounted model is a read\-only tree:
+.TP
+\fBinfo.json\fR
+what the source says of itself: format, producer, tensor count, bytes
+.TP
+\fBtensors.tsv\fR
+one row per tensor: path, dtype, shape, bytes, name in the source
+.TP
+\fBmodel.safetensors\fR
+every tensor as one safetensors file, assembled on read (left out with \-\-no\-export)
+.TP
+\fBlayers/\fR, \fBvariables/\fR, \fBtensors/\fR, \fBoptimizer/\fR, \fBdatasets/\fR
+the model's own structure; each tensor is four files: \fINAME\fB.npy\fR (NumPy, mmap\-able),
+\fINAME\fB.raw\fR (its bytes alone), \fINAME\fB.shape\fR and \fINAME\fB.dtype\fR
+.PP
+Extended attributes (\fBgetfattr \-d\fR) give each tensor's dtype, shape, its name in the source
+and where its bytes lie. A mount's \fBdu\fR is about three times the source: each tensor appears as
+\fB.npy\fR, \fB.raw\fR and inside \fBmodel.safetensors\fR, all read from the same source bytes.
+.SH "EXIT STATUS"
+.TP
+\fB0\fR
+success
+.TP
+\fB1\fR
+any other failure (an output that cannot be written, a daemon that failed)
+.TP
+\fB2\fR
+usage: an unknown command or option, a missing argument, a path not in the tree, a directory given to \fBcat\fR
+.TP
+\fB3\fR
+the source cannot be read (missing, no permission, a remote error)
+.TP
+\fB4\fR
+the source is not a model wfs can read, or is corrupt
+.TP
+\fB5\fR
+the mountpoint cannot be used (not a directory, not empty, already mounted, not a wfs mount)
+.SH ENVIRONMENT
+.TP
+\fBHF_TOKEN\fR
+the token sent to the Hugging Face Hub for \fBhf://\fR sources
+.TP
+\fBHF_ENDPOINT\fR
+the Hub's address (default https://huggingface.co)
+.TP
+\fBAWS_ACCESS_KEY_ID\fR, \fBAWS_SECRET_ACCESS_KEY\fR, \fBAWS_SESSION_TOKEN\fR, \fBAWS_PROFILE\fR, \fBAWS_SHARED_CREDENTIALS_FILE\fR, \fBAWS_CONFIG_FILE\fR
+credentials for \fBs3://\fR sources (else none: public buckets)
+.TP
+\fBAWS_REGION\fR, \fBAWS_DEFAULT_REGION\fR, \fBAWS_ENDPOINT_URL\fR
+the S3 region and endpoint (another S3\-compatible store)
+.TP
+\fBSSL_CERT_FILE\fR, \fBSSL_CERT_DIR\fR
+the root certificates trusted for https (default: the system's)
+.SH EXAMPLES
+.TP
+\fBwfs mount model.h5 /mnt/m\fR
+mount a Keras file; \fBwfs umount /mnt/m\fR unmounts it
+.TP
+\fBwfs mount hf://ORG/REPO/model.safetensors /mnt/m \-\-idle\-timeout 10m\fR
+mount a file of the Hub, unmounted after ten idle minutes
+.TP
+\fBwfs info model.gguf\fR
+a summary; \fBwfs info \-\-json model.gguf\fR prints info.json
+.TP
+\fBwfs ls \-l \-h model.pt layers\fR
+list a directory of the tree with sizes, without mounting
+.TP
+\fBwfs cat model.keras layers/0/kernel.npy > kernel.npy\fR
+copy one tensor out
+.TP
+\fBwfs convert model.pt model.safetensors\fR
+write every tensor as one safetensors file
+.TP
+\fBwfs list\fR
+the live mounts, their daemons and cache use
+.TP
+fstab: \fB/models/m.h5 /mnt/m fuse.wfs ro,allow_other,noauto 0 0\fR
+with /sbin/mount.fuse.wfs a link to wfs
+"#;
 
 fn print_all(bytes: &[u8]) -> Result<()> {
     let mut out = std::io::stdout().lock();
@@ -463,6 +694,7 @@ fn apply_options(settings: &mut MountSettings, tree: &mut TreeOptions, options: 
             None if opt == "allow_root" => settings.allow_root = true,
             None if opt == "default_permissions" => settings.default_permissions = true,
             None if opt == "noexport" => tree.safetensors = false,
+            None if opt == "nonempty" => settings.allow_nonempty = true,
             None if matches!(opt, "ro" | "nodev" | "nosuid" | "noexec" | "noatime") => {}
             None if opt == "rw" => return Err("wfs mounts are read-only: option 'rw' is not allowed".into()),
             _ => return Err(format!("unknown mount option '{opt}'")),

@@ -42,8 +42,9 @@ pub fn check_not_source(path: &Path) -> Result<(), OutputError> {
 
 /// Refuses an open descriptor (standard output redirected onto the source, `>> model.gguf`).
 pub fn check_fd_not_source(fd: &impl AsRawFd) -> Result<(), OutputError> {
-    // SAFETY: fstat fills a zeroed, properly sized stat buffer for a descriptor we hold.
+    // SAFETY: a zeroed `stat` is a valid value of this plain C struct.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat fills a properly sized stat buffer for a descriptor we hold.
     if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0 && source::is_source_file(st.st_dev, st.st_ino) {
         return Err(OutputError::IsSource);
     }

@@ -1,5 +1,5 @@
 //! Commands that read the tree without mounting (`wfs ls`, `cat`, `export`, `info`): they
-//! go through the same `Fs` as the mount, so the bytes are the same.
+//! go through the same `Fs` as the mount, so the bytes are the same. Also `wfs list`'s table.
 
 use crate::fs::{Fs, Kind};
 use crate::tree::{Ino, ROOT};
@@ -97,24 +97,184 @@ pub fn copy_file_overlapped(fs: &Fs, ino: Ino, out: &mut impl Write, progress: &
     })
 }
 
-/// One line per entry of directory `ino` (`name/` for directories, `name -> target` for
-/// links, sizes with `long`), descending into subdirectories with `recursive`.
-pub fn list(fs: &Fs, ino: Ino, prefix: &str, recursive: bool, long: bool, out: &mut impl Write) -> io::Result<()> {
+/// How `list` shows sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sizes {
+    None,
+    Bytes,
+    /// As `ls -lh`: K, M, G, T (powers of 1024).
+    Human,
+}
+
+/// A size as `ls -lh` shows it: bytes below 1 KiB, else one decimal below 10 and none from 10
+/// on, rounded up (`ls` never shows a file smaller than it is).
+pub fn human_size(bytes: u64) -> String {
+    let mut unit = 0;
+    let mut scaled = bytes as f64;
+    while scaled >= 1024.0 && unit < 4 {
+        scaled /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        return bytes.to_string();
+    }
+    let suffix = ["", "K", "M", "G", "T"][unit];
+    let tenths = (scaled * 10.0).ceil() / 10.0;
+    if tenths < 10.0 { format!("{tenths:.1}{suffix}") } else { format!("{}{suffix}", scaled.ceil()) }
+}
+
+/// Lists `ino`, shown as `name`: one line per entry of a directory (`name/` for directories,
+/// `name -> target` for links, sizes as asked), descending into subdirectories with
+/// `recursive`; a file is one line naming it, as `ls FILE` does.
+pub fn list(fs: &Fs, ino: Ino, name: &str, prefix: &str, recursive: bool, sizes: Sizes, out: &mut impl Write) -> io::Result<()> {
+    match fs.attr(ino).map(|a| a.kind) {
+        Some(Kind::Dir) => list_dir(fs, ino, prefix, recursive, sizes, out),
+        Some(kind) => entry_line(fs, ino, kind, name.trim_end_matches('/'), sizes, out),
+        None => Err(io::Error::from_raw_os_error(libc::ENOENT)),
+    }
+}
+
+fn list_dir(fs: &Fs, ino: Ino, prefix: &str, recursive: bool, sizes: Sizes, out: &mut impl Write) -> io::Result<()> {
     let entries = fs.readdir(ino, 2).map_err(io::Error::from_raw_os_error)?;
     for (child, kind, name) in entries {
         let shown = format!("{prefix}{name}");
-        let size = fs.attr(child).map_or(0, |a| a.size);
-        let size = if long { format!("{size:>12}  ") } else { String::new() };
-        match kind {
-            Kind::Dir => writeln!(out, "{size}{shown}/")?,
-            Kind::File => writeln!(out, "{size}{shown}")?,
-            Kind::Symlink => writeln!(out, "{size}{shown} -> {}", fs.readlink(child).unwrap_or(""))?,
-        }
+        entry_line(fs, child, kind, &shown, sizes, out)?;
         if recursive && kind == Kind::Dir {
-            list(fs, child, &format!("{shown}/"), recursive, long, out)?;
+            list_dir(fs, child, &format!("{shown}/"), recursive, sizes, out)?;
         }
     }
     Ok(())
+}
+
+fn entry_line(fs: &Fs, ino: Ino, kind: Kind, shown: &str, sizes: Sizes, out: &mut impl Write) -> io::Result<()> {
+    let bytes = fs.attr(ino).map_or(0, |a| a.size);
+    let size = match sizes {
+        Sizes::None => String::new(),
+        Sizes::Bytes => format!("{bytes:>12}  "),
+        Sizes::Human => format!("{:>6}  ", human_size(bytes)),
+    };
+    match kind {
+        Kind::Dir => writeln!(out, "{size}{shown}/"),
+        Kind::File => writeln!(out, "{size}{shown}"),
+        Kind::Symlink => writeln!(out, "{size}{shown} -> {}", fs.readlink(ino).unwrap_or("")),
+    }
+}
+
+/// A whole file of the tree, by path.
+fn read_whole(fs: &Fs, path: &str) -> io::Result<Vec<u8>> {
+    let ino = resolve(fs, path).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{path}: not in the tree")))?;
+    let mut bytes = Vec::new();
+    copy_file(fs, ino, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// The keys of info.json that say what wrote the model, in the order shown.
+const PRODUCER_KEYS: &[&str] = &[
+    "producer_name",
+    "producer_version",
+    "keras_version",
+    "backend",
+    "tensorflow_version",
+    "general.name",
+    "general.architecture",
+    "description",
+];
+
+/// dtypes that hold elements as themselves; every other (q4_0, iq2_xs, mxfp4, ...) packs
+/// blocks of them with scales: a quantization.
+fn is_plain_dtype(dtype: &str) -> bool {
+    ["bool", "int", "uint", "float", "bfloat", "complex", "string"].iter().any(|p| dtype.starts_with(p))
+}
+
+/// `wfs info`: what a person wants to know first, read from the tree's info.json and
+/// tensors.tsv (so it agrees with the mount): format, producer, tensor and parameter counts by
+/// dtype, total bytes, the five largest tensors, and quantization if any.
+pub fn summary(fs: &Fs) -> io::Result<String> {
+    let bad = |e: serde_json::Error| io::Error::new(io::ErrorKind::InvalidData, format!("info.json: {e}"));
+    let info: serde_json::Value = serde_json::from_slice(&read_whole(fs, "info.json")?).map_err(bad)?;
+    let tsv = String::from_utf8_lossy(&read_whole(fs, "tensors.tsv")?).into_owned();
+    // path, dtype, shape, bytes, name
+    let rows: Vec<Vec<&str>> = tsv.lines().skip(1).map(|l| l.split('\t').collect()).filter(|r: &Vec<&str>| r.len() >= 4).collect();
+    let mut by_dtype: Vec<(&str, u64, u64)> = Vec::new();
+    let mut total_bytes = 0u64;
+    for row in &rows {
+        let elements: u64 = row[2].split(',').filter(|d| !d.is_empty()).map(|d| d.parse::<u64>().unwrap_or(0)).product();
+        let bytes: u64 = row[3].parse().unwrap_or(0);
+        total_bytes += bytes;
+        match by_dtype.iter_mut().find(|(d, _, _)| *d == row[1]) {
+            Some(entry) => {
+                entry.1 += elements;
+                entry.2 += 1;
+            }
+            None => by_dtype.push((row[1], elements, 1)),
+        }
+    }
+    by_dtype.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let mut out = String::new();
+    let mut line = |label: &str, value: String| out.push_str(&format!("{label:<12}{value}\n"));
+    line("format:", info["format"].as_str().unwrap_or("?").to_string());
+    line("source:", info["source"].as_str().unwrap_or("?").to_string());
+    let producer: Vec<String> = PRODUCER_KEYS
+        .iter()
+        .filter_map(|k| match &info[*k] {
+            serde_json::Value::String(v) if !v.is_empty() => Some(format!("{k} {v}")),
+            serde_json::Value::Number(v) => Some(format!("{k} {v}")),
+            _ => None,
+        })
+        .collect();
+    if !producer.is_empty() {
+        line("producer:", producer.join(", "));
+    }
+    line("tensors:", rows.len().to_string());
+    let params: u64 = by_dtype.iter().map(|(_, n, _)| n).sum();
+    let split: Vec<String> = by_dtype.iter().map(|(d, n, _)| format!("{d} {n}")).collect();
+    line("parameters:", if split.is_empty() { "0".into() } else { format!("{params} ({})", split.join(", ")) });
+    line("bytes:", if total_bytes < 1024 { total_bytes.to_string() } else { format!("{total_bytes} ({})", human_size(total_bytes)) });
+    let quantized: Vec<String> = by_dtype.iter().filter(|(d, _, _)| !is_plain_dtype(d)).map(|(d, _, count)| format!("{d} ({count} tensor{})", if *count == 1 { "" } else { "s" })).collect();
+    let quant_keys: Vec<String> = info
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| k.contains("quantiz") && !v.is_object() && !v.is_array())
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    if !quantized.is_empty() || !quant_keys.is_empty() {
+        line("quantized:", quantized.into_iter().chain(quant_keys).collect::<Vec<_>>().join(", "));
+    }
+    let mut largest: Vec<&Vec<&str>> = rows.iter().collect();
+    largest.sort_by_key(|r| std::cmp::Reverse(r[3].parse::<u64>().unwrap_or(0)));
+    for (i, row) in largest.iter().take(5).enumerate() {
+        let name = row[0].strip_suffix(".npy").unwrap_or(row[0]);
+        let shape = if row[2].is_empty() { "scalar".to_string() } else { format!("[{}]", row[2]) };
+        let bytes = human_size(row[3].parse().unwrap_or(0));
+        line(if i == 0 { "largest:" } else { "" }, format!("{name}  {} {shape}  {bytes}", row[1]));
+    }
+    Ok(out)
+}
+
+/// `wfs list`: one tab-separated line per live mount (source, mountpoint, daemon pid, bytes
+/// held by its cache), under a header; `-` where a value cannot be known (another user's mount).
+pub fn mounts_table(mounts: &[crate::daemon::LiveMount]) -> String {
+    let mut out = String::from("SOURCE\tMOUNTPOINT\tPID\tCACHE\n");
+    for m in mounts {
+        let pid = m.pid.map_or("-".to_string(), |p| p.to_string());
+        let cache = cache_bytes(&m.mountpoint).map_or("-".to_string(), |b| b.to_string());
+        out.push_str(&format!("{}\t{}\t{pid}\t{cache}\n", m.source, m.mountpoint.display()));
+    }
+    out
+}
+
+/// The bytes of decoded chunks a mount's cache holds, which its daemon answers as a hidden
+/// extended attribute of the root (`fs::XATTR_CACHE_BYTES`).
+fn cache_bytes(mountpoint: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes()).ok()?;
+    let name = std::ffi::CString::new(crate::fs::XATTR_CACHE_BYTES).ok()?;
+    let mut value = [0u8; 32];
+    // SAFETY: both names are NUL-terminated and `value` is writable for the length passed.
+    let len = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+    let len = usize::try_from(len).ok()?;
+    std::str::from_utf8(&value[..len]).ok()?.trim().parse().ok()
 }
 
 /// Counts of what `export` wrote.
@@ -244,8 +404,19 @@ mod tests {
     fn listing_marks_dirs_and_links() {
         let fs = sample();
         let mut out = Vec::new();
-        list(&fs, resolve(&fs, "layers").unwrap(), "", false, false, &mut out).unwrap();
+        list(&fs, resolve(&fs, "layers").unwrap(), "layers", "", false, Sizes::None, &mut out).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "d/\n0 -> d\n");
+        let mut out = Vec::new();
+        list(&fs, resolve(&fs, "layers/d/bias.raw").unwrap(), "layers/d/bias.raw", "", false, Sizes::Bytes, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "           3  layers/d/bias.raw\n");
+    }
+
+    #[test]
+    fn human_sizes_round_up_like_ls() {
+        let cases = [(0, "0"), (1023, "1023"), (1024, "1.0K"), (1025, "1.1K"), (10 * 1024, "10K"), (10 * 1024 + 1, "11K"), (3 << 20, "3.0M"), (5 << 30, "5.0G")];
+        for (bytes, shown) in cases {
+            assert_eq!(human_size(bytes), shown, "{bytes}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod common;
 
 mod checkpoints;
+mod cli;
 mod doc_links;
 mod export;
 mod gguf;

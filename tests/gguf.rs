@@ -367,7 +367,7 @@ fn tools_read_gguf_without_fuse() {
     let out = wfs().arg("export").arg(&source).arg(dir.path()).args(["--path", "tensors/quant"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read(dir.path().join("q5_k.npy")).unwrap(), mount.read("tensors/quant/q5_k.npy"));
-    let out = wfs().arg("info").arg(&source).output().unwrap();
+    let out = wfs().args(["info", "--json"]).arg(&source).output().unwrap();
     let info: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["general.name"], "wfs all types");
 }

@@ -258,7 +258,7 @@ fn standard_input() {
     use std::process::Stdio;
     let run = |rel: &str| {
         let file = std::fs::File::open(fixture(rel)).unwrap();
-        wfs().args(["info", "-"]).stdin(Stdio::from(file)).output().unwrap()
+        wfs().args(["info", "--json", "-"]).stdin(Stdio::from(file)).output().unwrap()
     };
     let out = run("onnx/typed.onnx");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

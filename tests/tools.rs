@@ -65,7 +65,7 @@ fn export_cat_ls_and_info_match_the_mount() {
         let mut names: Vec<String> = listed.lines().map(|l| l.split(" -> ").next().unwrap().trim_end_matches('/').to_string()).collect();
         names.sort();
         assert_eq!(names, mounted.keys().cloned().collect::<Vec<_>>());
-        assert_eq!(run(&["info"], &source), mount.read("info.json"));
+        assert_eq!(run(&["info", "--json"], &source), mount.read("info.json"));
         assert_eq!(run(&["ls", "--tensors"], &source), mount.read("tensors.tsv"));
     }
 }

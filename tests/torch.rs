@@ -215,7 +215,7 @@ fn ls_cat_export_and_info_work_without_fuse() {
         assert!(out.status.success(), "wfs {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         out.stdout
     };
-    assert_eq!(run(&["info"]), mount.read("info.json"));
+    assert_eq!(run(&["info", "--json"]), mount.read("info.json"));
     assert_eq!(run(&["ls", "--tensors"]), mount.read("tensors.tsv"));
     for rel in ["object.json", "tensors/state_dict/model/layers/0/weight.npy", "tensors/numpy_stats/fortran.raw"] {
         assert_eq!(run(&["cat", rel]), mount.read(rel), "wfs cat {rel}");

@@ -2,6 +2,7 @@
 //! global lock; tensor bytes read with `pread` and inflated outside it.
 
 use crate::cache::ChunkCache;
+use crate::codecs::{inflate, lzf_decompress, strip_fletcher32, unshuffle};
 use crate::dtype::DType;
 use crate::error::{OpenError, ReadError};
 use crate::model::{ByteSwapped, Extent, InMemory, Tensor, TensorBytes};
@@ -54,6 +55,7 @@ pub fn open_blob(blob: &Blob) -> Result<hdf5::File, OpenError> {
         return locked(|| h5_driver::open(blob));
     }
     let image = blob.map().map_err(|e| OpenError::unreadable(format!("cannot map the HDF5 bytes: {e}")))?;
+    // SAFETY: the mapping is moved into open_image, which keeps it alive for as long as libhdf5 holds the image; we hold the global lock.
     locked(|| unsafe { open_image(image) })
 }
 
@@ -68,6 +70,7 @@ struct Image {
 /// Drops one reference; frees the image with the last (all calls happen under the lock).
 unsafe fn release(udata: *mut c_void) {
     let image = udata as *mut Image;
+    // SAFETY: `udata` is the `Image` boxed in open_image; its count was raised for each holder, so it is still live here.
     unsafe {
         (*image).refs -= 1;
         if (*image).refs == 0 {
@@ -81,6 +84,7 @@ unsafe fn release(udata: *mut c_void) {
 // H5LTopen_file_image with H5LT_FILE_IMAGE_DONT_COPY). Anything else (resizing, getting a copy
 // of the image) is refused, which libhdf5 reports as an error.
 extern "C" fn image_malloc(size: usize, op: H5FD_file_image_op_t, udata: *mut c_void) -> *mut c_void {
+    // SAFETY: libhdf5 passes back the `udata` we registered: the live `Image` boxed in open_image.
     let image = unsafe { &mut *(udata as *mut Image) };
     let shared = matches!(op, H5FD_FILE_IMAGE_OP_PROPERTY_LIST_SET | H5FD_FILE_IMAGE_OP_PROPERTY_LIST_COPY | H5FD_FILE_IMAGE_OP_FILE_OPEN);
     if shared && size == image.bytes.len() {
@@ -92,6 +96,7 @@ extern "C" fn image_malloc(size: usize, op: H5FD_file_image_op_t, udata: *mut c_
 }
 
 extern "C" fn image_memcpy(dest: *mut c_void, src: *const c_void, size: usize, _op: H5FD_file_image_op_t, udata: *mut c_void) -> *mut c_void {
+    // SAFETY: as for image_malloc: `udata` is our live `Image`.
     let image = unsafe { &*(udata as *const Image) };
     let at = image.bytes.as_ptr() as *const c_void;
     if std::ptr::eq(dest, at) && std::ptr::eq(src, at) && size == image.bytes.len() { dest } else { std::ptr::null_mut() }
@@ -102,16 +107,19 @@ extern "C" fn image_realloc(_ptr: *mut c_void, _size: usize, _op: H5FD_file_imag
 }
 
 extern "C" fn image_free(_ptr: *mut c_void, _op: H5FD_file_image_op_t, udata: *mut c_void) -> herr_t {
+    // SAFETY: `udata` is our live `Image`; libhdf5 frees each reference it took once.
     unsafe { release(udata) };
     0
 }
 
 unsafe extern "C" fn image_udata_copy(udata: *mut c_void) -> *mut c_void {
+    // SAFETY: `udata` is our live `Image`; libhdf5 calls this under the global lock we hold.
     unsafe { (*(udata as *mut Image)).refs += 1 };
     udata
 }
 
 unsafe extern "C" fn image_udata_free(udata: *mut c_void) -> herr_t {
+    // SAFETY: `udata` is our live `Image`; this drops the reference udata_copy added.
     unsafe { release(udata) };
     0
 }
@@ -124,6 +132,7 @@ unsafe fn open_image(bytes: Mapping) -> Result<hdf5::File, OpenError> {
     let ptr = bytes.as_ptr() as *mut c_void;
     // Our own reference, released below once libhdf5 holds its own.
     let udata = Box::into_raw(Box::new(Image { bytes, refs: 1 })) as *mut c_void;
+    // SAFETY: the callbacks above keep `udata` alive as long as libhdf5 refers to it; the image bytes are never written (DONT_COPY with our malloc handing out the mapping), and every call is made under the global lock.
     unsafe {
         let fapl = Id(H5Pcreate(*hdf5::globals::H5P_FILE_ACCESS), H5Pclose);
         let mut callbacks = H5FD_file_image_callbacks_t {
@@ -164,6 +173,7 @@ struct Id(hid_t, unsafe extern "C" fn(hid_t) -> herr_t);
 impl Drop for Id {
     fn drop(&mut self) {
         if self.0 >= 0 {
+            // SAFETY: `self.0` is a valid id this value owns, closed once with its matching close function.
             unsafe { (self.1)(self.0) };
         }
     }
@@ -198,6 +208,7 @@ fn read_string_attr(loc: &Location, name: &str) -> Option<Vec<String>> {
             return None;
         }
         let attr = loc.attr(name).ok()?;
+        // SAFETY: the attribute id is valid while `attr` lives; buffers are sized from libhdf5's own answers and reclaimed with H5Treclaim.
         unsafe {
             let ty = Id(hdf5_sys::h5a::H5Aget_type(attr.id()), H5Tclose);
             let space = Id(hdf5_sys::h5a::H5Aget_space(attr.id()), H5Sclose);
@@ -242,6 +253,7 @@ fn read_string_attr(loc: &Location, name: &str) -> Option<Vec<String>> {
 
 /// The element type of an HDF5 datatype, and whether it is stored big-endian.
 fn classify(ty: hid_t, dataset: &Dataset) -> Result<(DType, bool), String> {
+    // SAFETY: `ty` is a valid datatype id held by the caller; the datatype ids opened here are closed by `Id` guards.
     unsafe {
         let size = H5Tget_size(ty);
         let big = H5Tget_order(ty) == H5T_order_t::H5T_ORDER_BE;
@@ -298,6 +310,7 @@ fn classify(ty: hid_t, dataset: &Dataset) -> Result<(DType, bool), String> {
 }
 
 unsafe fn member_name(ty: hid_t, i: c_uint) -> String {
+    // SAFETY: `ty` is a valid compound datatype and `i` below its member count; the name libhdf5 allocates is freed here.
     unsafe {
         let p = H5Tget_member_name(ty, i);
         if p.is_null() {
@@ -314,10 +327,12 @@ pub struct Skipped(pub String);
 
 /// Describes a dataset as a tensor at `path`, reading no tensor data (except tiny compact ones).
 pub fn dataset_tensor(ds: &Dataset, path: Vec<String>, ctx: &H5Context) -> Result<Tensor, Skipped> {
+    // SAFETY: the dataset id is valid while `ds` lives, and the global lock is held.
     locked(|| unsafe { describe(ds, path, ctx) })
 }
 
 unsafe fn describe(ds: &Dataset, path: Vec<String>, ctx: &H5Context) -> Result<Tensor, Skipped> {
+    // SAFETY: the dataset id is valid while `ds` lives and the caller holds the global lock; every id opened here is closed by an `Id` guard.
     unsafe {
         let ty = Id(H5Dget_type(ds.id()), H5Tclose);
         let (dtype, big_endian) = classify(ty.0, ds).map_err(|why| Skipped(format!("unsupported element type: {why}")))?;
@@ -350,6 +365,7 @@ unsafe fn describe(ds: &Dataset, path: Vec<String>, ctx: &H5Context) -> Result<T
 
 /// The bytes of a dataset that is not contiguous in the file, from its creation property list.
 unsafe fn stored_bytes(ds: &Dataset, ty: hid_t, dtype: DType, shape: &[u64], len: u64, ctx: &H5Context) -> Result<Arc<dyn TensorBytes>, Skipped> {
+    // SAFETY: as for describe: valid ids under the global lock; buffers sized from libhdf5's answers.
     unsafe {
         let dcpl = Id(hdf5_sys::h5d::H5Dget_create_plist(ds.id()), H5Pclose);
         if H5Pget_external_count(dcpl.0) > 0 {
@@ -408,6 +424,7 @@ unsafe fn stored_bytes(ds: &Dataset, ty: hid_t, dtype: DType, shape: &[u64], len
 /// The fill value's bytes in file byte order (zeros when none is defined).
 unsafe fn fill_value(dcpl: hid_t, ty: hid_t, size: usize) -> Vec<u8> {
     let mut fill = vec![0u8; size.max(1)];
+    // SAFETY: `fill` has room for one element of `ty` (`size` is its size).
     if unsafe { H5Pget_fill_value(dcpl, ty, fill.as_mut_ptr().cast()) } < 0 {
         fill.iter_mut().for_each(|b| *b = 0);
     }
@@ -417,6 +434,7 @@ unsafe fn fill_value(dcpl: hid_t, ty: hid_t, size: usize) -> Vec<u8> {
 
 /// Reads raw file-order bytes of a selection (the whole dataset, or a hyperslab).
 unsafe fn read_selection(ds: hid_t, ty: hid_t, slab: Option<(&[u64], &[u64])>, len: usize) -> Result<Vec<u8>, String> {
+    // SAFETY: `ds` and `ty` are valid ids under the global lock; the buffer holds `len` bytes, the selection's size in file order.
     unsafe {
         let mut buf = vec![0u8; len];
         let status = match slab {
@@ -466,6 +484,7 @@ enum Filter {
 }
 
 unsafe fn filters(dcpl: hid_t) -> Vec<Filter> {
+    // SAFETY: `dcpl` is a valid property list; the name buffer's length is passed with it.
     unsafe {
         (0..H5Pget_nfilters(dcpl).max(0) as c_uint)
             .map(|i| {
@@ -526,6 +545,7 @@ struct Chunked {
 
 // SAFETY: the HDF5 ids are only used under libhdf5's global lock.
 unsafe impl Send for Chunked {}
+// SAFETY: as for Send: the ids are only used under the global lock.
 unsafe impl Sync for Chunked {}
 
 impl Chunked {
@@ -556,8 +576,10 @@ impl Chunked {
             bad: Option<String>,
         }
         unsafe extern "C" fn visit(offset: *const hsize_t, mask: c_uint, addr: haddr_t, size: hsize_t, data: *mut c_void) -> i32 {
+            // SAFETY: `data` is the `Visit` passed to H5Dchunk_iter below, alive for the whole iteration.
             let v = unsafe { &mut *(data as *mut Visit) };
             let rank = v.chunked.shape.len();
+            // SAFETY: libhdf5 passes an offset array of the dataset's rank.
             let offset = unsafe { std::slice::from_raw_parts(offset, rank) };
             let mut number = 0u64;
             for (d, &start) in offset.iter().enumerate() {
@@ -576,6 +598,7 @@ impl Chunked {
             0
         }
         let mut v = Visit { chunked: self, grid: self.grid(), out: HashMap::new(), bad: None };
+        // SAFETY: `dataset` is valid under the global lock; `v` outlives the iteration that calls `visit` with it.
         let status = unsafe { H5Dchunk_iter(dataset, H5P_DEFAULT, Some(visit), (&mut v as *mut Visit).cast()) };
         if let Some(bad) = v.bad {
             return Err(bad);
@@ -650,6 +673,7 @@ impl Chunked {
         let count: Vec<u64> = start.iter().zip(&self.chunk).zip(&self.shape).map(|((s, c), n)| (*c).min(n - s)).collect();
         let clipped = count.iter().product::<u64>() as usize * self.elem;
         let data = self
+            // SAFETY: `id` is the open dataset with_dataset lends under the lock; the buffer holds the clipped selection.
             .with_dataset(|id| unsafe { read_selection(id, self.file_type.0, Some((&start, &count)), clipped) })
             .map_err(ReadError::Corrupt)?;
         // Place the clipped box into a full-shape chunk, one innermost row at a time.
@@ -723,121 +747,6 @@ impl TensorBytes for Chunked {
     }
 }
 
-/// Inflates a zlib stream into `out` (replacing its contents).
-fn inflate(data: &[u8], expected: u64, out: &mut Vec<u8>) -> Result<(), ReadError> {
-    use std::io::Read;
-    out.clear();
-    out.reserve(expected as usize + 1);
-    // Reading one byte past the expected size detects (and bounds) a chunk that inflates too far.
-    flate2::read::ZlibDecoder::new(data)
-        .take(expected + 1)
-        .read_to_end(out)
-        .map_err(|e| ReadError::Corrupt(format!("gzip chunk: {e}")))?;
-    Ok(())
-}
-
-/// Undoes HDF5's shuffle filter into `out`: byte k of every element was stored in plane k.
-fn unshuffle(data: &[u8], elem: usize, out: &mut Vec<u8>) {
-    out.clear();
-    if elem <= 1 {
-        out.extend_from_slice(data);
-        return;
-    }
-    out.resize(data.len(), 0);
-    let count = data.len() / elem;
-    let (planes, tail) = data.split_at(count * elem);
-    let (whole, out_tail) = out.split_at_mut(count * elem);
-    if elem == 4 {
-        // The common case (float32), without per-byte index arithmetic.
-        let (p0, rest) = planes.split_at(count);
-        let (p1, rest) = rest.split_at(count);
-        let (p2, p3) = rest.split_at(count);
-        for ((((o, &a), &b), &c), &d) in whole.chunks_exact_mut(4).zip(p0).zip(p1).zip(p2).zip(p3) {
-            o.copy_from_slice(&[a, b, c, d]);
-        }
-    } else {
-        for (k, plane) in planes.chunks_exact(count.max(1)).enumerate().take(elem) {
-            for (o, &b) in whole.chunks_exact_mut(elem).zip(plane) {
-                o[k] = b;
-            }
-        }
-    }
-    // Bytes past the last whole element are stored unshuffled.
-    out_tail.copy_from_slice(tail);
-}
-
-/// Drops the Fletcher-32 checksum HDF5 appends to a chunk, verifying it.
-fn strip_fletcher32(data: &mut Vec<u8>) -> Result<(), ReadError> {
-    if data.len() < 4 {
-        return Err(ReadError::Corrupt("chunk shorter than its checksum".into()));
-    }
-    let body_len = data.len() - 4;
-    let stored = u32::from_be_bytes(data[body_len..].try_into().unwrap());
-    let stored_swapped = u32::from_le_bytes(data[body_len..].try_into().unwrap());
-    let sum = fletcher32(&data[..body_len]);
-    if sum != stored && sum != stored_swapped {
-        return Err(ReadError::Corrupt("Fletcher-32 checksum mismatch".into()));
-    }
-    data.truncate(body_len);
-    Ok(())
-}
-
-/// HDF5's Fletcher-32 (H5_checksum_fletcher32): 16-bit big-endian words, odd byte padded.
-fn fletcher32(data: &[u8]) -> u32 {
-    let (mut sum1, mut sum2) = (0u32, 0u32);
-    for block in data.chunks(360 * 2) {
-        for word in block.chunks(2) {
-            let w = if word.len() == 2 { u32::from(word[0]) << 8 | u32::from(word[1]) } else { u32::from(word[0]) << 8 };
-            sum1 += w;
-            sum2 += sum1;
-        }
-        sum1 = (sum1 & 0xffff) + (sum1 >> 16);
-        sum2 = (sum2 & 0xffff) + (sum2 >> 16);
-    }
-    sum1 = (sum1 & 0xffff) + (sum1 >> 16);
-    sum2 = (sum2 & 0xffff) + (sum2 >> 16);
-    (sum2 << 16) | sum1
-}
-
-/// LZF decompression (h5py's lzf filter, id 32000).
-fn lzf_decompress(input: &[u8], expected: usize, out: &mut Vec<u8>) -> Result<(), ReadError> {
-    let bad = || ReadError::Corrupt("invalid LZF chunk".into());
-    out.clear();
-    out.reserve(expected);
-    let mut i = 0;
-    while i < input.len() {
-        let ctrl = input[i] as usize;
-        i += 1;
-        if ctrl < 32 {
-            let n = ctrl + 1;
-            let lit = input.get(i..i + n).ok_or_else(bad)?;
-            out.extend_from_slice(lit);
-            i += n;
-        } else {
-            let mut len = ctrl >> 5;
-            if len == 7 {
-                len += *input.get(i).ok_or_else(bad)? as usize;
-                i += 1;
-            }
-            let low = *input.get(i).ok_or_else(bad)? as usize;
-            i += 1;
-            let back = ((ctrl & 0x1f) << 8) + low + 1;
-            if back > out.len() {
-                return Err(bad());
-            }
-            let start = out.len() - back;
-            for k in 0..len + 2 {
-                let b = out[start + k];
-                out.push(b);
-            }
-        }
-        if out.len() > expected {
-            return Err(bad());
-        }
-    }
-    Ok(())
-}
-
 /// What lies below a group: subgroup paths and datasets with their paths.
 #[derive(Default)]
 pub struct Contents {
@@ -879,6 +788,7 @@ pub fn children(group: &Group) -> Vec<Child> {
         .into_iter()
         .filter_map(|name| {
             let kind = locked(|| group.loc_info_by_name(&name)).ok()?.loc_type;
+            // SAFETY: the group's id is valid while `group` lives, and the lock is held.
             let address = locked(|| unsafe { object_address(group.id(), &name) })?;
             Some(Child { name, kind, address })
         })
@@ -888,12 +798,14 @@ pub fn children(group: &Group) -> Vec<Child> {
 unsafe fn object_address(loc: hid_t, name: &str) -> Option<u64> {
     let cname = std::ffi::CString::new(name).ok()?;
     let mut info = std::mem::MaybeUninit::<hdf5_sys::h5o::H5O_info2_t>::uninit();
+    // SAFETY: `loc` is a valid id, `cname` a NUL-terminated name, `info` written by the call before it is read.
     let status = unsafe { hdf5_sys::h5o::H5Oget_info_by_name3(loc, cname.as_ptr(), info.as_mut_ptr(), hdf5_sys::h5o::H5O_INFO_BASIC, H5P_DEFAULT) };
     if status < 0 {
         return None;
     }
     // The native token is the object's address, little-endian; the sys crate keeps the bytes
     // private, but the type is `repr(C)` over exactly those 16 bytes.
+    // SAFETY: `H5O_token_t` is `repr(C)` over exactly 16 bytes, and the call above succeeded, so `info` is initialised.
     let token: [u8; 16] = unsafe { std::mem::transmute(info.assume_init().token) };
     Some(u64::from_le_bytes(token[..8].try_into().ok()?))
 }
@@ -919,48 +831,5 @@ fn walk(group: &Group, prefix: &mut Vec<String>, depth: usize, seen: &mut std::c
             _ => {}
         }
         prefix.pop();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unshuffle_restores_elements() {
-        // elements 0x0102, 0x0304 (LE) shuffled: low bytes plane then high bytes plane
-        let mut out = vec![9; 9];
-        unshuffle(&[0x02, 0x04, 0x01, 0x03], 2, &mut out);
-        assert_eq!(out, vec![0x02, 0x01, 0x04, 0x03]);
-        // 4-byte elements 0x03020100 and 0x13121110, planes low to high, plus a trailing byte
-        unshuffle(&[0x00, 0x10, 0x01, 0x11, 0x02, 0x12, 0x03, 0x13, 0xEE], 4, &mut out);
-        assert_eq!(out, vec![0x00, 0x01, 0x02, 0x03, 0x10, 0x11, 0x12, 0x13, 0xEE]);
-        unshuffle(&[0x00, 0x10, 0x01, 0x11, 0x02, 0x12], 3, &mut out);
-        assert_eq!(out, vec![0x00, 0x01, 0x02, 0x10, 0x11, 0x12]);
-        unshuffle(&[7, 8], 4, &mut out);
-        assert_eq!(out, vec![7, 8]);
-    }
-
-    #[test]
-    fn lzf_literal_and_backref() {
-        // literal "ab", then a back-reference of length 4 at distance 2 -> "ababab"
-        let data = [0x01, b'a', b'b', 0x40, 0x01];
-        let mut out = vec![9; 9];
-        lzf_decompress(&data, 6, &mut out).unwrap();
-        assert_eq!(out, b"ababab");
-        assert!(lzf_decompress(&[0x40, 0x05], 6, &mut out).is_err());
-    }
-
-    #[test]
-    fn inflate_is_bounded() {
-        use std::io::Write;
-        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-        enc.write_all(&vec![0u8; 10_000]).unwrap();
-        let z = enc.finish().unwrap();
-        let mut out = vec![9; 20_000];
-        inflate(&z, 10_000, &mut out).unwrap();
-        assert_eq!(out, vec![0u8; 10_000]);
-        inflate(&z, 100, &mut out).unwrap();
-        assert_eq!(out.len(), 101);
     }
 }

@@ -87,6 +87,7 @@ struct DriverClass {
 
 // SAFETY: the class is immutable once made; its name points at a static string.
 unsafe impl Send for DriverClass {}
+// SAFETY: as for Send: immutable, and the name is static.
 unsafe impl Sync for DriverClass {}
 
 unsafe extern "C" {
@@ -146,6 +147,7 @@ fn driver() -> hid_t {
         ctl: None,
         fl_map: [H5FD_mem_t::H5FD_MEM_DEFAULT; 7],
     });
+    // SAFETY: `class` is a fully initialised, leaked (never freed) class; registered once.
     *ID.get_or_init(|| unsafe { H5FDregister(class) })
 }
 
@@ -154,10 +156,12 @@ unsafe extern "C" fn open_file(_name: *const c_char, flags: c_uint, fapl: hid_t,
         return std::ptr::null_mut();
     }
     // The driver info is a copy of the pointer `open` passed to H5Pset_driver.
+    // SAFETY: `fapl` is the file access property list libhdf5 passes to `open`, with our driver set on it.
     let info = unsafe { H5Pget_driver_info(fapl) } as *const *const Blob;
     if info.is_null() {
         return std::ptr::null_mut();
     }
+    // SAFETY: the info is the `*const Blob` given to H5Pset_driver, which stays alive across H5Fopen.
     let blob = unsafe { (**info).clone() };
     // SAFETY: the base is plain data that libhdf5 fills in after open returns.
     let base = unsafe { std::mem::zeroed::<FileBase>() };
@@ -165,6 +169,7 @@ unsafe extern "C" fn open_file(_name: *const c_char, flags: c_uint, fapl: hid_t,
 }
 
 unsafe extern "C" fn close_file(file: *mut BlobFile) -> herr_t {
+    // SAFETY: `file` was made by Box::into_raw in `open`, and libhdf5 closes each file once.
     drop(unsafe { Box::from_raw(file) });
     0
 }
@@ -174,26 +179,32 @@ unsafe extern "C" fn compare(a: *const BlobFile, b: *const BlobFile) -> c_int {
 }
 
 unsafe extern "C" fn query(_file: *const BlobFile, flags: *mut c_ulong) -> herr_t {
+    // SAFETY: libhdf5 passes a valid pointer for the flags.
     unsafe { *flags = H5FD_FEAT_ACCUMULATE_METADATA | H5FD_FEAT_DATA_SIEVE };
     0
 }
 
 unsafe extern "C" fn get_eoa(file: *const BlobFile, _: H5FD_mem_t) -> haddr_t {
+    // SAFETY: `file` is a live BlobFile made by `open` (libhdf5 calls no callback after close).
     unsafe { (*file).eoa }
 }
 
 unsafe extern "C" fn set_eoa(file: *mut BlobFile, _: H5FD_mem_t, addr: haddr_t) -> herr_t {
+    // SAFETY: as for get_eoa.
     unsafe { (*file).eoa = addr };
     0
 }
 
 unsafe extern "C" fn get_eof(file: *const BlobFile, _: H5FD_mem_t) -> haddr_t {
+    // SAFETY: as for get_eoa.
     unsafe { (*file).blob.len() }
 }
 
 /// Reads `size` bytes at `addr`; past the end of the blob reads zeros, as files do.
 unsafe extern "C" fn read(file: *mut BlobFile, _: H5FD_mem_t, _dxpl: hid_t, addr: haddr_t, size: usize, buffer: *mut c_void) -> herr_t {
+    // SAFETY: as for get_eoa.
     let blob = unsafe { &(*file).blob };
+    // SAFETY: libhdf5 passes a buffer of `size` writable bytes.
     let buf = unsafe { std::slice::from_raw_parts_mut(buffer as *mut u8, size) };
     let inside = blob.len().saturating_sub(addr).min(size as u64) as usize;
     buf[inside..].fill(0);
@@ -221,6 +232,7 @@ pub fn open(blob: &Blob) -> Result<hdf5::File, OpenError> {
     }
     let name = CString::new(format!("wfs-blob-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))).unwrap_or_default();
     let info: *const Blob = blob;
+    // SAFETY: `info` points at `blob`, which outlives the open call; the property list is closed by its guard; under the caller's global lock.
     unsafe {
         let fapl = H5Pcreate(*hdf5::globals::H5P_FILE_ACCESS);
         if fapl < 0 {

@@ -150,7 +150,24 @@ fn open_dir(dir: &Dir) -> Result<Model, OpenError> {
     }
     checkpoint::open_dir(dir)?.ok_or_else(|| {
         // A directory of one model's files (a Hub repository) is mounted by naming the file.
-        let files: Vec<String> = dir.list().unwrap_or_default().into_iter().filter(|e| e.kind != EntryKind::Dir).map(|e| e.name).collect();
+        let files: Vec<String> = dir
+            .list()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.kind != EntryKind::Dir)
+            // Only files that open as a model are worth naming; sniffing reads their first bytes
+            // (one request each when remote), so a large directory is sniffed only in part.
+            .take(64)
+            .filter(|e| {
+                dir.open(&e.name).is_ok_and(|blob| match sniff(&blob) {
+                    Sniffed::Unknown | Sniffed::Empty | Sniffed::GitLfsPointer => false,
+                    // Configs and tokenizers are JSON too: only a sharded weights index is a model.
+                    Sniffed::Json => e.name.ends_with(".index.json"),
+                    _ => true,
+                })
+            })
+            .map(|e| e.name)
+            .collect();
         let named = match files.len() {
             0 => String::new(),
             n if n <= 8 => format!("; name one of its files: {}", files.join(", ")),
@@ -202,7 +219,7 @@ fn open_blob(blob: &Blob, dir: Option<&Dir>, options: &ReadOptions) -> Result<Mo
             "looks like a TensorFlow checkpoint index, but its name does not end in .index".into(),
         )),
         Sniffed::Unknown => Err(OpenError::UnknownFormat(
-            "not a model file wfs can read (no HDF5, zip, PyTorch or checkpoint signature)".into(),
+            "not a model file wfs can read (no HDF5, zip, PyTorch, safetensors, NumPy, GGUF, ONNX, TFLite, sharded-index JSON or checkpoint signature)".into(),
         )),
     }
 }
