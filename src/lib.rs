@@ -18,6 +18,7 @@ pub mod fuzzing;
 pub mod fs;
 pub mod fuse;
 pub mod ggml;
+pub mod listing;
 pub mod logger;
 pub mod model;
 pub mod names;
