@@ -7,6 +7,7 @@
 // Byte sources report their length; emptiness is never asked of them.
 #![allow(clippy::len_without_is_empty)]
 
+pub mod argv;
 pub mod cache;
 pub mod daemon;
 pub mod dtype;

@@ -1,7 +1,7 @@
 //! The files beside a remote object: a directory of a store, its files opened once, and its
 //! listing (S3 lists prefixes, the Hub's API lists repositories; a web server cannot list).
 
-use super::failure::{chain, head_error, reason};
+use super::failure::{answered, head_error, reason, unanswered};
 use super::object::RemoteObject;
 use super::runtime::handle;
 use super::store::{RETRY_BACKOFF, Service, Store};
@@ -84,7 +84,7 @@ impl RemoteDir {
 
     fn list_s3(&self) -> Result<Vec<Entry>, ReadError> {
         let prefix = StorePath::from_iter(self.dir.iter().map(String::as_str));
-        let listed = self.store.block_on(async |c| c.list_with_delimiter(Some(&prefix)).await.map_err(head_error))?;
+        let listed = self.store.block_on(async |c| c.list_with_delimiter(Some(&prefix)).await.map_err(|e| head_error(e, &self.store.peer)))?;
         let named = |path: &StorePath| path.filename().map(str::to_string);
         let dirs = listed.common_prefixes.iter().filter_map(named).map(|name| Entry { name, kind: EntryKind::Dir });
         let files = listed.objects.iter().filter_map(|o| named(&o.location)).map(|name| Entry { name, kind: EntryKind::File });
@@ -106,7 +106,7 @@ impl RemoteDir {
             .map_err(|_| failed("HF_ENDPOINT is not an http(s) URL".into()))?
             .pop_if_empty()
             .extend(["api", kind, org, repo, "tree", rev].into_iter().chain(below.iter().map(String::as_str)));
-        let client = ReqwestConnector::default().connect(&self.store.client_options()).map_err(|e| failed(reason(&e)))?;
+        let client = ReqwestConnector::default().connect(&self.store.client_options()).map_err(|e| failed(reason(&e, &self.store.peer)))?;
         let (mut entries, mut received, mut page) = (Vec::new(), 0u64, Some(first.clone()));
         for _ in 0..MAX_LISTING_PAGES {
             let Some(url) = page.take() else { return Ok(entries) };
@@ -139,7 +139,7 @@ impl RemoteDir {
                     let mut body = Vec::new();
                     let mut stream = response.into_body().bytes_stream();
                     while let Some(piece) = stream.next().await {
-                        let piece = piece.map_err(|e| failed(chain(&e)))?;
+                        let piece = piece.map_err(|e| failed(unanswered(&e, &self.store.peer)))?;
                         if (body.len() + piece.len()) as u64 > limit {
                             return Err(failed(format!("a listing of more than {MAX_LISTING} bytes")));
                         }
@@ -151,10 +151,10 @@ impl RemoteDir {
                     return Err(ReadError::Io(std::io::Error::new(std::io::ErrorKind::NotFound, "not found")));
                 }
                 Ok(response) if !(response.status().is_server_error() || response.status() == http::StatusCode::TOO_MANY_REQUESTS) => {
-                    return Err(failed(format!("the Hub answered {}", response.status())));
+                    return Err(failed(answered(response.status(), &self.store.peer)));
                 }
-                Ok(response) => format!("the Hub answered {}", response.status()),
-                Err(e) => chain(&e),
+                Ok(response) => answered(response.status(), &self.store.peer),
+                Err(e) => unanswered(&e, &self.store.peer),
             };
             if attempt == self.store.options.retries {
                 return Err(failed(error));

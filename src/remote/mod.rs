@@ -10,11 +10,12 @@
 //!
 //! Layers, each using only those listed before it: `readahead` (which blocks to fetch
 //! ahead: a policy without I/O), `runtime` (the request threads, stopped before the daemon
-//! forks), `redact` (what of a URL may be shown), `failure` (request errors as one line),
+//! forks), `redact` (what of a URL may be shown), `credentials` (secrets read from a file), `failure` (request errors as one line),
 //! `store` (a server or bucket and its client), `object` (one file, read in blocks), `dir`
 //! (the files beside it, and listings), `url` (a source URL parsed into a directory and a
 //! file name).
 
+mod credentials;
 mod dir;
 mod failure;
 mod object;
@@ -24,6 +25,7 @@ mod runtime;
 mod store;
 mod url;
 
+pub use credentials::{Credentials, CredentialsError};
 pub use dir::RemoteDir;
 pub use object::RemoteObject;
 pub use runtime::quiesce;

@@ -48,14 +48,14 @@ impl RemoteObject {
             match c.get_opts(&path, options).await {
                 Ok(answer) => {
                     let meta = answer.meta.clone();
-                    let bytes = answer.bytes().await.map_err(read_error)?;
+                    let bytes = answer.bytes().await.map_err(|e| read_error(e, &store.peer))?;
                     Ok((meta, Some(bytes)))
                 }
-                Err(missing @ object_store::Error::NotFound { .. }) => Err(head_error(missing)),
+                Err(missing @ object_store::Error::NotFound { .. }) => Err(head_error(missing, &store.peer)),
                 // An empty object has no first byte to ask for: its size comes from HEAD.
                 Err(range_error) => match c.head(&path).await {
                     Ok(meta) if meta.size == 0 => Ok((meta, None)),
-                    _ => Err(head_error(range_error)),
+                    _ => Err(head_error(range_error, &store.peer)),
                 },
             }
         });
@@ -209,14 +209,14 @@ impl RemoteObject {
         // A weak ETag cannot be matched strongly; the ETag of the answer is compared anyway.
         let if_match = self.etag.clone().filter(|e| !e.starts_with("W/"));
         let options = GetOptions { range: Some((start..end).into()), if_match, ..GetOptions::default() };
-        let answer = client.get_opts(&self.path, options).await.map_err(read_error)?;
+        let answer = client.get_opts(&self.path, options).await.map_err(|e| read_error(e, &self.store.peer))?;
         if answer.meta.size != self.size || (self.etag.is_some() && answer.meta.e_tag != self.etag) {
             return Err(ReadError::SourceChanged);
         }
         let mut body = answer.into_stream();
         let (mut at, mut block) = (start, Filling::new((end - start).min(BLOCK) as usize));
         while let Some(piece) = body.next().await {
-            let piece = piece.map_err(read_error)?;
+            let piece = piece.map_err(|e| read_error(e, &self.store.peer))?;
             let mut piece = &piece[..];
             while !piece.is_empty() {
                 if at == end {

@@ -1,7 +1,8 @@
 //! One server or bucket: what a request to it needs (headers, credentials, roots, retries)
 //! and its client, rebuilt after the runtime was stopped.
 
-use super::failure::reason;
+use super::credentials::Credentials;
+use super::failure::{Peer, reason};
 use super::runtime::{GENERATION, handle};
 use crate::cache::ChunkCache;
 use crate::error::ReadError;
@@ -23,6 +24,8 @@ pub struct RemoteOptions {
     pub timeout: Duration,
     /// Retries of a failed request, with exponential backoff.
     pub retries: usize,
+    /// Credentials given in a file, before those of the environment.
+    pub credentials: Credentials,
 }
 
 /// Which service a store talks to, with what it needs to (re)build its client.
@@ -30,8 +33,8 @@ pub struct RemoteOptions {
 pub(super) enum Service {
     /// A web server: `base` is `scheme://host[:port]` (with the URL's query, if any). On the
     /// Hub (`hub`: the kind of repository, `models`, `datasets` or `spaces`), directories are
-    /// listed by its API.
-    Http { base: String, headers: HeaderMap, hub: Option<&'static str> },
+    /// listed by its API. `sent` names the credentials in `base` and `headers`, if any.
+    Http { base: String, headers: HeaderMap, hub: Option<&'static str>, sent: Option<&'static str> },
     S3 { bucket: String },
 }
 
@@ -40,12 +43,37 @@ pub struct Store {
     pub(super) service: Service,
     pub(super) options: RemoteOptions,
     pub(super) cache: Arc<ChunkCache>,
+    /// The server, as failures name it.
+    pub(super) peer: Peer,
     client: Mutex<Option<(u64, Arc<dyn ObjectStore>)>>,
 }
 
 impl Store {
     pub(super) fn new(service: Service, options: &RemoteOptions, cache: Arc<ChunkCache>) -> Arc<Store> {
-        Arc::new(Store { service, options: options.clone(), cache, client: Mutex::new(None) })
+        let peer = Store::peer(&service, options);
+        Arc::new(Store { service, options: options.clone(), cache, peer, client: Mutex::new(None) })
+    }
+
+    fn peer(service: &Service, options: &RemoteOptions) -> Peer {
+        let host_of = |url: &str| url::Url::parse(url).ok().and_then(|u| Some(format!("{}{}", u.host_str()?, u.port().map(|p| format!(":{p}")).unwrap_or_default())));
+        let (host, sent, hint) = match service {
+            Service::Http { base, sent, hub, .. } => {
+                let hint = if hub.is_some() { "set HF_TOKEN, or give it in a --credentials-file" } else { "give HTTP_USER and HTTP_PASSWORD in a --credentials-file" };
+                (host_of(base), *sent, hint)
+            }
+            Service::S3 { .. } => {
+                let endpoint = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"].iter().find_map(|var| std::env::var(var).ok());
+                let profile = aws_profile();
+                let endpoint = endpoint.or_else(|| profile.iter().find(|(key, _)| *key == AmazonS3ConfigKey::Endpoint).map(|(_, value)| value.clone()));
+                let keys = options.credentials.aws_access_key_id.is_some()
+                    || std::env::var_os("AWS_ACCESS_KEY_ID").is_some()
+                    || profile.iter().any(|(key, _)| *key == AmazonS3ConfigKey::AccessKeyId);
+                let hint = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, an AWS profile, or give them in a --credentials-file";
+                (Some(endpoint.and_then(|e| host_of(&e)).unwrap_or_else(|| "S3".into())), keys.then_some("AWS keys"), hint)
+            }
+        };
+        let host = host.unwrap_or_else(|| "the server".into());
+        Peer { host, sent, hint, timeout: options.timeout, retries: options.retries }
     }
 
     /// The client of the current runtime generation, built on first use.
@@ -55,7 +83,7 @@ impl Store {
         if let Some((_, c)) = client.as_ref().filter(|(built, _)| *built == generation) {
             return Ok(c.clone());
         }
-        let built = self.build().map_err(|e| ReadError::Io(std::io::Error::other(reason(&e))))?;
+        let built = self.build().map_err(|e| ReadError::Io(std::io::Error::other(reason(&e, &self.peer))))?;
         *client = Some((generation, built.clone()));
         Ok(built)
     }
@@ -86,12 +114,19 @@ impl Store {
             Service::Http { base, .. } => Arc::new(HttpBuilder::new().with_url(base.as_str()).with_client_options(client).with_retry(retry).build()?),
             Service::S3 { bucket } => {
                 let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-                for (key, value) in aws_profile() {
+                for (key, value) in aws_profile().into_iter().chain(self.given_aws_credentials()) {
                     builder = builder.with_config(key, value);
                 }
                 Arc::new(builder.with_client_options(client).with_retry(retry).build()?)
             }
         })
+    }
+
+    /// The AWS settings of `--credentials-file`, which take the place of the environment's.
+    fn given_aws_credentials(&self) -> Vec<(AmazonS3ConfigKey, String)> {
+        let Credentials { aws_access_key_id, aws_secret_access_key, aws_session_token, .. } = &self.options.credentials;
+        let given = [(AmazonS3ConfigKey::AccessKeyId, aws_access_key_id), (AmazonS3ConfigKey::SecretAccessKey, aws_secret_access_key), (AmazonS3ConfigKey::Token, aws_session_token)];
+        given.into_iter().filter_map(|(key, value)| Some((key, value.clone()?))).collect()
     }
 
     pub(super) fn block_on<T>(&self, request: impl AsyncFnOnce(Arc<dyn ObjectStore>) -> Result<T, ReadError>) -> Result<T, ReadError> {

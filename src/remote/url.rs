@@ -31,10 +31,18 @@ impl RemoteSource {
         let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| bad("no host"))?.to_string();
         let (service, shown_base) = match url.scheme() {
             "http" | "https" => {
-                let mut headers = HeaderMap::new();
-                if !url.username().is_empty() {
+                // User info in the URL, else the credentials file's.
+                let given = &options.credentials;
+                let (user_password, mut sent) = if !url.username().is_empty() {
                     let user = decoded(url.username()).map_err(|_| bad("user name is not UTF-8"))?;
                     let password = decoded(url.password().unwrap_or_default()).map_err(|_| bad("password is not UTF-8"))?;
+                    (Some((user, password)), Some("the URL's user name and password"))
+                } else {
+                    let user_password = given.http_user.clone().map(|user| (user, given.http_password.clone().unwrap_or_default()));
+                    (user_password, given.http_user.as_ref().map(|_| "HTTP_USER and HTTP_PASSWORD of the credentials file"))
+                };
+                let mut headers = HeaderMap::new();
+                if let Some((user, password)) = user_password {
                     headers.insert(AUTHORIZATION, secret_header(&format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))))?);
                 }
                 let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
@@ -42,14 +50,22 @@ impl RemoteSource {
                 // The query goes with every request (a presigned URL's signature lives there);
                 // it is never shown.
                 let query = url.query().map(|q| format!("?{q}")).unwrap_or_default();
-                (Service::Http { base: format!("{base}{query}"), headers, hub: None }, base)
+                if sent.is_none() && !query.is_empty() {
+                    sent = Some("the URL's query: a signed URL's signature");
+                }
+                (Service::Http { base: format!("{base}{query}"), headers, hub: None, sent }, base)
             }
             "s3" => (Service::S3 { bucket: host.clone() }, format!("s3://{host}")),
             "hf" => {
                 let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
                 let endpoint = endpoint.trim_end_matches('/').to_string();
                 let mut headers = HeaderMap::new();
-                if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()) {
+                let token = match (&options.credentials.hf_token, std::env::var("HF_TOKEN")) {
+                    (Some(token), _) => Some((token.clone(), "HF_TOKEN of the credentials file")),
+                    (None, Ok(token)) if !token.is_empty() => Some((token, "HF_TOKEN")),
+                    _ => None,
+                };
+                if let Some((token, _)) = &token {
                     headers.insert(AUTHORIZATION, secret_header(&format!("Bearer {token}"))?);
                 }
                 // hf://org/repo@rev/path: the host is the organisation; no path is the repo's top.
@@ -80,7 +96,7 @@ impl RemoteSource {
                 path.extend([org, repo.to_string(), "resolve".into(), rev.to_string()]);
                 path.append(&mut segments);
                 segments = path;
-                (Service::Http { base: redact(&endpoint), headers, hub: Some(kind) }, shown)
+                (Service::Http { base: redact(&endpoint), headers, hub: Some(kind), sent: token.map(|(_, sent)| sent) }, shown)
             }
             other => return Err(bad(&format!("unknown scheme {other}"))),
         };
@@ -117,7 +133,7 @@ mod tests {
 
     #[test]
     fn urls_name_directory_and_file() {
-        let options = RemoteOptions { timeout: Duration::from_secs(1), retries: 0 };
+        let options = RemoteOptions { timeout: Duration::from_secs(1), retries: 0, credentials: Default::default() };
         let cache = Arc::new(ChunkCache::new(1 << 20));
         let s = RemoteSource::parse("https://u:p@h:1/d/e%20f/m.h5?t=1", &options, cache.clone()).unwrap();
         assert_eq!((s.dir.dir.clone(), s.name.as_str(), s.dir.shown("x")), (vec!["d".to_string(), "e f".into()], "m.h5", "https://h:1/d/e f/x".into()));
