@@ -280,3 +280,132 @@ impl Filling {
         unsafe { self.block.assume_init() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::store::{RemoteOptions, Service};
+    use super::*;
+    use crate::cache::ChunkCache;
+    use futures_util::stream::BoxStream;
+    use object_store::memory::InMemory;
+    use object_store::{CopyOptions, ListResult, MultipartUpload, ObjectMeta, PutMultipartOptions, PutOptions, PutPayload, PutResult};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// object_store's in-memory store, counting the GET requests it answers.
+    #[derive(Debug, Default)]
+    struct Counted {
+        inner: InMemory,
+        gets: AtomicUsize,
+    }
+
+    impl std::fmt::Display for Counted {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Counted({})", self.inner)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Counted {
+        async fn put_opts(&self, location: &StorePath, payload: PutPayload, opts: PutOptions) -> object_store::Result<PutResult> {
+            self.inner.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(&self, location: &StorePath, opts: PutMultipartOptions) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(&self, location: &StorePath, options: GetOptions) -> object_store::Result<object_store::GetResult> {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            self.inner.get_opts(location, options).await
+        }
+        fn delete_stream(&self, locations: BoxStream<'static, object_store::Result<StorePath>>) -> BoxStream<'static, object_store::Result<StorePath>> {
+            self.inner.delete_stream(locations)
+        }
+        fn list(&self, prefix: Option<&StorePath>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(&self, prefix: Option<&StorePath>) -> object_store::Result<ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(&self, from: &StorePath, to: &StorePath, options: CopyOptions) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    /// Bytes that differ at every offset of a block, so that a read from the wrong place shows.
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8 ^ (i / 251 % 256) as u8 ^ seed).collect()
+    }
+
+    /// `bytes` as object `m.bin` of an in-memory store, opened with a cache of `cache` bytes.
+    fn opened(bytes: &[u8], cache: u64) -> (Arc<Counted>, Arc<RemoteObject>) {
+        let memory = Arc::new(Counted::default());
+        let path = StorePath::from("m.bin");
+        handle().unwrap().block_on(memory.put(&path, bytes.to_vec().into())).unwrap();
+        let options = RemoteOptions { timeout: Duration::from_secs(5), retries: 0, credentials: Default::default() };
+        let store = Store::new(Service::Given(memory.clone()), &options, Arc::new(ChunkCache::new(cache)));
+        let object = RemoteObject::open(&store, path, "memory/m.bin".into()).unwrap();
+        (memory, object)
+    }
+
+    fn read(object: &Arc<RemoteObject>, offset: u64, len: usize) -> Result<Vec<u8>, ReadError> {
+        let mut buf = vec![0; len];
+        object.read_at(offset, &mut buf).map(|()| buf)
+    }
+
+    #[test]
+    fn reads_give_the_object_bytes_wherever_they_fall() {
+        let bytes = pattern((3 * BLOCK + 12345) as usize, 0);
+        let (memory, object) = opened(&bytes, 64 << 20);
+        assert_eq!((object.len(), memory.gets.load(Ordering::SeqCst)), (bytes.len() as u64, 1), "one request at open");
+        for (offset, len) in [(0, 10), (BLOCK - 3, 7), (BLOCK, BLOCK as usize), (5, 3 * BLOCK as usize), (3 * BLOCK, 12345), (bytes.len() as u64 - 1, 1)] {
+            assert_eq!(read(&object, offset, len).unwrap(), &bytes[offset as usize..offset as usize + len], "{offset}+{len}");
+        }
+        // Every block was fetched once: the reads above came from the cache afterwards.
+        let gets = memory.gets.load(Ordering::SeqCst);
+        assert_eq!(read(&object, 0, bytes.len()).unwrap(), bytes);
+        assert_eq!(memory.gets.load(Ordering::SeqCst), gets);
+    }
+
+    #[test]
+    fn readers_of_one_block_share_one_request() {
+        let bytes = pattern((2 * BLOCK) as usize, 7);
+        let (memory, object) = opened(&bytes, 64 << 20);
+        let before = memory.gets.load(Ordering::SeqCst);
+        std::thread::scope(|scope| {
+            for i in 0..8u64 {
+                let (object, bytes) = (&object, &bytes);
+                scope.spawn(move || assert_eq!(read(object, BLOCK + i * 1000, 4096).unwrap(), &bytes[(BLOCK + i * 1000) as usize..][..4096]));
+            }
+        });
+        assert_eq!(memory.gets.load(Ordering::SeqCst), before + 1);
+    }
+
+    #[test]
+    fn a_sequential_reader_gets_blocks_fetched_ahead() {
+        let bytes = pattern((40 * BLOCK) as usize, 3);
+        let (memory, object) = opened(&bytes, 256 << 20);
+        for at in (0..20 * BLOCK).step_by(128 << 10) {
+            assert_eq!(read(&object, at, 128 << 10).unwrap(), &bytes[at as usize..][..128 << 10]);
+        }
+        super::super::runtime::wait_for_readahead();
+        // The rest of the object was fetched ahead (the window reaches past its end), in fewer
+        // requests than blocks; reading it costs none.
+        let gets = memory.gets.load(Ordering::SeqCst);
+        assert!(gets < 40, "{gets} requests");
+        assert_eq!(read(&object, 20 * BLOCK, 20 * BLOCK as usize).unwrap(), &bytes[20 * BLOCK as usize..]);
+        assert_eq!(memory.gets.load(Ordering::SeqCst), gets, "blocks 20 to 39 were fetched ahead");
+    }
+
+    #[test]
+    fn a_changed_or_deleted_object_fails_reads_of_blocks_not_cached() {
+        let bytes = pattern((3 * BLOCK) as usize, 1);
+        let (memory, object) = opened(&bytes, 64 << 20);
+        let path = StorePath::from("m.bin");
+        handle().unwrap().block_on(memory.put(&path, pattern((3 * BLOCK) as usize, 2).into())).unwrap();
+        assert!(matches!(read(&object, 2 * BLOCK, 10), Err(ReadError::SourceChanged)));
+        // The first block was cached at open: it still reads as it was at mount.
+        assert_eq!(read(&object, 0, 10).unwrap(), &bytes[..10]);
+        handle().unwrap().block_on(memory.delete(&path)).unwrap();
+        assert!(matches!(read(&object, BLOCK, 10), Err(ReadError::SourceChanged)));
+    }
+}

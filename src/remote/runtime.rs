@@ -52,10 +52,15 @@ impl Drop for Task {
     }
 }
 
+/// Returns once no readahead task runs.
+pub(super) fn wait_for_readahead() {
+    drop(READAHEAD_DONE.wait_while(READAHEADS.lock().unwrap(), |running| *running > 0).unwrap());
+}
+
 /// Stops the request runtime and its threads (before the mount daemon forks), once its
 /// readahead is done; the next request starts a new one with new connections.
 pub fn quiesce() {
-    drop(READAHEAD_DONE.wait_while(READAHEADS.lock().unwrap(), |running| *running > 0).unwrap());
+    wait_for_readahead();
     let runtime = RUNTIME.lock().unwrap().take();
     GENERATION.fetch_add(1, Ordering::SeqCst);
     if let Some(runtime) = runtime {

@@ -36,6 +36,9 @@ pub(super) enum Service {
     /// listed by its API. `sent` names the credentials in `base` and `headers`, if any.
     Http { base: String, headers: HeaderMap, hub: Option<&'static str>, sent: Option<&'static str> },
     S3 { bucket: String },
+    /// A store made by a test (object_store's in-memory store), listed as S3 is.
+    #[cfg(test)]
+    Given(Arc<dyn ObjectStore>),
 }
 
 /// One server or bucket, its client and the cache its objects' blocks go to.
@@ -61,6 +64,8 @@ impl Store {
                 let hint = if hub.is_some() { "set HF_TOKEN, or give it in a --credentials-file" } else { "give HTTP_USER and HTTP_PASSWORD in a --credentials-file" };
                 (host_of(base), *sent, hint)
             }
+            #[cfg(test)]
+            Service::Given(_) => (Some("memory".into()), None, "none"),
             Service::S3 { .. } => {
                 let endpoint = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"].iter().find_map(|var| std::env::var(var).ok());
                 let profile = aws_profile();
@@ -99,6 +104,8 @@ impl Store {
         match &self.service {
             Service::Http { headers, .. } => client.with_default_headers(headers.clone()),
             Service::S3 { .. } => client,
+            #[cfg(test)]
+            Service::Given(_) => client,
         }
     }
 
@@ -112,6 +119,8 @@ impl Store {
         };
         Ok(match &self.service {
             Service::Http { base, .. } => Arc::new(HttpBuilder::new().with_url(base.as_str()).with_client_options(client).with_retry(retry).build()?),
+            #[cfg(test)]
+            Service::Given(store) => store.clone(),
             Service::S3 { bucket } => {
                 let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
                 for (key, value) in aws_profile().into_iter().chain(self.given_aws_credentials()) {
