@@ -1,4 +1,4 @@
-//! Remote sources (TREE.md 9) against real servers started here on 127.0.0.1: nginx over HTTP
+//! Remote sources (docs/tree.md, remote sources) against real servers started here on 127.0.0.1: nginx over HTTP
 //! and HTTPS (also laid out as a Hugging Face Hub repository), s3s-fs for S3, and a small
 //! fault-injecting proxy in front of nginx. Every remote mount must give the same tree, byte
 //! for byte, as the local mount of the same files.

@@ -8,12 +8,12 @@
 //! size and ETag it had then: a response for anything else fails the read rather than mixing
 //! versions.
 //!
-//! Layers, each using only those listed before it: `readahead` (which blocks to fetch
-//! ahead: a policy without I/O), `runtime` (the request threads, stopped before the daemon
-//! forks), `redact` (what of a URL may be shown), `credentials` (secrets read from a file), `failure` (request errors as one line),
-//! `store` (a server or bucket and its client), `object` (one file, read in blocks), `dir`
-//! (the files beside it, and listings), `url` (a source URL parsed into a directory and a
-//! file name).
+//! Layers, each using only those listed before it: `readahead` (the block size, and which
+//! blocks to fetch ahead: a policy without I/O), `runtime` (the request threads, stopped
+//! before the daemon forks), `redact` (what of a URL may be shown), `credentials` (secrets
+//! read from a file), `failure` (request errors as one line), `store` (a server or bucket and
+//! its client), `object` (one file, read in blocks), `dir` (the files beside it, and
+//! listings), `url` (a source URL parsed into a directory and a file name).
 
 mod credentials;
 mod dir;
@@ -35,6 +35,3 @@ pub use self::url::RemoteSource;
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use dir::next_link;
-
-/// Bytes cached per entry, and fetched by a request for a read that is not sequential.
-const BLOCK: u64 = 1 << 20;

@@ -1,9 +1,8 @@
 //! One remote file, read in blocks through the cache: single-flight, fetched ahead of
 //! sequential readers, pinned to the size and ETag it had at mount.
 
-use super::BLOCK;
 use super::failure::{head_error, read_error};
-use super::readahead::{Ahead, Readahead, REQUEST_BLOCKS};
+use super::readahead::{Ahead, BLOCK, REQUEST_BLOCKS, Readahead};
 use super::runtime::{Task, handle};
 use super::store::Store;
 use crate::error::{OpenError, ReadError};

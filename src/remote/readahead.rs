@@ -1,8 +1,10 @@
 //! Which blocks of an object to fetch ahead of its readers: a policy without I/O, given the
 //! reads seen so far.
 
-use super::BLOCK;
 use std::ops::Range;
+
+/// Bytes cached per entry, and fetched by a request for a read that is not sequential.
+pub(super) const BLOCK: u64 = 1 << 20;
 
 /// A sequential run starts readahead once it has read this much: two of the kernel's 128 KiB
 /// reads. One read (metadata; a random 4 KiB read, which the kernel rounds up) fetches nothing
