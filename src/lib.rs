@@ -7,6 +7,7 @@
 // Byte sources report their length; emptiness is never asked of them.
 #![allow(clippy::len_without_is_empty)]
 
+pub mod argv;
 pub mod cache;
 pub mod codecs;
 pub mod daemon;
@@ -19,6 +20,7 @@ pub mod fuzzing;
 pub mod fs;
 pub mod fuse;
 pub mod ggml;
+pub mod listing;
 pub mod logger;
 pub mod model;
 pub mod names;

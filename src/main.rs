@@ -56,6 +56,10 @@ struct SourceArgs {
     /// Seconds a request to a remote source may take before it is retried (3 retries)
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     timeout: u64,
+    /// Credentials for remote sources, as NAME=VALUE lines (HF_TOKEN, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, HTTP_USER, HTTP_PASSWORD) in a file only you may read
+    #[arg(long, value_name = "FILE")]
+    credentials_file: Option<PathBuf>,
 }
 
 impl SourceArgs {
@@ -234,6 +238,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Before anything else runs for long: `ps` shows every user the process's arguments.
+    wfs::argv::scrub_secrets();
     let args = mount_helper_args(&args).unwrap_or(args);
     // Where a usage error points: the help of the command it is about, else the general one.
     let help = match args.iter().skip(1).find_map(|a| Cli::command().find_subcommand(a).map(|c| c.get_name().to_string())) {
@@ -387,7 +393,8 @@ fn open_fs(args: &SourceArgs, options: TreeOptions) -> Result<(&'static Fs, Opti
         let model = formats::open_bytes(bytes, &read_options).context("standard input")?;
         (model, "-".to_string(), None)
     } else if let Some(url) = args.url() {
-        let remote = wfs::remote::RemoteOptions { timeout: Duration::from_secs(args.timeout), retries: 3 };
+        let credentials = args.credentials_file.as_deref().map(wfs::remote::Credentials::from_file).transpose()?.unwrap_or_default();
+        let remote = wfs::remote::RemoteOptions { timeout: Duration::from_secs(args.timeout), retries: 3, credentials };
         let shown = args.shown();
         let model = formats::open_url(url, &read_options, &remote).with_context(|| shown.clone())?;
         (model, shown, None)

@@ -3,6 +3,8 @@
 //! range of any of them (archive members); and the directory the files beside a source lie in.
 
 use crate::error::{OpenError, ReadError};
+// Listings are part of `Dir`'s interface: readers take them from here.
+pub use crate::listing::{Entry, EntryKind};
 use crate::remote::{RemoteDir, RemoteObject};
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -248,22 +250,6 @@ impl Blob {
 pub enum Dir {
     Local(PathBuf),
     Remote(Arc<RemoteDir>),
-}
-
-/// What a directory entry is. Local symbolic links are told apart: a reader decides whether
-/// to follow them out of the directory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EntryKind {
-    File,
-    Dir,
-    Link,
-}
-
-/// One entry of a directory listing.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
-    pub name: String,
-    pub kind: EntryKind,
 }
 
 impl Dir {

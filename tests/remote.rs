@@ -1,4 +1,4 @@
-//! Remote sources (TREE.md 9) against real servers started here on 127.0.0.1: nginx over HTTP
+//! Remote sources (docs/tree.md, remote sources) against real servers started here on 127.0.0.1: nginx over HTTP
 //! and HTTPS (also laid out as a Hugging Face Hub repository), s3s-fs for S3, and a small
 //! fault-injecting proxy in front of nginx. Every remote mount must give the same tree, byte
 //! for byte, as the local mount of the same files.
@@ -128,6 +128,9 @@ impl Nginx {
         openssl("req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout key.pem -out server.csr");
         std::fs::write(dir.path().join("san.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
         openssl("x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile san.ext -out cert.pem");
+        // Below /private/, the same files for user alice only.
+        let hash = Command::new("openssl").args(["passwd", "-apr1", "s3cretpw"]).output().expect("openssl").stdout;
+        std::fs::write(dir.path().join("htpasswd"), format!("alice:{}", String::from_utf8(hash).unwrap())).unwrap();
         let (http, https) = (free_port(), free_port());
         let d = dir.path().display();
         // One listing whose next page is on another server (localhost is another origin): its
@@ -152,6 +155,8 @@ http {{
     ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;
     root {d}/www;
     location /moved/ {{ rewrite ^/moved/(.*)$ /$1 redirect; }}
+    location /private/ {{ auth_basic wfs; auth_basic_user_file {d}/htpasswd; alias {d}/www/; }}
+    location /forbidden/ {{ return 403; }}
     location /api/ {{ try_files $uri/listing$arg_cursor.json =404; add_header Link $hub_next; }}
   }}
 }}"
@@ -296,7 +301,47 @@ fn mount_with_env(url: &str, args: &[&str], env: Option<(&str, &std::ffi::OsStr)
     }
     let out = command.output().unwrap();
     assert!(out.status.success(), "wfs mount {url}: {}", String::from_utf8_lossy(&out.stderr));
-    Mount { dir, point }
+    let mount = Mount { dir, point };
+    assert_daemon_shows_no_secret(&mount);
+    mount
+}
+
+/// Every secret the tests put in URLs, environments and credentials files.
+const SECRETS: &[&str] = &["alice", "s3cretpw", "qu3rysecret", "hf_test_token", S3_SECRET, "X-Amz-Signature", "X-Amz-Credential"];
+
+/// The pid of the daemon serving `point` (the one process whose arguments name it).
+fn daemon_pid(point: &Path) -> u32 {
+    let point = point.to_str().unwrap();
+    let pids = std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok());
+    let serving: Vec<u32> = pids
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == point.as_bytes())))
+        .collect();
+    assert_eq!(serving.len(), 1, "daemons of {point}: {serving:?}");
+    serving[0]
+}
+
+/// `/proc/PID/FILE` as another user (nobody) reads it, or `None` where that user may not.
+fn read_as_nobody(pid: u32, file: &str) -> Option<Vec<u8>> {
+    let out = Command::new("setpriv").args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "cat"]).arg(format!("/proc/{pid}/{file}")).output().unwrap();
+    out.status.success().then_some(out.stdout)
+}
+
+/// The daemon of `mount`, as every user sees it: its command line names URLs without user
+/// info and query, and neither it nor its environment (where another user can read it)
+/// holds any of the tests' secrets.
+fn assert_daemon_shows_no_secret(mount: &Mount) {
+    let pid = daemon_pid(&mount.point);
+    let cmdline = read_as_nobody(pid, "cmdline").expect("every user may read a command line");
+    let cmdline = String::from_utf8(cmdline).unwrap();
+    for arg in cmdline.split('\0').filter(|arg| arg.contains("://")) {
+        let url = url::Url::parse(arg.trim_end()).unwrap_or_else(|e| panic!("{arg:?}: {e}"));
+        assert!(url.username().is_empty() && url.password().is_none() && url.query().is_none(), "{cmdline:?}");
+    }
+    let environ = read_as_nobody(pid, "environ").unwrap_or_default();
+    for shown in [cmdline.as_bytes(), &environ] {
+        let shown = String::from_utf8_lossy(shown);
+        assert!(SECRETS.iter().all(|secret| !shown.contains(secret)), "daemon {pid} shows a secret: {shown:?}");
+    }
 }
 
 #[test]
@@ -314,6 +359,7 @@ fn hub_urls_use_revision_endpoint_and_token() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mount = Mount { dir, point };
+    assert_daemon_shows_no_secret(&mount);
     assert_same_tree(&mount, &fixture("ckpt/tf2_keras/ckpt-1.index"), "hf://");
     let requests = nginx.requests();
     assert!(requests.iter().all(|r| r.contains("/org/repo/resolve/main/ckpt/tf2_keras/ckpt-1.") && r.contains("\"Bearer hf_test_token_123\"")), "{requests:#?}");
@@ -382,6 +428,99 @@ fn secrets_in_urls_are_never_shown() {
     assert!(!err.contains("s3cretpw") && !err.contains("qu3rysecret") && err.contains("not found"), "{err}");
 }
 
+/// A credentials file holding `lines`, private to its owner.
+fn credentials_file(dir: &Path, lines: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("credentials");
+    std::fs::write(&path, lines).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+#[test]
+fn daemons_keep_secrets_from_other_users() {
+    let nginx = Nginx::start();
+    let path = "ckpt/tf2_keras/ckpt-1.index";
+    let plain = nginx.url(path);
+    // In the URL: the daemon's command line shows it without user info and query.
+    let url = format!("http://alice:s3cretpw@127.0.0.1:{}/{path}?token=qu3rysecret", nginx.http);
+    let mount = mount_with_env(&url, &[], None);
+    let cmdline = read_as_nobody(daemon_pid(&mount.point), "cmdline").unwrap();
+    assert!(String::from_utf8(cmdline).unwrap().contains(&format!("\0{plain} ")), "the URL is shown, redacted");
+    drop(mount);
+    // In a credentials file: not on the command line, and not in the daemon's environment
+    // either (read here as its owner, who may).
+    let dir = tempfile::tempdir().unwrap();
+    let file = credentials_file(dir.path(), "# for wfs\nHTTP_USER=alice\nHTTP_PASSWORD=s3cretpw\n");
+    let mount = mount_with_env(&plain, &["--credentials-file", file.to_str().unwrap()], None);
+    let environ = std::fs::read(format!("/proc/{}/environ", daemon_pid(&mount.point))).unwrap();
+    assert!(!String::from_utf8_lossy(&environ).contains("s3cretpw"));
+    assert_same_tree(&mount, &fixture(path), "with a credentials file");
+    assert!(nginx.requests().last().unwrap().ends_with("\"Basic YWxpY2U6czNjcmV0cHc=\""), "{:#?}", nginx.requests());
+    // The Hub's token.
+    let file = credentials_file(dir.path(), "HF_TOKEN=hf_test_token_456\n");
+    let endpoint = nginx.url("");
+    let hub = Some(("HF_ENDPOINT", endpoint.as_ref()));
+    let mount = mount_with_env(&format!("hf://org/repo/{path}"), &["--credentials-file", file.to_str().unwrap()], hub);
+    assert!(nginx.requests().last().unwrap().ends_with("\"Bearer hf_test_token_456\""), "{:#?}", nginx.requests());
+    drop(mount);
+    // A file others may read is refused, in one line, before any request.
+    let asked = nginx.requests().len();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    let out = wfs().args(["info", &plain, "--credentials-file"]).arg(&file).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end(), format!("wfs: {0}: others may read or change it (mode 640); make it private: chmod 600 {0}", file.display()));
+    assert_eq!(nginx.requests().len(), asked);
+    // S3 keys from the file alone (the endpoint and region are no secret).
+    let Some(s3) = S3::start() else { return };
+    let file = credentials_file(dir.path(), &format!("AWS_ACCESS_KEY_ID={S3_KEY}\nAWS_SECRET_ACCESS_KEY={S3_SECRET}\n"));
+    let endpoint = s3.endpoint();
+    let tmp = tempfile::Builder::new().prefix("wfs-test-").tempdir().unwrap();
+    let point = tmp.path().join("m");
+    let out = s3.wfs(&["mount", "s3://models/h5/k2_functional.h5", point.to_str().unwrap(), "--credentials-file", file.to_str().unwrap()], &[("AWS_ENDPOINT_URL", &endpoint), ("AWS_REGION", "us-east-1")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mount = Mount { dir: tmp, point };
+    assert_daemon_shows_no_secret(&mount);
+    let environ = std::fs::read(format!("/proc/{}/environ", daemon_pid(&mount.point))).unwrap();
+    assert!(!String::from_utf8_lossy(&environ).contains(S3_SECRET));
+    assert_same_tree(&mount, &fixture("h5/k2_functional.h5"), "s3 with a credentials file");
+}
+
+#[test]
+fn remote_failures_are_one_line_that_says_what_to_do() {
+    let nginx = Nginx::start();
+    let host = format!("127.0.0.1:{}", nginx.http);
+    let file = "h5/k2_functional.h5";
+    let info = |url: &str, args: &[&str]| {
+        let out = wfs().arg("info").arg(url).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8(out.stderr).unwrap())
+    };
+    let private = nginx.url(&format!("private/{file}"));
+    let no_credentials = "no credentials were sent: give HTTP_USER and HTTP_PASSWORD in a --credentials-file";
+    assert_eq!(info(&private, &[]), (Some(3), format!("wfs: {private}: {host} answered 401 Unauthorized; {no_credentials}\n")));
+    let wrong = format!("http://alice:wrong@{host}/private/{file}");
+    let refused = "the credentials sent (the URL's user name and password)";
+    assert_eq!(info(&wrong, &[]), (Some(3), format!("wfs: {private}: {host} answered 401 Unauthorized to {refused}\n")));
+    assert_eq!(info(&format!("http://alice:s3cretpw@{host}/private/{file}"), &[]).0, Some(0));
+    let forbidden = nginx.url(&format!("forbidden/{file}"));
+    assert_eq!(info(&forbidden, &[]), (Some(3), format!("wfs: {forbidden}: {host} answered 403 Forbidden; {no_credentials}\n")));
+    let missing = nginx.url("nothing/here.h5");
+    assert_eq!(info(&missing, &[]), (Some(3), format!("wfs: {missing}: not found ({host} answered 404 Not Found)\n")));
+    // Nothing listening; a server that takes the connection and never answers.
+    let closed = format!("http://127.0.0.1:{}/{file}", free_port());
+    let closed_host = closed[7..].split('/').next().unwrap().to_string();
+    assert_eq!(info(&closed, &[]), (Some(3), format!("wfs: {closed}: cannot connect to {closed_host}: Connection refused\n")));
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_host = silent.local_addr().unwrap().to_string();
+    let silent_url = format!("http://{silent_host}/{file}");
+    assert_eq!(info(&silent_url, &["--timeout", "1"]), (Some(3), format!("wfs: {silent_url}: {silent_host} did not answer within 1 s (--timeout), 4 tries\n")));
+    // With -v, the library's whole account too (but no secret).
+    let (code, err) = info(&wrong, &["-v"]);
+    assert_eq!(code, Some(3));
+    assert!(err.lines().count() > 1 && err.contains("401") && !err.contains("wrong"), "{err}");
+}
+
 /// A 1 GiB safetensors file of 1000 tensors of 1 MiB (sparse but for a pattern in tensor
 /// 500), written by the test by the format's rules (the local mount of it is the oracle).
 fn large_safetensors(path: &Path) {
@@ -408,7 +547,7 @@ fn few_requests_to_mount_a_large_file_and_one_per_read() {
     let nginx = Nginx::start();
     large_safetensors(&nginx.www("large.safetensors"));
     let local = Mount::new(&nginx.www("large.safetensors"), &[]);
-    let mount = Mount::new(Path::new(&nginx.url("large.safetensors")), &[]);
+    let mount = mount_with_env(&nginx.url("large.safetensors"), &[], None);
     let at_mount = nginx.requests();
     assert!(at_mount.len() <= 3, "{at_mount:#?}");
     assert!(at_mount.iter().all(|r| r.starts_with("HEAD") || (r.contains(" 206 ") && r.contains("bytes="))), "{at_mount:#?}");
@@ -432,7 +571,7 @@ fn without_a_cache_a_tensor_read_is_one_ranged_request() {
     let url = nginx.url("ckpt/tf2_keras/ckpt-1.index");
     let local = Mount::new(&fixture("ckpt/tf2_keras/ckpt-1.index"), &[]);
     let tensors = stored_tensors(&local);
-    let uncached = Mount::new(Path::new(&url), &["--cache-size", "0"]);
+    let uncached = mount_with_env(&url, &["--cache-size", "0"], None);
     let before = nginx.requests().len();
     assert_eq!(uncached.read(&tensors[0]), local.read(&tensors[0]));
     let after = nginx.requests();
@@ -551,7 +690,7 @@ fn faults_fail_reads_with_eio_and_the_mount_keeps_serving() {
     let tensors = stored_tensors(&local);
     assert!(tensors.len() >= 6);
     // No cache: every read of a tensor is a request.
-    let mount = Mount::new(Path::new(&proxy.url(path)), &["--cache-size", "0", "--timeout", "1"]);
+    let mount = mount_with_env(&proxy.url(path), &["--cache-size", "0", "--timeout", "1"], None);
     let mut next = tensors.iter();
     let mut expect_read = |fault: Fault, count: u32, ok: bool| {
         let tensor = next.next().unwrap();
@@ -693,7 +832,9 @@ impl S3 {
         let point = tmp.path().join("m");
         let out = self.wfs_with_credentials(&["mount", url, point.to_str().unwrap()]);
         assert!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
-        Mount { dir: tmp, point }
+        let mount = Mount { dir: tmp, point };
+        assert_daemon_shows_no_secret(&mount);
+        mount
     }
 
     /// A URL for GET of `key` in bucket `models`, signed in its query (SigV4, as `aws s3
