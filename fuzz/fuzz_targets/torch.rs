@@ -4,12 +4,10 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
-use wfs::formats::{self, Sniffed};
-use wfs::source::Blob;
+use wfs::formats;
 
 fuzz_target!(|data: &[u8]| {
-    let blob = Blob::Memory(Arc::new(data.to_vec()));
-    if !matches!(formats::sniff(&blob), Sniffed::Zip | Sniffed::TorchLegacy) {
+    if !matches!(wfs::fuzzing::format_of(data), Some("zip" | "pytorch-legacy")) {
         return;
     }
     // Zips holding HDF5 (.keras) would run the HDF5 C library, which is not ours to fuzz.

@@ -397,7 +397,7 @@ fn decode_strings(data: &[u8], count: u64, entry_crc: u32, max_padded: u64) -> R
     }
     let mut pos = 0;
     let lengths: Vec<usize> = (0..count)
-        .map(|_| usize::try_from(bundle::read_varint(data, &mut pos)?).ok())
+        .map(|_| usize::try_from(super::wire::read_varint(data, &mut pos)?).ok())
         .collect::<Option<_>>()
         .ok_or(StringsError::Damaged)?;
     let stored_crc = pos.checked_add(4).and_then(|end| data.get(pos..end)).ok_or(StringsError::Damaged)?;

@@ -4,7 +4,7 @@
 use crate::cache::ChunkCache;
 use crate::dtype::DType;
 use crate::error::{OpenError, ReadError};
-use crate::model::{ByteSwapped, Extent, InMemory, Tensor, TensorBytes};
+use crate::model::{ByteSwapped, Extent, InMemory, Model, Tensor, TensorBytes};
 use super::h5_driver;
 use crate::source::{Blob, Mapping};
 use hdf5::{Dataset, Group, Location};
@@ -23,6 +23,19 @@ use std::sync::{Arc, OnceLock};
 
 /// HDF5's format signature; it may sit at 0, 512, 1024, 2048, ... (after a user block).
 pub const SIGNATURE: &[u8; 8] = b"\x89HDF\r\n\x1a\n";
+
+/// `true` if the blob holds the HDF5 signature where HDF5 allows it.
+pub fn has_signature(blob: &Blob) -> bool {
+    let len = blob.len();
+    let mut at = 0u64;
+    while at + 8 <= len {
+        if blob.read_vec(at, 8).is_ok_and(|sig| sig == SIGNATURE) {
+            return true;
+        }
+        at = if at == 0 { 512 } else { at * 2 };
+    }
+    false
+}
 
 /// Largest in-memory copy made at mount for one dataset (compact storage is under 64 KiB).
 const MAX_INLINE_BYTES: u64 = 1 << 20;
@@ -311,6 +324,21 @@ unsafe fn member_name(ty: hid_t, i: c_uint) -> String {
 
 /// A dataset that wfs cannot expose, with the reason (listed in `info.json`).
 pub struct Skipped(pub String);
+
+/// Adds a dataset as the tensor at `path`, or records why it cannot be; `true` if added.
+pub fn push_dataset(ds: &Dataset, path: Vec<String>, ctx: &H5Context, model: &mut Model, skipped: &mut Vec<serde_json::Value>) -> bool {
+    match dataset_tensor(ds, path.clone(), ctx) {
+        Ok(t) => {
+            model.tensors.push(t);
+            true
+        }
+        Err(Skipped(why)) => {
+            log::warn!("skipping {}: {why}", path.join("/"));
+            skipped.push(serde_json::json!({"path": path.join("/"), "reason": why}));
+            false
+        }
+    }
+}
 
 /// Describes a dataset as a tensor at `path`, reading no tensor data (except tiny compact ones).
 pub fn dataset_tensor(ds: &Dataset, path: Vec<String>, ctx: &H5Context) -> Result<Tensor, Skipped> {

@@ -5,10 +5,10 @@
 //! from `vars@name` (Keras >= 3.6), else from config.json (FORMATS.md 2.4); variable names from
 //! Keras's own creation order for built-in layers (FORMATS.md 2.3), else the index stays.
 
-use super::ReadOptions;
 use super::archive::Archive;
-use super::h5::{self, H5Context};
-use super::keras_h5::{add_layer_dir, layer_name, push_dataset};
+use super::h5::{self, H5Context, push_dataset};
+use super::keras::{add_layer_dir, layer_name};
+use super::options::ReadOptions;
 use crate::error::OpenError;
 use crate::model::{Extent, Model, ModelFile};
 use crate::names::split_path;
@@ -116,7 +116,7 @@ pub fn read_sharded(index: &Blob, dir: Option<&Dir>, options: &ReadOptions) -> R
             OpenError::Corrupt(_) => OpenError::corrupt(format!("shard name {name:?} is not a file beside the index")),
             other => OpenError::unreadable(format!("shard {name}: {other}")),
         })?;
-        if super::sniff(&blob) != super::Sniffed::Hdf5 {
+        if !h5::has_signature(&blob) {
             return Err(OpenError::corrupt(format!("shard {name} is not an HDF5 file")));
         }
         shards.push((h5::open_blob(&blob)?, H5Context { blob, cache: options.cache.clone() }));

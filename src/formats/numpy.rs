@@ -4,7 +4,7 @@
 //! stays bounded whatever a member claims. Big-endian and Fortran-order arrays are made C-order
 //! little-endian per read range. Object arrays hold pickles: they are refused, never unpickled.
 
-use super::ReadOptions;
+use super::options::ReadOptions;
 use super::archive::Archive;
 use crate::cache::ChunkCache;
 use crate::error::{OpenError, ReadError};

@@ -10,6 +10,7 @@
 //! messages (value infos, opsets, key/value pairs) are decoded with prost.
 
 use super::paged::Paged;
+use super::wire::decode_varint;
 use crate::error::io_reason;
 use crate::dtype::DType;
 use crate::error::{OpenError, ReadError};
@@ -249,19 +250,6 @@ impl Walker {
         self.at += N as u64;
         bytes.try_into().map_err(|_| "short read".to_string())
     }
-}
-
-/// A varint at the start of `bytes`: its value and length, `None` if `bytes` ends inside it,
-/// an error if it is longer than ten bytes.
-fn decode_varint(bytes: &[u8]) -> Result<Option<(u64, usize)>, String> {
-    let mut value = 0u64;
-    for (i, &b) in bytes.iter().enumerate().take(10) {
-        value |= u64::from(b & 0x7F) << (7 * i);
-        if b & 0x80 == 0 {
-            return Ok(Some((value, i + 1)));
-        }
-    }
-    if bytes.len() >= 10 { Err("malformed varint".into()) } else { Ok(None) }
 }
 
 /// A repeated scalar field as it lies in the file: packed runs and single unpacked values, in
@@ -986,16 +974,6 @@ mod tests {
 
     fn blob(bytes: &[u8]) -> Blob {
         Blob::Memory(Arc::new(bytes.to_vec()))
-    }
-
-    #[test]
-    fn varints() {
-        assert_eq!(decode_varint(&[0x96, 0x01]).unwrap(), Some((150, 2)));
-        assert_eq!(decode_varint(&[0x96]).unwrap(), None);
-        // INT8 -1 in int32_data: sign-extended to ten bytes.
-        let minus_one = [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01];
-        assert_eq!(decode_varint(&minus_one).unwrap(), Some((u64::MAX, 10)));
-        assert!(decode_varint(&[0xFF; 11]).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use super::archive::Archive;
 use super::bundle::TensorShapeProto;
 use super::checkpoint::{self, TrackableObjectGraph};
-use super::keras_h5::{add_layer_dir, layer_name, weight_path};
+use super::keras::{add_layer_dir, layer_name, weight_path};
 use crate::dtype::DType;
 use crate::error::OpenError;
 use crate::model::{Extent, Model, ModelFile, Tensor, path_of};
@@ -54,8 +54,9 @@ pub fn root_in(archive: &mut Archive) -> Option<String> {
     roots.into_iter().next()
 }
 
-/// A SavedModel in a zip archive, below `root` (see [`root_in`]).
-pub fn read_archive(archive: Archive, root: String) -> Result<Model, OpenError> {
+/// A SavedModel in a zip archive, below its [`root_in`].
+pub fn read_zip(mut archive: Archive) -> Result<Model, OpenError> {
+    let root = root_in(&mut archive).ok_or_else(|| OpenError::UnknownFormat("zip archive holds no saved_model.pb".into()))?;
     read(Files::Zip { archive, root })
 }
 

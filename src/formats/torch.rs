@@ -6,7 +6,7 @@
 //! goes to `object.json`. Storages are served in place: zip members by `pread`, legacy storages
 //! at the offsets found by walking the file once at mount.
 
-use super::ReadOptions;
+use super::options::ReadOptions;
 use super::archive::Archive;
 use crate::cache::ChunkCache;
 use crate::dtype::DType;
@@ -43,8 +43,9 @@ pub fn record_prefix(archive: &mut Archive) -> Option<String> {
     archive.index_for_name(&format!("{prefix}/data.pkl")).map(|_| prefix)
 }
 
-/// A zip-format file whose records lie under `prefix/`.
-pub fn read_archive(mut archive: Archive, prefix: &str, options: &ReadOptions) -> Result<Model, OpenError> {
+/// A zip-format file, its records under its [`record_prefix`].
+pub fn read_zip(mut archive: Archive, options: &ReadOptions) -> Result<Model, OpenError> {
+    let prefix = &record_prefix(&mut archive).ok_or_else(|| OpenError::UnknownFormat("zip archive holds no data.pkl record".into()))?;
     let mut info = Map::new();
     info.insert("torch_format".into(), json!("zip"));
     info.insert("record_prefix".into(), json!(prefix));
