@@ -19,7 +19,7 @@ pub fn checkpoint(index: &[u8], data: &[u8]) -> Result<Model, OpenError> {
     let mut files = |suffix: &str| if suffix == ".index" { Ok(index.clone()) } else { Ok(data.clone()) };
     let mut model = Model::default();
     let mut budget = checkpoint::MAX_STRING_TOTAL;
-    model.info = checkpoint::load_from(&mut files, &[], &mut model, &mut budget)?;
+    (model.info, model.skipped) = checkpoint::load_from(&mut files, &[], &mut model, &mut budget)?;
     Ok(model)
 }
 

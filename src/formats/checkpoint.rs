@@ -5,7 +5,7 @@
 use super::bundle::{self, BundleEntryProto, BundleHeaderProto, TensorSliceProto};
 use crate::dtype::DType;
 use crate::error::{OpenError, ReadError};
-use crate::model::{Extent, InMemory, Model, ModelLink, Part, Tensor, TensorBytes, path_of};
+use crate::model::{Extent, InMemory, Model, ModelLink, Part, SkippedTensor, Tensor, TensorBytes, TensorId, path_of};
 use crate::names::split_path;
 use crate::source::{Blob, Dir, EntryKind, SourceFile};
 use prost::Message;
@@ -59,7 +59,7 @@ pub fn open_prefix(prefix: &Path) -> Result<Model, OpenError> {
 pub fn open_prefix_in(dir: &Dir, stem: &str) -> Result<Model, OpenError> {
     let mut model = Model { format: "tf-checkpoint".into(), ..Model::default() };
     let mut budget = MAX_STRING_TOTAL;
-    model.info = load(dir, stem, &[], &mut model, &mut budget)?;
+    (model.info, model.skipped) = load(dir, stem, &[], &mut model, &mut budget)?;
     Ok(model)
 }
 
@@ -90,8 +90,9 @@ pub fn open_dir(dir: &Dir) -> Result<Option<Model>, OpenError> {
                 let mut info = Map::new();
                 info.insert("format".into(), json!("tf-checkpoint"));
                 info.insert("source".into(), json!(dir.shown(prefix)));
-                info.extend(load(dir, prefix, &[prefix], &mut model, &mut budget)?);
-                model.parts.push(Part { path: vec![prefix.clone()], info });
+                let (fields, skipped) = load(dir, prefix, &[prefix], &mut model, &mut budget)?;
+                info.extend(fields);
+                model.parts.push(Part { path: vec![prefix.clone()], info, skipped });
             }
             model.info.insert("checkpoints".into(), json!(prefixes));
             if let Some(latest) = latest {
@@ -114,8 +115,9 @@ fn latest_in_state_file(dir: &Dir) -> Option<String> {
     (!name.is_empty()).then(|| name.to_string())
 }
 
-/// Reads the checkpoint `stem` of `dir` into `model` below `under`; returns its info fields.
-fn load(dir: &Dir, stem: &str, under: &[&str], model: &mut Model, budget: &mut u64) -> Result<Map<String, Value>, OpenError> {
+/// Reads the checkpoint `stem` of `dir` into `model` below `under`; returns its info fields
+/// and the entries it left out.
+fn load(dir: &Dir, stem: &str, under: &[&str], model: &mut Model, budget: &mut u64) -> Result<Loaded, OpenError> {
     let mut beside = |suffix: &str| {
         let name = format!("{stem}{suffix}");
         dir.open(&name).map_err(|e| format!("{}: {e}", dir.shown(&name)))
@@ -125,12 +127,12 @@ fn load(dir: &Dir, stem: &str, under: &[&str], model: &mut Model, budget: &mut u
 
 /// Reads the bundle that `files` opens into `model` below `under`, with its Keras view; returns
 /// its info fields. Apart from [`load`], fuzzing uses it over bytes in memory.
-pub(crate) fn load_from(files: &mut BundleFiles, under: &[&str], model: &mut Model, budget: &mut u64) -> Result<Map<String, Value>, OpenError> {
+pub(crate) fn load_from(files: &mut BundleFiles, under: &[&str], model: &mut Model, budget: &mut u64) -> Result<Loaded, OpenError> {
     let bundle = load_bundle(files, under, model, budget)?;
     if let Some(graph) = &bundle.graph {
         add_keras_view(graph, &bundle.variables, under, model);
     }
-    Ok(bundle.info)
+    Ok((bundle.info, bundle.skipped))
 }
 
 /// Opens one file of a bundle by its suffix after the prefix (`.index`,
@@ -145,7 +147,12 @@ pub(super) struct Bundle {
     pub variables: HashMap<String, Tensor>,
     /// The TF2 object graph, if the bundle has one and it decodes.
     pub graph: Option<TrackableObjectGraph>,
+    /// Entries wfs cannot show.
+    pub skipped: Vec<SkippedTensor>,
 }
+
+/// A bundle's `info.json` fields and the entries it left out.
+pub(crate) type Loaded = (Map<String, Value>, Vec<SkippedTensor>);
 
 /// Reads a bundle into `model`: `variables/` below `under`, and `object_graph.json`; the Keras
 /// view is left to the caller, which may know more (a SavedModel's Keras metadata).
@@ -182,7 +189,7 @@ pub(super) fn load_bundle(files: &mut BundleFiles, under: &[&str], model: &mut M
             Ok(t) => t,
             Err(why) => {
                 log::warn!("skipping {name}: {why}");
-                skipped.push(json!({"key": name, "reason": why}));
+                skipped.push(SkippedTensor::new(TensorId::Key(name), why));
                 continue;
             }
         };
@@ -214,10 +221,7 @@ pub(super) fn load_bundle(files: &mut BundleFiles, under: &[&str], model: &mut M
         }
         None => None,
     };
-    if !skipped.is_empty() {
-        info.insert("skipped".into(), Value::Array(skipped));
-    }
-    Ok(Bundle { info, variables, graph })
+    Ok(Bundle { info, variables, graph, skipped })
 }
 
 /// Turns bundle entries into tensors, checking them against the data files.

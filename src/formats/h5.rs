@@ -4,7 +4,7 @@
 use crate::cache::ChunkCache;
 use crate::dtype::DType;
 use crate::error::{OpenError, ReadError};
-use crate::model::{ByteSwapped, Extent, InMemory, Model, Tensor, TensorBytes};
+use crate::model::{ByteSwapped, Extent, InMemory, Model, SkippedTensor, Tensor, TensorBytes, TensorId};
 use super::h5_driver;
 use crate::source::{Blob, Mapping};
 use hdf5::{Dataset, Group, Location};
@@ -326,7 +326,7 @@ unsafe fn member_name(ty: hid_t, i: c_uint) -> String {
 pub struct Skipped(pub String);
 
 /// Adds a dataset as the tensor at `path`, or records why it cannot be; `true` if added.
-pub fn push_dataset(ds: &Dataset, path: Vec<String>, ctx: &H5Context, model: &mut Model, skipped: &mut Vec<serde_json::Value>) -> bool {
+pub fn push_dataset(ds: &Dataset, path: Vec<String>, ctx: &H5Context, model: &mut Model) -> bool {
     match dataset_tensor(ds, path.clone(), ctx) {
         Ok(t) => {
             model.tensors.push(t);
@@ -334,7 +334,7 @@ pub fn push_dataset(ds: &Dataset, path: Vec<String>, ctx: &H5Context, model: &mu
         }
         Err(Skipped(why)) => {
             log::warn!("skipping {}: {why}", path.join("/"));
-            skipped.push(serde_json::json!({"path": path.join("/"), "reason": why}));
+            model.skipped.push(SkippedTensor::new(TensorId::Path(path.join("/")), why));
             false
         }
     }

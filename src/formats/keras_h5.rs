@@ -5,7 +5,7 @@
 use super::h5::{self, H5Context, push_dataset};
 use super::keras::{add_layer_dir, layer_name, strip_index_suffix, weight_path};
 use crate::error::OpenError;
-use crate::model::{Model, path_of};
+use crate::model::{Model, SkippedTensor, TensorId, path_of};
 use crate::names::split_path;
 use hdf5::Group;
 use serde_json::{Value, json};
@@ -30,7 +30,6 @@ pub fn read_model(file: &hdf5::File, ctx: &H5Context) -> Result<Model, OpenError
     let config_text = h5::string_attr(root, "model_config").unwrap_or_default();
     let weights = h5::locked(|| root.group("model_weights").ok()).ok_or_else(|| OpenError::corrupt("model_weights is not a group"))?;
     let mut model = Model { format: "keras-h5".into(), ..Model::default() };
-    let mut skipped = Vec::new();
     read_version_attrs(root, &mut model);
     let config: Value = serde_json::from_str(&config_text)
         .map_err(|e| OpenError::corrupt(format!("model_config is not JSON: {e}")))?;
@@ -38,24 +37,17 @@ pub fn read_model(file: &hdf5::File, ctx: &H5Context) -> Result<Model, OpenError
         model.info.insert("model_class".into(), class.clone());
     }
     model.add_file(vec!["config.json".into()], config_text.into_bytes());
-    read_layers(&weights, Some(&config), ctx, &mut model, &mut skipped);
+    read_layers(&weights, Some(&config), ctx, &mut model);
     if let Some(opt) = h5::locked(|| root.group("optimizer_weights").ok()) {
-        read_weight_list(&opt, &["optimizer"], None, ctx, &mut model, &mut skipped);
-    }
-    if !skipped.is_empty() {
-        model.info.insert("skipped".into(), Value::Array(skipped));
+        read_weight_list(&opt, &["optimizer"], None, ctx, &mut model);
     }
     Ok(model)
 }
 
 pub fn read_weights(file: &hdf5::File, ctx: &H5Context) -> Model {
     let mut model = Model { format: "keras-h5-weights".into(), ..Model::default() };
-    let mut skipped = Vec::new();
     read_version_attrs(file, &mut model);
-    read_layers(file, None, ctx, &mut model, &mut skipped);
-    if !skipped.is_empty() {
-        model.info.insert("skipped".into(), Value::Array(skipped));
-    }
+    read_layers(file, None, ctx, &mut model);
     model
 }
 
@@ -69,7 +61,7 @@ fn read_version_attrs(root: &Group, model: &mut Model) {
 
 /// `layers/<name>/` for every entry of `layer_names`, in `model.layers` order, with its config
 /// entry, its weights and an index link.
-fn read_layers(weights: &Group, config: Option<&Value>, ctx: &H5Context, model: &mut Model, skipped: &mut Vec<Value>) {
+fn read_layers(weights: &Group, config: Option<&Value>, ctx: &H5Context, model: &mut Model) {
     let layer_names = h5::string_list_attr(weights, "layer_names").unwrap_or_default();
     let entries = config.map(layer_entries).unwrap_or_default();
     // Name -> first config entry of that name (a linear search per layer made mounts quadratic).
@@ -84,7 +76,7 @@ fn read_layers(weights: &Group, config: Option<&Value>, ctx: &H5Context, model: 
         add_layer_dir(model, name, entry, Some(index));
         if let Some(group) = h5::locked(|| weights.group(name).ok()) {
             let first = model.tensors.len();
-            read_weight_list(&group, &["layers", name], Some(name), ctx, model, skipped);
+            read_weight_list(&group, &["layers", name], Some(name), ctx, model);
             if let Some(entry) = entry.filter(|e| !layer_entries(e).is_empty()) {
                 let paths = layer_paths(entry);
                 // Below `layers/<name>/`: the weight's path inside the nested model.
@@ -133,7 +125,7 @@ fn nested_order(paths: &HashMap<&str, (Vec<usize>, bool)>, rel: &[String]) -> Ve
 }
 
 /// The datasets a group's `weight_names` lists (every dataset below it if the list is missing).
-fn read_weight_list(group: &Group, prefix: &[&str], layer: Option<&str>, ctx: &H5Context, model: &mut Model, skipped: &mut Vec<Value>) {
+fn read_weight_list(group: &Group, prefix: &[&str], layer: Option<&str>, ctx: &H5Context, model: &mut Model) {
     let names = h5::string_list_attr(group, "weight_names");
     let datasets: Vec<(String, Option<hdf5::Dataset>)> = match names {
         Some(names) => names.into_iter().map(|n| {
@@ -150,9 +142,9 @@ fn read_weight_list(group: &Group, prefix: &[&str], layer: Option<&str>, ctx: &H
         let path = path_of(prefix, &rel);
         match ds {
             Some(ds) => {
-                push_dataset(&ds, path, ctx, model, skipped);
+                push_dataset(&ds, path, ctx, model);
             }
-            None => skipped.push(json!({"path": path.join("/"), "reason": format!("weight {name} has no dataset")})),
+            None => model.skipped.push(SkippedTensor::new(TensorId::Path(path.join("/")), format!("weight {name} has no dataset"))),
         }
     }
 }

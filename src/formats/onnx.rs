@@ -14,7 +14,7 @@ use super::wire::decode_varint;
 use crate::error::io_reason;
 use crate::dtype::DType;
 use crate::error::{OpenError, ReadError};
-use crate::model::{Extent, InMemory, Model, Tensor, TensorBytes};
+use crate::model::{Extent, InMemory, Model, SkippedTensor, Tensor, TensorBytes, TensorId};
 use crate::source::{Blob, Dir, SourceFile};
 use prost::Message;
 use serde_json::{Map, Value, json};
@@ -74,7 +74,6 @@ pub fn read(blob: &Blob, dir: Option<&Dir>) -> Result<Model, OpenError> {
         decoded_budget: MAX_DECODED,
         text_budget: MAX_TEXT,
         model: Model { format: "onnx".into(), ..Model::default() },
-        skipped: Vec::new(),
         items: 0,
     };
     let mut info = Map::new();
@@ -131,9 +130,6 @@ pub fn read(blob: &Blob, dir: Option<&Dir>) -> Result<Model, OpenError> {
         let mut files: Vec<&String> = reader.external.keys().collect();
         files.sort();
         reader.model.info.insert("external_data".into(), json!(files));
-    }
-    if !reader.skipped.is_empty() {
-        reader.model.info.insert("skipped".into(), Value::Array(std::mem::take(&mut reader.skipped)));
     }
     reader.model.add_json(vec!["graph.json".into()], &graph);
     Ok(reader.model)
@@ -293,7 +289,6 @@ struct Reader {
     decoded_budget: u64,
     text_budget: u64,
     model: Model,
-    skipped: Vec<Value>,
     /// Initializers and ops seen so far (see `MAX_ITEMS`).
     items: usize,
 }
@@ -517,7 +512,7 @@ impl Reader {
     }
 
     fn skip(&mut self, name: &str, reason: String) {
-        self.skipped.push(json!({"name": name, "reason": reason}));
+        self.model.skipped.push(SkippedTensor::new(TensorId::Name(name.to_string()), reason));
     }
 
     /// `(dtype, shape, bytes)` of a tensor, `None` (recorded in `skipped`) for one wfs cannot

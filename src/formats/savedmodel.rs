@@ -190,6 +190,7 @@ fn read(mut files: Files) -> Result<Model, OpenError> {
         let mut budget = checkpoint::MAX_STRING_TOTAL;
         let bundle = checkpoint::load_bundle(&mut open, &[], &mut model, &mut budget)?;
         model.info.extend(bundle.info);
+        model.skipped.extend(bundle.skipped);
         if let Some(graph) = &bundle.graph
             && !add_keras_layers(graph, &metadata, &bundle.variables, &mut model)
         {

@@ -11,7 +11,7 @@ use super::archive::Archive;
 use crate::cache::ChunkCache;
 use crate::dtype::DType;
 use crate::error::{OpenError, ReadError};
-use crate::model::{ByteSwapped, Extent, Model, Tensor, TensorBytes, json_text, split_name};
+use crate::model::{ByteSwapped, Extent, Model, SkippedTensor, Tensor, TensorBytes, TensorId, json_text, split_name};
 use crate::pickle::{self, Id, Limits, Node, Object, Pickle, Value};
 use crate::source::Blob;
 use serde_json::{Map, Value as Json, json};
@@ -168,10 +168,7 @@ fn extract(
     };
     let root = walk.value(&pickle.root, "", false, 0)?;
     info.insert("top_level".into(), json!(top_level(pickle)));
-    if !walk.skipped.is_empty() {
-        info.insert("skipped".into(), Json::Array(walk.skipped));
-    }
-    let mut model = Model { format: "pytorch".into(), info, tensors: walk.tensors, ..Model::default() };
+    let mut model = Model { format: "pytorch".into(), info, tensors: walk.tensors, skipped: walk.skipped, ..Model::default() };
     model.add_json(vec!["object.json".into()], &root);
     for (name, text) in walk.levels {
         let mut path = split_name("tensors", &name);
@@ -204,7 +201,7 @@ struct Walk<'a> {
     big_endian: bool,
     cache: Arc<ChunkCache>,
     tensors: Vec<Tensor>,
-    skipped: Vec<Json>,
+    skipped: Vec<SkippedTensor>,
     /// (name, object.json text) of each level below the root that holds tensors.
     levels: Vec<(String, Vec<u8>)>,
     level_bytes: u64,
@@ -398,7 +395,7 @@ impl Walk<'_> {
                 entry
             }
             Err(reason) => {
-                self.skipped.push(json!({"name": name, "reason": reason}));
+                self.skipped.push(SkippedTensor::new(TensorId::Name(name.to_string()), reason.clone()));
                 json!({"__tensor__": name, "skipped": reason})
             }
         }
