@@ -6,6 +6,7 @@
 //! goes to `object.json`. Storages are served in place: zip members by `pread`, legacy storages
 //! at the offsets found by walking the file once at mount.
 
+use base64::{Engine, engine::general_purpose::STANDARD};
 use super::options::ReadOptions;
 use super::archive::Archive;
 use crate::cache::ChunkCache;
@@ -874,24 +875,8 @@ fn float_json(f: f64) -> Json {
 }
 
 fn bytes_json(bytes: &[u8]) -> Json {
-    json!({"__bytes__": base64(bytes)})
-}
-
-/// Standard base64 with padding.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &b)| acc | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    // Standard base64 with padding.
+    json!({"__bytes__": STANDARD.encode(bytes)})
 }
 
 /// Plain data (sys_info) as JSON, without tensors.
@@ -914,9 +899,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base64_matches_rfc_4648() {
-        for (plain, encoded) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
-            assert_eq!(base64(plain.as_bytes()), encoded);
+    fn bytes_are_standard_padded_base64() {
+        for (plain, encoded) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy"), ("\u{fb}\u{ff}", "w7vDvw==")] {
+            assert_eq!(bytes_json(plain.as_bytes()), json!({"__bytes__": encoded}));
         }
     }
 
