@@ -4,7 +4,7 @@
 
 use crate::cache::ChunkCache;
 use crate::error::OpenError;
-use crate::formats::{ReadOptions, checkpoint};
+use crate::formats::{ReadOptions, tf_bundle};
 use crate::model::Model;
 use crate::source::Blob;
 use crate::tree::{Content, Node, ROOT, SAFETENSORS_FILE, Tree};
@@ -18,8 +18,8 @@ pub fn checkpoint(index: &[u8], data: &[u8]) -> Result<Model, OpenError> {
     let data = Blob::Memory(Arc::new(data.to_vec()));
     let mut files = |suffix: &str| if suffix == ".index" { Ok(index.clone()) } else { Ok(data.clone()) };
     let mut model = Model::default();
-    let mut budget = checkpoint::MAX_STRING_TOTAL;
-    (model.info, model.skipped) = checkpoint::load_from(&mut files, &[], &mut model, &mut budget)?;
+    let mut budget = tf_bundle::MAX_STRING_TOTAL;
+    (model.info, model.skipped) = tf_bundle::load_from(&mut files, &[], &mut model, &mut budget)?;
     Ok(model)
 }
 

@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let options = formats::ReadOptions { cache: Arc::new(wfs::cache::ChunkCache::new(1 << 20)) };
-    if let Ok(model) = formats::open_bytes(data.to_vec(), &options) {
+    if let Ok(model) = formats::open(formats::Source::Bytes(data.to_vec()), &options) {
         wfs::fuzzing::read_all(&model, 1 << 20);
         let tree = wfs::tree::Tree::build(model, "fuzz");
         if let Err(why) = wfs::fuzzing::check_tree(&tree) {

@@ -10,7 +10,7 @@
 // The fuzz entry points (crate::fuzzing) reach some readers' parts directly.
 pub(crate) mod archive;
 pub mod bundle;
-pub(crate) mod checkpoint;
+mod checkpoint;
 mod gguf;
 mod h5;
 mod h5_datasets;
@@ -24,6 +24,7 @@ mod options;
 mod paged;
 mod safetensors;
 mod savedmodel;
+pub(crate) mod tf_bundle;
 mod tflite;
 pub(crate) mod torch;
 mod wire;
@@ -161,8 +162,27 @@ pub(crate) fn open_format(name: &str, blob: &Blob, options: &ReadOptions) -> Opt
     Some(h5::open_blob(blob).and_then(|file| (reader.open)(&file, &H5Context { blob: blob.clone(), cache: options.cache.clone() })))
 }
 
+/// Where a model comes from.
+pub enum Source<'a> {
+    /// A file, a directory (SavedModel, checkpoints) or a checkpoint prefix.
+    Path(&'a Path),
+    /// `https://`, `s3://`, `hf://`.
+    Url(&'a str, &'a RemoteOptions),
+    /// Bytes held in memory (standard input).
+    Bytes(Vec<u8>),
+}
+
+/// Opens a source and returns its model: the one entry into the readers.
+pub fn open(source: Source, options: &ReadOptions) -> Result<Model, OpenError> {
+    match source {
+        Source::Path(path) => open_path(path, options),
+        Source::Url(url, remote) => open_url(url, options, remote),
+        Source::Bytes(bytes) => open_bytes(bytes, options),
+    }
+}
+
 /// Opens SOURCE (a path) and returns its model.
-pub fn open_path(path: &Path, options: &ReadOptions) -> Result<Model, OpenError> {
+fn open_path(path: &Path, options: &ReadOptions) -> Result<Model, OpenError> {
     // A path that exists is mounted as what it is (TREE.md 1); a checkpoint prefix names no
     // file itself, so it is the reading of a path where nothing exists.
     let meta = match std::fs::metadata(path) {
@@ -185,7 +205,7 @@ pub fn open_path(path: &Path, options: &ReadOptions) -> Result<Model, OpenError>
 /// Opens a remote SOURCE (`https://`, `s3://`, `hf://`): a model file, a checkpoint's
 /// `.index` or its prefix, with the files that belong with it found beside it, or a directory
 /// (SavedModel, checkpoints) on a store that lists them.
-pub fn open_url(url: &str, options: &ReadOptions, remote: &RemoteOptions) -> Result<Model, OpenError> {
+fn open_url(url: &str, options: &ReadOptions, remote: &RemoteOptions) -> Result<Model, OpenError> {
     let source = RemoteSource::parse(url, remote, options.cache.clone())?;
     let dir = Dir::Remote(source.dir.clone());
     if source.name.is_empty() {
@@ -211,7 +231,7 @@ pub fn open_url(url: &str, options: &ReadOptions, remote: &RemoteOptions) -> Res
 
 /// Opens a model held in memory (standard input): every format a file may hold, except those
 /// that need files beside it.
-pub fn open_bytes(bytes: Vec<u8>, options: &ReadOptions) -> Result<Model, OpenError> {
+fn open_bytes(bytes: Vec<u8>, options: &ReadOptions) -> Result<Model, OpenError> {
     open_blob(&Blob::Memory(Arc::new(bytes)), None, options)
 }
 

@@ -6,7 +6,7 @@
 
 use super::archive::Archive;
 use super::bundle::TensorShapeProto;
-use super::checkpoint::{self, TrackableObjectGraph};
+use super::tf_bundle::{self, TrackableObjectGraph};
 use super::keras::{add_layer_dir, layer_name, weight_path};
 use crate::dtype::DType;
 use crate::error::OpenError;
@@ -187,14 +187,14 @@ fn read(mut files: Files) -> Result<Model, OpenError> {
     }
     if has_variables {
         let mut open = |suffix: &str| files.get(&format!("variables/variables{suffix}"));
-        let mut budget = checkpoint::MAX_STRING_TOTAL;
-        let bundle = checkpoint::load_bundle(&mut open, &[], &mut model, &mut budget)?;
+        let mut budget = tf_bundle::MAX_STRING_TOTAL;
+        let bundle = tf_bundle::load_bundle(&mut open, &[], &mut model, &mut budget)?;
         model.info.extend(bundle.info);
         model.skipped.extend(bundle.skipped);
         if let Some(graph) = &bundle.graph
             && !add_keras_layers(graph, &metadata, &bundle.variables, &mut model)
         {
-            checkpoint::add_keras_view(graph, &bundle.variables, &[], &mut model);
+            tf_bundle::add_keras_view(graph, &bundle.variables, &[], &mut model);
         }
     }
     for (rel, blob) in files.assets()? {
