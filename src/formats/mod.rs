@@ -255,7 +255,7 @@ fn open_dir(dir: &Dir) -> Result<Model, OpenError> {
 
 /// `dir` is where files that belong with the source lie (the shards of a sharded index).
 fn open_blob(blob: &Blob, dir: Option<&Dir>, options: &ReadOptions) -> Result<Model, OpenError> {
-    if blob.len() == 0 {
+    if blob.is_empty() {
         return Err(OpenError::UnknownFormat("file is empty".into()));
     }
     let head = head_of(blob);
