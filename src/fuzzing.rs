@@ -43,7 +43,7 @@ pub fn open_format(name: &str, data: &[u8]) -> Result<Model, OpenError> {
         .unwrap_or_else(|| Err(OpenError::UnknownFormat(format!("no reader is named {name:?}"))))
 }
 
-/// The name of the file reader that would open `data` (`"zip"`, `"pytorch-legacy"`, ...).
+/// The name of the file reader that would open `data` (`"zip-archive"`, `"gguf"`, ...).
 pub fn format_of(data: &[u8]) -> Option<&'static str> {
     crate::formats::sniff(&Blob::Memory(Arc::new(data.to_vec())))
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use wfs::formats;
 
 fuzz_target!(|data: &[u8]| {
-    if wfs::fuzzing::format_of(data) != Some("zip") {
+    if wfs::fuzzing::format_of(data) != Some("zip-archive") {
         return;
     }
     wfs::fuzzing::read_zip_members(data, 1 << 20);

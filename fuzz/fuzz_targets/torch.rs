@@ -7,7 +7,7 @@ use std::sync::Arc;
 use wfs::formats;
 
 fuzz_target!(|data: &[u8]| {
-    if !matches!(wfs::fuzzing::format_of(data), Some("zip" | "pytorch-legacy")) {
+    if !matches!(wfs::fuzzing::format_of(data), Some("zip-archive" | "pytorch-legacy")) {
         return;
     }
     // Zips holding HDF5 (.keras) would run the HDF5 C library, which is not ours to fuzz.

@@ -50,6 +50,7 @@ pub(crate) struct Probe<'a> {
 
 /// A reader of a format held in one file (a container's row dispatches further inside it).
 pub(crate) struct FileReader {
+    /// The format's key, unique over all tables.
     pub name: &'static str,
     pub sniff: fn(&Probe) -> bool,
     /// `dir` is where files that belong with the source lie (`None` for standard input).
@@ -60,7 +61,7 @@ pub(crate) struct FileReader {
 /// object, a protobuf) last. HDF5 is probed late because its signature may sit after a user
 /// block, which costs reads.
 pub(crate) const FILE_READERS: &[FileReader] = &[
-    FileReader { name: "zip", sniff: |p| p.head.starts_with(b"PK\x03\x04") || p.head.starts_with(b"PK\x05\x06"), open: open_zip },
+    FileReader { name: "zip-archive", sniff: |p| p.head.starts_with(b"PK\x03\x04") || p.head.starts_with(b"PK\x05\x06"), open: open_zip },
     FileReader { name: "pytorch-legacy", sniff: |p| p.head.starts_with(torch::LEGACY_MAGIC), open: |blob, _, options| torch::read_legacy(blob, options) },
     FileReader { name: "tflite", sniff: |p| tflite::sniff(p.head), open: |blob, _, _| tflite::read(blob) },
     FileReader { name: "gguf", sniff: |p| p.head.starts_with(gguf::MAGIC), open: |blob, _, options| gguf::read(blob, options) },
@@ -72,8 +73,8 @@ pub(crate) const FILE_READERS: &[FileReader] = &[
     },
     FileReader { name: "safetensors", sniff: |p| safetensors::sniff(p.head, p.blob.len()), open: |blob, _, _| safetensors::read(blob) },
     FileReader { name: "npy", sniff: |p| p.head.starts_with(crate::npy::MAGIC), open: |blob, _, _| numpy::read_npy(blob) },
-    FileReader { name: "json", sniff: |p| p.head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'), open: open_json },
-    FileReader { name: "hdf5", sniff: |p| h5::has_signature(p.blob), open: open_hdf5 },
+    FileReader { name: "json-index", sniff: |p| p.head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'), open: open_json },
+    FileReader { name: "hdf5-file", sniff: |p| h5::has_signature(p.blob), open: open_hdf5 },
     FileReader { name: "onnx", sniff: |p| onnx::sniff(p.blob), open: |blob, dir, _| onnx::read(blob, dir) },
 ];
 
@@ -127,8 +128,8 @@ pub(crate) struct DirReader {
 }
 
 pub(crate) const DIR_READERS: &[DirReader] = &[
-    DirReader { name: "tf-savedmodel", open: |dir| savedmodel::is_savedmodel_dir(dir).then(|| savedmodel::open_dir(dir.clone())).transpose() },
-    DirReader { name: "tf-checkpoint", open: checkpoint::open_dir },
+    DirReader { name: "tf-savedmodel-dir", open: |dir| savedmodel::is_savedmodel_dir(dir).then(|| savedmodel::open_dir(dir.clone())).transpose() },
+    DirReader { name: "tf-checkpoint-dir", open: checkpoint::open_dir },
 ];
 
 /// The first bytes of a source, as sniffs see them.
@@ -309,4 +310,42 @@ pub fn canonical_source(path: &Path) -> std::io::Result<PathBuf> {
             Err(_) => Err(e),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name finds one reader (`fuzzing::open_format`, the fuzz targets): none may repeat.
+    #[test]
+    fn reader_names_are_unique_over_all_tables() {
+        let names: Vec<&str> = FILE_READERS
+            .iter()
+            .chain(JSON_READERS)
+            .map(|r| r.name)
+            .chain(ZIP_READERS.iter().map(|r| r.name))
+            .chain(HDF5_READERS.iter().map(|r| r.name))
+            .chain(DIR_READERS.iter().map(|r| r.name))
+            .collect();
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+    }
+
+    /// Each container's last row takes anything: the dispatch in `open_zip`, `open_json` and
+    /// `open_hdf5` relies on it.
+    #[test]
+    fn every_container_table_ends_in_a_catch_all() {
+        let blob = Blob::Memory(Arc::new(b"{}".to_vec()));
+        assert!((JSON_READERS[JSON_READERS.len() - 1].sniff)(&Probe { head: b"{}", blob: &blob, dir: None }));
+        let zip = {
+            let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+            writer.start_file("x.txt", zip::write::SimpleFileOptions::default()).unwrap();
+            Blob::Memory(Arc::new(writer.finish().unwrap().into_inner()))
+        };
+        let mut archive = Archive::open(&zip).unwrap();
+        assert!(ZIP_READERS[..ZIP_READERS.len() - 1].iter().all(|r| !(r.sniff)(&mut archive)));
+        assert!((ZIP_READERS[ZIP_READERS.len() - 1].sniff)(&mut archive));
+    }
 }
