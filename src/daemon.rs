@@ -1,6 +1,7 @@
 //! The mount's lifecycle: mountpoint checks, daemonizing once the mount is live, clean unmount
 //! on SIGTERM/SIGINT, and `wfs umount`.
 
+use crate::error::MountError;
 use crate::fs::Fs;
 use crate::fuse::{Activity, Ownership, WfsFuse};
 use crate::names::fnv1a;
@@ -11,16 +12,6 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use thiserror::Error;
-
-/// A mount or unmount failure; the CLI maps each to an exit code.
-#[derive(Debug, Error)]
-pub enum MountError {
-    #[error("{0}")]
-    Mountpoint(String),
-    #[error("{0}")]
-    Other(String),
-}
 
 /// How the filesystem is mounted.
 pub struct MountSettings {

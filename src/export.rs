@@ -117,7 +117,8 @@ impl Safetensors {
     }
 
     /// The file's first bytes: the length field and the JSON header with its padding.
-    pub fn header(&self) -> &[u8] {
+    #[cfg(test)]
+    fn header(&self) -> &[u8] {
         &self.header
     }
 }

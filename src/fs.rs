@@ -32,7 +32,7 @@ pub struct Attr {
 }
 
 pub struct Fs {
-    pub tree: Tree,
+    pub(crate) tree: Tree,
     /// The chunk cache the readers share, for the counters on the root (see `XATTR_DECODES`).
     cache: Option<Arc<ChunkCache>>,
 }
@@ -40,6 +40,11 @@ pub struct Fs {
 impl Fs {
     pub fn new(tree: Tree) -> Self {
         Fs { tree, cache: None }
+    }
+
+    /// The tree it serves, read-only.
+    pub fn tree(&self) -> &Tree {
+        &self.tree
     }
 
     /// Reports `cache`'s counters as hidden extended attributes of the root.

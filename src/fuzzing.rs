@@ -4,7 +4,7 @@
 
 use crate::cache::ChunkCache;
 use crate::error::OpenError;
-use crate::formats::{ReadOptions, checkpoint};
+use crate::formats::{ReadOptions, tf_bundle};
 use crate::model::Model;
 use crate::source::Blob;
 use crate::tree::{Content, Node, ROOT, SAFETENSORS_FILE, Tree};
@@ -18,8 +18,8 @@ pub fn checkpoint(index: &[u8], data: &[u8]) -> Result<Model, OpenError> {
     let data = Blob::Memory(Arc::new(data.to_vec()));
     let mut files = |suffix: &str| if suffix == ".index" { Ok(index.clone()) } else { Ok(data.clone()) };
     let mut model = Model::default();
-    let mut budget = checkpoint::MAX_STRING_TOTAL;
-    model.info = checkpoint::load_from(&mut files, &[], &mut model, &mut budget)?;
+    let mut budget = tf_bundle::MAX_STRING_TOTAL;
+    (model.info, model.skipped) = tf_bundle::load_from(&mut files, &[], &mut model, &mut budget)?;
     Ok(model)
 }
 
@@ -29,20 +29,38 @@ pub fn torch_pickle(data: &[u8]) -> Result<Model, OpenError> {
     let storages = (0..4u32)
         .map(|k| (k.to_string(), Blob::Memory(Arc::new((0..=255u8).cycle().take(64 << k).collect()))))
         .collect();
-    let options = crate::formats::ReadOptions { cache: Arc::new(crate::cache::ChunkCache::new(1 << 20)) };
+    let options = ReadOptions { cache: Arc::new(ChunkCache::new(1 << 20)) };
     let pkl = Blob::Memory(Arc::new(data.to_vec()));
     crate::formats::torch::read_data_pkl(&pkl, &storages, false, serde_json::Map::new(), &options)
 }
 
-/// A safetensors file held in memory, read as `wfs mount` reads one.
-pub fn safetensors(data: &[u8]) -> Result<Model, OpenError> {
-    crate::formats::safetensors::read(&Blob::Memory(Arc::new(data.to_vec())))
+/// `data` opened by the reader named `name` in the registry (`formats::FILE_READERS` and the
+/// container tables), as a file with no files beside it and a small chunk cache; an error for a
+/// name no reader has.
+pub fn open_format(name: &str, data: &[u8]) -> Result<Model, OpenError> {
+    let options = ReadOptions { cache: Arc::new(ChunkCache::new(1 << 16)) };
+    crate::formats::open_format(name, &Blob::Memory(Arc::new(data.to_vec())), &options)
+        .unwrap_or_else(|| Err(OpenError::UnknownFormat(format!("no reader is named {name:?}"))))
+}
+
+/// The name of the file reader that would open `data` (`"zip-archive"`, `"gguf"`, ...).
+pub fn format_of(data: &[u8]) -> Option<&'static str> {
+    crate::formats::sniff(&Blob::Memory(Arc::new(data.to_vec())))
+}
+
+/// Every member of the zip archive `data`, each read up to `max` bytes (errors expected).
+pub fn read_zip_members(data: &[u8], max: u64) {
+    if let Ok(mut archive) = crate::formats::archive::Archive::open(&Blob::Memory(Arc::new(data.to_vec()))) {
+        for (index, _) in archive.file_names() {
+            let _ = archive.read_member(index, max);
+        }
+    }
 }
 
 /// `data` read as a `.npy` file, then as the two members of an `.npz` (stored and deflated,
 /// inflated through a chunk cache of `cache` bytes): the models each gives.
 pub fn numpy(data: &[u8], cache: u64) -> Vec<Result<Model, OpenError>> {
-    use crate::formats::{ReadOptions, archive::Archive, numpy};
+    use crate::formats::{archive::Archive, numpy};
     use std::io::Write;
     let npy = numpy::read_npy(&Blob::Memory(Arc::new(data.to_vec())));
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
@@ -58,12 +76,6 @@ pub fn numpy(data: &[u8], cache: u64) -> Vec<Result<Model, OpenError>> {
     vec![npy, npz]
 }
 
-/// A GGUF file held in memory, read as `wfs mount` reads one (quantized tensors decode through
-/// a small chunk cache).
-pub fn gguf(bytes: &[u8]) -> Result<Model, OpenError> {
-    let options = ReadOptions { cache: Arc::new(ChunkCache::new(1 << 16)) };
-    crate::formats::gguf::read(&Blob::Memory(Arc::new(bytes.to_vec())), &options)
-}
 
 /// Reads every tensor (its stored and its decoded bytes) and file of a model whole, as a reader
 /// of the mount would, skipping any larger than `max` bytes. Read errors are expected on damaged
@@ -83,6 +95,16 @@ pub fn read_all(model: &Model, max: u64) {
 /// Keras 3's names for a built-in layer's variables by index (see `keras3::variable_names`).
 pub fn keras3_variable_names(kind: Option<&str>, config: Option<&Value>, count: usize) -> (Vec<Option<String>>, usize) {
     crate::formats::keras3::variable_names(kind, config, count)
+}
+
+/// Keras 3's snake_case of a class name (see `keras3::snake_case`).
+pub fn keras3_snake_case(name: &str) -> String {
+    crate::formats::keras3::snake_case(name)
+}
+
+/// A legacy Keras weight's path below its layer (see `keras::weight_path`).
+pub fn keras_weight_path(layer: &str, weight: &str) -> Vec<String> {
+    crate::formats::keras::weight_path(layer, weight)
 }
 
 /// Why `name` is not a safe path component (TREE.md 3), if it is not.

@@ -13,7 +13,7 @@ pub mod codecs;
 pub mod daemon;
 pub mod dtype;
 pub mod error;
-pub mod export;
+pub(crate) mod export;
 pub mod formats;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
@@ -26,7 +26,7 @@ pub mod model;
 pub mod names;
 pub mod npy;
 pub mod output;
-pub mod pickle;
+pub(crate) mod pickle;
 pub mod remote;
 pub mod source;
 pub mod tools;

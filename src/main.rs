@@ -10,9 +10,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use wfs::cache::ChunkCache;
-use wfs::daemon::{self, MountError, MountSettings};
-use wfs::error::OpenError;
-use wfs::formats::{self, ReadOptions};
+use wfs::daemon::{self, MountSettings};
+use wfs::error::{MountError, OpenError};
+use wfs::formats::{self, ReadOptions, Source};
 use wfs::fs::Fs;
 use wfs::fuse::Ownership;
 use wfs::output::{self, AtomicFile, OutputError};
@@ -390,13 +390,13 @@ fn open_fs(args: &SourceArgs, options: TreeOptions) -> Result<(&'static Fs, Opti
     let read_options = ReadOptions { cache: cache.clone() };
     let (model, shown, modified) = if args.source.as_os_str() == "-" {
         let bytes = read_stdin(args.stdin_limit).context("standard input")?;
-        let model = formats::open_bytes(bytes, &read_options).context("standard input")?;
+        let model = formats::open(Source::Bytes(bytes), &read_options).context("standard input")?;
         (model, "-".to_string(), None)
     } else if let Some(url) = args.url() {
         let credentials = args.credentials_file.as_deref().map(wfs::remote::Credentials::from_file).transpose()?.unwrap_or_default();
         let remote = wfs::remote::RemoteOptions { timeout: Duration::from_secs(args.timeout), retries: 3, credentials };
         let shown = args.shown();
-        let model = formats::open_url(url, &read_options, &remote).with_context(|| shown.clone())?;
+        let model = formats::open(Source::Url(url, &remote), &read_options).with_context(|| shown.clone())?;
         (model, shown, None)
     } else {
         let shown = args.source.display().to_string();
@@ -404,7 +404,7 @@ fn open_fs(args: &SourceArgs, options: TreeOptions) -> Result<(&'static Fs, Opti
             .map_err(|e| OpenError::unreadable(wfs::error::io_reason(&e)))
             .with_context(|| shown.clone())?;
         let modified = std::fs::metadata(&source).and_then(|m| m.modified()).ok();
-        let model = formats::open_path(&source, &read_options).with_context(|| shown.clone())?;
+        let model = formats::open(Source::Path(&source), &read_options).with_context(|| shown.clone())?;
         (model, source.display().to_string(), modified)
     };
     let fs = Fs::new(Tree::build_with(model, &shown, options)).with_cache(cache);

@@ -169,6 +169,48 @@ pub struct Model {
     pub dirs: Vec<Vec<String>>,
     /// Models mounted below the root with a top level of their own.
     pub parts: Vec<Part>,
+    /// Tensors of the source left out of the tree (`info.json`'s `skipped`, after `info`).
+    pub skipped: Vec<SkippedTensor>,
+}
+
+/// A tensor the source holds but the tree leaves out, and why.
+pub struct SkippedTensor {
+    pub id: TensorId,
+    pub reason: String,
+}
+
+/// How `info.json` names a skipped tensor: as its format names tensors.
+pub enum TensorId {
+    /// Its path in the tree (HDF5 and Keras files).
+    Path(String),
+    /// Its own name in the source (NumPy, ONNX, PyTorch).
+    Name(String),
+    /// Its name and its index in its subgraph (TFLite).
+    Indexed { name: String, index: usize },
+    /// Its key in a TensorFlow bundle (checkpoints, SavedModels).
+    Key(String),
+}
+
+impl SkippedTensor {
+    pub fn new(id: TensorId, reason: impl Into<String>) -> SkippedTensor {
+        SkippedTensor { id, reason: reason.into() }
+    }
+
+    /// The tensor's entry in `info.json`'s `skipped` list.
+    pub fn to_json(&self) -> Value {
+        let mut entry = Map::new();
+        match &self.id {
+            TensorId::Path(path) => entry.insert("path".into(), Value::from(path.as_str())),
+            TensorId::Name(name) => entry.insert("name".into(), Value::from(name.as_str())),
+            TensorId::Indexed { name, index } => {
+                entry.insert("name".into(), Value::from(name.as_str()));
+                entry.insert("index".into(), Value::from(*index))
+            }
+            TensorId::Key(key) => entry.insert("key".into(), Value::from(key.as_str())),
+        };
+        entry.insert("reason".into(), Value::from(self.reason.as_str()));
+        Value::Object(entry)
+    }
 }
 
 /// A model with its own top level below the root (one checkpoint of a directory): the tree
@@ -176,6 +218,8 @@ pub struct Model {
 pub struct Part {
     pub path: Vec<String>,
     pub info: Map<String, Value>,
+    /// Its tensors left out of the tree, as `Model::skipped`.
+    pub skipped: Vec<SkippedTensor>,
 }
 
 impl Model {
@@ -199,4 +243,19 @@ pub fn json_text(value: &Value) -> Vec<u8> {
 /// Joins a prefix and further components into a path.
 pub fn path_of(prefix: &[&str], rest: &[String]) -> Vec<String> {
     prefix.iter().map(|s| s.to_string()).chain(rest.iter().cloned()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The entries readers wrote by hand before the list was typed, byte for byte.
+    #[test]
+    fn skipped_entries_keep_each_format_s_fields_and_order() {
+        let text = |id, reason: &str| serde_json::to_string(&SkippedTensor::new(id, reason).to_json()).unwrap();
+        assert_eq!(text(TensorId::Path("datasets/far".into()), "r"), r#"{"path":"datasets/far","reason":"r"}"#);
+        assert_eq!(text(TensorId::Name("w".into()), "r"), r#"{"name":"w","reason":"r"}"#);
+        assert_eq!(text(TensorId::Indexed { name: "t".into(), index: 7 }, "r"), r#"{"name":"t","index":7,"reason":"r"}"#);
+        assert_eq!(text(TensorId::Key("a/b".into()), "r"), r#"{"key":"a/b","reason":"r"}"#);
+    }
 }

@@ -162,8 +162,14 @@ impl Tree {
         root_info.insert("format".into(), json!(model.format));
         root_info.insert("source".into(), json!(source));
         root_info.extend(model.info.iter().map(|(k, v)| (k.clone(), v.clone())));
+        add_skipped(&mut root_info, &model.skipped);
+        let part_infos = model.parts.iter().map(|p| {
+            let mut info = p.info.clone();
+            add_skipped(&mut info, &p.skipped);
+            (p.path.clone(), info)
+        });
         let mut tops = Vec::new();
-        for (raw, info) in std::iter::once((Vec::new(), root_info)).chain(model.parts.iter().map(|p| (p.path.clone(), p.info.clone()))) {
+        for (raw, info) in std::iter::once((Vec::new(), root_info)).chain(part_infos) {
             let dir = tree.make_dirs(&mut dirs, &raw);
             // A part at the root or at another part's place would give a directory two
             // info.json files: the first top level there keeps its own.
@@ -410,6 +416,13 @@ fn relative(from: &[String], to: &[String]) -> String {
     if parts.is_empty() { ".".into() } else { parts.join("/") }
 }
 
+/// `info.json`'s `skipped` list, where a model or part left tensors out.
+fn add_skipped(info: &mut Map<String, Value>, skipped: &[crate::model::SkippedTensor]) {
+    if !skipped.is_empty() {
+        info.insert("skipped".into(), Value::Array(skipped.iter().map(|s| s.to_json()).collect()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -513,7 +526,7 @@ mod tests {
         for part in ["a", "b"] {
             let mut info = Map::new();
             info.insert("format".into(), json!("part"));
-            model.parts.push(crate::model::Part { path: vec![part.into()], info });
+            model.parts.push(crate::model::Part { path: vec![part.into()], info, skipped: Vec::new() });
         }
         let tree = Tree::build(model, "src");
         let text = |p: &str| match tree.node(tree.resolve(p).unwrap()).unwrap() {
@@ -569,7 +582,7 @@ mod tests {
     fn parts_sharing_a_directory_get_one_info_json() {
         let mut model = Model::default();
         for path in [vec![], vec!["a".to_string()], vec!["a".to_string()]] {
-            model.parts.push(crate::model::Part { path, info: Map::new() });
+            model.parts.push(crate::model::Part { path, info: Map::new(), skipped: Vec::new() });
         }
         model.tensors.push(tensor(&["a", "x"], vec![0; 4], DType::F32, vec![1]));
         let tree = Tree::build(model, "src");

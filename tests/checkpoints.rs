@@ -158,9 +158,9 @@ fn every_flipped_or_truncated_index_byte_is_an_error_or_harmless() {
         let mut bad = good.clone();
         bad[i] ^= 0xff;
         std::fs::write(&index, &bad).unwrap();
-        let _ = wfs::formats::open_path(&prefix, &options);
+        let _ = wfs::formats::open(wfs::formats::Source::Path(&prefix), &options);
         std::fs::write(&index, &good[..i]).unwrap();
-        assert!(wfs::formats::open_path(&prefix, &options).is_err(), "index cut at {i} accepted");
+        assert!(wfs::formats::open(wfs::formats::Source::Path(&prefix), &options).is_err(), "index cut at {i} accepted");
     }
 }
 

@@ -617,8 +617,8 @@ mod properties {
         fn assembled_file_parses_back_to_the_models_tensors(specs in specs(), at in any::<prop::sample::Index>(), len in 0u32..64) {
             let (model, wants) = model_of(specs);
             let fs = Fs::new(Tree::build(model, "random"));
-            check_tree(&fs.tree).map_err(TestCaseError::fail)?;
-            let ino = fs.tree.resolve("model.safetensors").unwrap();
+            check_tree(fs.tree()).map_err(TestCaseError::fail)?;
+            let ino = fs.tree().resolve("model.safetensors").unwrap();
             let size = fs.attr(ino).unwrap().size;
             let file = fs.read(ino, 0, u32::try_from(size).unwrap() + 1).unwrap();
             prop_assert_eq!(file.len() as u64, size);

@@ -451,7 +451,7 @@ fn mutated_fixtures_never_panic() {
                     bytes[at] = next(256) as u8;
                 }
             }
-            if let Ok(model) = wfs::fuzzing::gguf(&bytes) {
+            if let Ok(model) = wfs::fuzzing::open_format("gguf", &bytes) {
                 wfs::fuzzing::read_all(&model, 1 << 20);
                 let tree = wfs::tree::Tree::build(model, "mutated");
                 wfs::fuzzing::check_tree(&tree).unwrap();

@@ -312,7 +312,7 @@ fn check_real(item: &str, file: &str) {
             if sequential && layer["class_name"] == "InputLayer" {
                 continue;
             }
-            let kind = wfs::formats::keras3::snake_case(layer["class_name"].as_str().unwrap());
+            let kind = wfs::fuzzing::keras3_snake_case(layer["class_name"].as_str().unwrap());
             let seen = used.entry(kind.clone()).or_insert(0);
             let group = if *seen == 0 { kind.clone() } else { format!("{kind}_{seen}") };
             *seen += 1;

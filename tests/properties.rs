@@ -71,7 +71,7 @@ proptest! {
                 0 => model.tensors.push(Tensor::new(path, DType::U8, vec![1], Arc::new(InMemory(vec![7u8].into())))),
                 1 => model.add_file(path, b"x".to_vec()),
                 2 => model.dirs.push(path),
-                3 => model.parts.push(Part { path, info: Default::default() }),
+                3 => model.parts.push(Part { path, info: Default::default(), skipped: Vec::new() }),
                 _ => model.links.push(ModelLink { path, target }),
             }
         }

@@ -422,7 +422,7 @@ fn mutated_headers_never_panic() {
         let bytes = std::fs::read(fixture(rel)).unwrap();
         let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         for input in mutations(&bytes, header) {
-            if let Ok(model) = wfs::fuzzing::safetensors(&input) {
+            if let Ok(model) = wfs::fuzzing::open_format("safetensors", &input) {
                 check(model);
             }
         }

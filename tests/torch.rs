@@ -273,7 +273,7 @@ fn fuzz_seeds_replay() {
     }
     let options = wfs::formats::ReadOptions { cache: std::sync::Arc::new(wfs::cache::ChunkCache::new(1 << 20)) };
     for seed in corpus("torch") {
-        check(wfs::formats::open_bytes(seed, &options).unwrap());
+        check(wfs::formats::open(wfs::formats::Source::Bytes(seed), &options).unwrap());
     }
     assert!(tensors > 100, "{tensors} tensors in the seeds");
 }

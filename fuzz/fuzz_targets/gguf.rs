@@ -5,7 +5,7 @@ use libfuzzer_sys::fuzz_target;
 use wfs::fuzzing;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(model) = fuzzing::gguf(data) {
+    if let Ok(model) = fuzzing::open_format("gguf", data) {
         fuzzing::read_all(&model, 1 << 20);
         let tree = wfs::tree::Tree::build(model, "fuzz");
         if let Err(why) = fuzzing::check_tree(&tree) {

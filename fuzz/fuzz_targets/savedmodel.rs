@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let Some(bytes) = zip(&members) else { return };
     let options = wfs::formats::ReadOptions { cache: std::sync::Arc::new(wfs::cache::ChunkCache::new(1 << 20)) };
-    if let Ok(model) = wfs::formats::open_bytes(bytes, &options) {
+    if let Ok(model) = wfs::formats::open(wfs::formats::Source::Bytes(bytes), &options) {
         fuzzing::read_all(&model, 1 << 20);
         let tree = wfs::tree::Tree::build(model, "fuzz");
         if let Err(why) = fuzzing::check_tree(&tree) {

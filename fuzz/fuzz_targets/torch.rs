@@ -4,12 +4,10 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
-use wfs::formats::{self, Sniffed};
-use wfs::source::Blob;
+use wfs::formats;
 
 fuzz_target!(|data: &[u8]| {
-    let blob = Blob::Memory(Arc::new(data.to_vec()));
-    if !matches!(formats::sniff(&blob), Sniffed::Zip | Sniffed::TorchLegacy) {
+    if !matches!(wfs::fuzzing::format_of(data), Some("zip-archive" | "pytorch-legacy")) {
         return;
     }
     // Zips holding HDF5 (.keras) would run the HDF5 C library, which is not ours to fuzz.
@@ -17,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let options = formats::ReadOptions { cache: Arc::new(wfs::cache::ChunkCache::new(1 << 20)) };
-    if let Ok(model) = formats::open_bytes(data.to_vec(), &options) {
+    if let Ok(model) = formats::open(formats::Source::Bytes(data.to_vec()), &options) {
         wfs::fuzzing::read_all(&model, 1 << 20);
         let tree = wfs::tree::Tree::build(model, "fuzz");
         if let Err(why) = wfs::fuzzing::check_tree(&tree) {

@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
             Some('t') => model.tensors.push(Tensor::new(path(rest), DType::U8, vec![rest.len() as u64], Arc::new(InMemory(rest.as_bytes().into())))),
             Some('f') => model.add_file(path(rest), rest.as_bytes().to_vec()),
             Some('d') => model.dirs.push(path(rest)),
-            Some('p') => model.parts.push(Part { path: path(rest), info: Default::default() }),
+            Some('p') => model.parts.push(Part { path: path(rest), info: Default::default(), skipped: Vec::new() }),
             Some('l') => {
                 let (from, to) = rest.split_once('>').unwrap_or((rest, ""));
                 model.links.push(ModelLink { path: path(from), target: path(to) });

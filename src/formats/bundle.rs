@@ -4,6 +4,7 @@
 
 use crate::error::OpenError;
 use crate::source::Blob;
+use super::wire::read_varint;
 
 /// `kTableMagicNumber`, stored little-endian in the footer's last 8 bytes.
 pub(crate) const TABLE_MAGIC: u64 = 0xdb47_7524_8b80_fb57;
@@ -27,20 +28,6 @@ pub fn masked_crc32c(data: &[u8]) -> u32 {
 pub fn has_table_magic(blob: &Blob) -> bool {
     let len = blob.len();
     len >= FOOTER_LEN && blob.read_vec(len - 8, 8).is_ok_and(|m| m == TABLE_MAGIC.to_le_bytes())
-}
-
-/// Reads a LevelDB/protobuf base-128 varint, advancing `pos`.
-pub fn read_varint(data: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *data.get(*pos)?;
-        *pos += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
 }
 
 /// Offset and size of a block, as stored in the footer and the index block.

@@ -3,7 +3,7 @@
 //! served in place; quantized blocks are decoded on read, a run of blocks at a time, into the
 //! shared chunk cache.
 
-use super::ReadOptions;
+use super::options::ReadOptions;
 use crate::cache::ChunkCache;
 use crate::dtype::DType;
 use crate::error::{OpenError, ReadError};

@@ -5,7 +5,7 @@ use crate::cache::ChunkCache;
 use crate::codecs::{inflate, lzf_decompress, strip_fletcher32, unshuffle};
 use crate::dtype::DType;
 use crate::error::{OpenError, ReadError};
-use crate::model::{ByteSwapped, Extent, InMemory, Tensor, TensorBytes};
+use crate::model::{ByteSwapped, Extent, InMemory, Model, SkippedTensor, Tensor, TensorBytes, TensorId};
 use super::h5_driver;
 use crate::source::{Blob, Mapping};
 use hdf5::{Dataset, Group, Location};
@@ -24,6 +24,19 @@ use std::sync::{Arc, OnceLock};
 
 /// HDF5's format signature; it may sit at 0, 512, 1024, 2048, ... (after a user block).
 pub const SIGNATURE: &[u8; 8] = b"\x89HDF\r\n\x1a\n";
+
+/// `true` if the blob holds the HDF5 signature where HDF5 allows it.
+pub fn has_signature(blob: &Blob) -> bool {
+    let len = blob.len();
+    let mut at = 0u64;
+    while at + 8 <= len {
+        if blob.read_vec(at, 8).is_ok_and(|sig| sig == SIGNATURE) {
+            return true;
+        }
+        at = if at == 0 { 512 } else { at * 2 };
+    }
+    false
+}
 
 /// Largest in-memory copy made at mount for one dataset (compact storage is under 64 KiB).
 const MAX_INLINE_BYTES: u64 = 1 << 20;
@@ -324,6 +337,21 @@ unsafe fn member_name(ty: hid_t, i: c_uint) -> String {
 
 /// A dataset that wfs cannot expose, with the reason (listed in `info.json`).
 pub struct Skipped(pub String);
+
+/// Adds a dataset as the tensor at `path`, or records why it cannot be; `true` if added.
+pub fn push_dataset(ds: &Dataset, path: Vec<String>, ctx: &H5Context, model: &mut Model) -> bool {
+    match dataset_tensor(ds, path.clone(), ctx) {
+        Ok(t) => {
+            model.tensors.push(t);
+            true
+        }
+        Err(Skipped(why)) => {
+            log::warn!("skipping {}: {why}", path.join("/"));
+            model.skipped.push(SkippedTensor::new(TensorId::Path(path.join("/")), why));
+            false
+        }
+    }
+}
 
 /// Describes a dataset as a tensor at `path`, reading no tensor data (except tiny compact ones).
 pub fn dataset_tensor(ds: &Dataset, path: Vec<String>, ctx: &H5Context) -> Result<Tensor, Skipped> {

@@ -5,10 +5,10 @@
 //! from `vars@name` (Keras >= 3.6), else from config.json (FORMATS.md 2.4); variable names from
 //! Keras's own creation order for built-in layers (FORMATS.md 2.3), else the index stays.
 
-use super::ReadOptions;
 use super::archive::Archive;
-use super::h5::{self, H5Context};
-use super::keras_h5::{add_layer_dir, layer_name, push_dataset};
+use super::h5::{self, H5Context, push_dataset};
+use super::keras::{add_layer_dir, layer_name};
+use super::options::ReadOptions;
 use crate::error::OpenError;
 use crate::model::{Extent, Model, ModelFile};
 use crate::names::split_path;
@@ -116,7 +116,7 @@ pub fn read_sharded(index: &Blob, dir: Option<&Dir>, options: &ReadOptions) -> R
             OpenError::Corrupt(_) => OpenError::corrupt(format!("shard name {name:?} is not a file beside the index")),
             other => OpenError::unreadable(format!("shard {name}: {other}")),
         })?;
-        if super::sniff(&blob) != super::Sniffed::Hdf5 {
+        if !h5::has_signature(&blob) {
             return Err(OpenError::corrupt(format!("shard {name} is not an HDF5 file")));
         }
         shards.push((h5::open_blob(&blob)?, H5Context { blob, cache: options.cache.clone() }));
@@ -197,7 +197,7 @@ fn read_weights(files: &[(&hdf5::File, &H5Context)], config: Option<&Value>, mod
         root.load(file, shard, MAX_DEPTH);
     }
     root.sort();
-    let mut reader = Reader { contexts: files.iter().map(|(_, c)| *c).collect(), model, skipped: Vec::new(), trainable: Vec::new() };
+    let mut reader = Reader { contexts: files.iter().map(|(_, c)| *c).collect(), model, trainable: Vec::new() };
     // The model's own variables (subclassed models) have no names in the file.
     for var in &root.vars {
         reader.emit(var, vec!["vars".into(), var.name.clone()]);
@@ -222,16 +222,11 @@ fn read_weights(files: &[(&hdf5::File, &H5Context)], config: Option<&Value>, mod
             .or_else(|| optimizer.label.clone());
         reader.optimizer(optimizer, class.as_deref());
     }
-    let skipped = std::mem::take(&mut reader.skipped);
-    if !skipped.is_empty() {
-        model.info.insert("skipped".into(), Value::Array(skipped));
-    }
 }
 
 struct Reader<'a> {
     contexts: Vec<&'a H5Context>,
     model: &'a mut Model,
-    skipped: Vec<Value>,
     /// `model.trainable_variables` in order: Keras variable path below the model, and shape
     /// (`None` when unknown, which makes optimizer slots unnameable).
     trainable: Vec<(Vec<String>, Option<Vec<u64>>)>,
@@ -240,7 +235,7 @@ struct Reader<'a> {
 impl Reader<'_> {
     /// Adds a variable as a tensor at `path`; its shape, if it could be exposed.
     fn emit(&mut self, var: &Var, path: Vec<String>) -> Option<Vec<u64>> {
-        if push_dataset(&var.dataset, path, self.contexts[var.shard], self.model, &mut self.skipped) {
+        if push_dataset(&var.dataset, path, self.contexts[var.shard], self.model) {
             self.model.tensors.last().map(|t| t.shape.clone())
         } else {
             None

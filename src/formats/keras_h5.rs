@@ -1,64 +1,54 @@
 //! Keras HDF5 files: full models and weights-only files from Keras 1, 2, tf.keras and Keras 3's
-//! legacy writer (FORMATS.md 1); Keras 3 `.weights.h5` files go to `keras3`; any other HDF5 file
-//! shows its datasets under `datasets/`.
+//! legacy writer (FORMATS.md 1). Keras 3 `.weights.h5` files are `keras3`'s; any other HDF5 file
+//! is `h5_datasets`'s.
 
-use super::h5::{self, H5Context, Skipped};
-use super::keras3;
+use super::h5::{self, H5Context, push_dataset};
+use super::keras::{add_layer_dir, layer_name, strip_index_suffix, weight_path};
 use crate::error::OpenError;
-use crate::model::{Model, ModelLink, path_of};
+use crate::model::{Model, SkippedTensor, TensorId, path_of};
 use crate::names::split_path;
 use hdf5::Group;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
-/// Deepest group nesting followed in a plain HDF5 file (guards against hostile files).
+/// Deepest group nesting followed in a weights group without `weight_names` (guards against
+/// hostile files).
 const MAX_GROUP_DEPTH: usize = 64;
 
-pub fn read(file: &hdf5::File, ctx: &H5Context) -> Result<Model, OpenError> {
+/// A whole model (`model.save`): the model config beside the `model_weights` group.
+pub fn is_model_file(root: &Group) -> bool {
+    h5::string_attr(root, "model_config").is_some() && h5::locked(|| root.group("model_weights").is_ok())
+}
+
+/// A weights-only file (`model.save_weights`): the layer list on the root.
+pub fn is_weights_file(root: &Group) -> bool {
+    h5::string_list_attr(root, "layer_names").is_some()
+}
+
+pub fn read_model(file: &hdf5::File, ctx: &H5Context) -> Result<Model, OpenError> {
     let root: &Group = file;
-    let model_config = h5::string_attr(root, "model_config");
-    let weights_group = h5::locked(|| root.group("model_weights").ok());
-    let mut model = Model::default();
-    let mut skipped = Vec::new();
-    match (weights_group, h5::string_list_attr(root, "layer_names")) {
-        (Some(weights), _) if model_config.is_some() => {
-            model.format = "keras-h5".into();
-            read_version_attrs(root, &mut model);
-            let config_text = model_config.unwrap_or_default();
-            let config: Value = serde_json::from_str(&config_text)
-                .map_err(|e| OpenError::corrupt(format!("model_config is not JSON: {e}")))?;
-            if let Some(class) = config.get("class_name") {
-                model.info.insert("model_class".into(), class.clone());
-            }
-            model.add_file(vec!["config.json".into()], config_text.into_bytes());
-            read_layers(&weights, Some(&config), ctx, &mut model, &mut skipped);
-            if let Some(opt) = h5::locked(|| root.group("optimizer_weights").ok()) {
-                read_weight_list(&opt, &["optimizer"], None, ctx, &mut model, &mut skipped);
-            }
-        }
-        (_, Some(_)) => {
-            model.format = "keras-h5-weights".into();
-            read_version_attrs(root, &mut model);
-            read_layers(root, None, ctx, &mut model, &mut skipped);
-        }
-        _ if keras3::is_weights_file(root) => model = keras3::read_weights_file(file, ctx),
-        _ => {
-            model.format = "hdf5".into();
-            let contents = h5::walk_group(root, MAX_GROUP_DEPTH);
-            model.dirs.push(vec!["datasets".into()]);
-            model.dirs.extend(contents.groups.iter().map(|g| path_of(&["datasets"], g)));
-            for (path, ds) in contents.datasets {
-                push_dataset(&ds, path_of(&["datasets"], &path), ctx, &mut model, &mut skipped);
-            }
-            for (path, why) in contents.unreadable {
-                skipped.push(json!({"path": path_of(&["datasets"], &path).join("/"), "reason": why}));
-            }
-        }
+    let config_text = h5::string_attr(root, "model_config").unwrap_or_default();
+    let weights = h5::locked(|| root.group("model_weights").ok()).ok_or_else(|| OpenError::corrupt("model_weights is not a group"))?;
+    let mut model = Model { format: "keras-h5".into(), ..Model::default() };
+    read_version_attrs(root, &mut model);
+    let config: Value = serde_json::from_str(&config_text)
+        .map_err(|e| OpenError::corrupt(format!("model_config is not JSON: {e}")))?;
+    if let Some(class) = config.get("class_name") {
+        model.info.insert("model_class".into(), class.clone());
     }
-    if !skipped.is_empty() {
-        model.info.insert("skipped".into(), Value::Array(skipped));
+    model.add_file(vec!["config.json".into()], config_text.into_bytes());
+    read_layers(&weights, Some(&config), ctx, &mut model);
+    if let Some(opt) = h5::locked(|| root.group("optimizer_weights").ok()) {
+        read_weight_list(&opt, &["optimizer"], None, ctx, &mut model);
     }
     Ok(model)
+}
+
+pub fn read_weights(file: &hdf5::File, ctx: &H5Context) -> Model {
+    let mut model = Model { format: "keras-h5-weights".into(), ..Model::default() };
+    read_version_attrs(file, &mut model);
+    read_layers(file, None, ctx, &mut model);
+    model
 }
 
 fn read_version_attrs(root: &Group, model: &mut Model) {
@@ -69,37 +59,9 @@ fn read_version_attrs(root: &Group, model: &mut Model) {
     }
 }
 
-/// Adds a dataset as the tensor at `path`, or records why it cannot be; `true` if added.
-pub(super) fn push_dataset(ds: &hdf5::Dataset, path: Vec<String>, ctx: &H5Context, model: &mut Model, skipped: &mut Vec<Value>) -> bool {
-    match h5::dataset_tensor(ds, path.clone(), ctx) {
-        Ok(t) => {
-            model.tensors.push(t);
-            true
-        }
-        Err(Skipped(why)) => {
-            log::warn!("skipping {}: {why}", path.join("/"));
-            skipped.push(json!({"path": path.join("/"), "reason": why}));
-            false
-        }
-    }
-}
-
-/// `layers/<name>/` (kept even when weightless), its `config.json` from the model config entry,
-/// and the `layers/<index>` link in `model.layers` order.
-pub(super) fn add_layer_dir(model: &mut Model, name: &str, entry: Option<&Value>, index: Option<usize>) {
-    let dir = vec!["layers".to_string(), name.to_string()];
-    model.dirs.push(dir.clone());
-    if let Some(entry) = entry {
-        model.add_json(path_of(&["layers", name], &["config.json".into()]), entry);
-    }
-    if let Some(index) = index {
-        model.links.push(ModelLink { path: vec!["layers".into(), index.to_string()], target: dir });
-    }
-}
-
 /// `layers/<name>/` for every entry of `layer_names`, in `model.layers` order, with its config
 /// entry, its weights and an index link.
-fn read_layers(weights: &Group, config: Option<&Value>, ctx: &H5Context, model: &mut Model, skipped: &mut Vec<Value>) {
+fn read_layers(weights: &Group, config: Option<&Value>, ctx: &H5Context, model: &mut Model) {
     let layer_names = h5::string_list_attr(weights, "layer_names").unwrap_or_default();
     let entries = config.map(layer_entries).unwrap_or_default();
     // Name -> first config entry of that name (a linear search per layer made mounts quadratic).
@@ -114,7 +76,7 @@ fn read_layers(weights: &Group, config: Option<&Value>, ctx: &H5Context, model: 
         add_layer_dir(model, name, entry, Some(index));
         if let Some(group) = h5::locked(|| weights.group(name).ok()) {
             let first = model.tensors.len();
-            read_weight_list(&group, &["layers", name], Some(name), ctx, model, skipped);
+            read_weight_list(&group, &["layers", name], Some(name), ctx, model);
             if let Some(entry) = entry.filter(|e| !layer_entries(e).is_empty()) {
                 let paths = layer_paths(entry);
                 // Below `layers/<name>/`: the weight's path inside the nested model.
@@ -163,7 +125,7 @@ fn nested_order(paths: &HashMap<&str, (Vec<usize>, bool)>, rel: &[String]) -> Ve
 }
 
 /// The datasets a group's `weight_names` lists (every dataset below it if the list is missing).
-fn read_weight_list(group: &Group, prefix: &[&str], layer: Option<&str>, ctx: &H5Context, model: &mut Model, skipped: &mut Vec<Value>) {
+fn read_weight_list(group: &Group, prefix: &[&str], layer: Option<&str>, ctx: &H5Context, model: &mut Model) {
     let names = h5::string_list_attr(group, "weight_names");
     let datasets: Vec<(String, Option<hdf5::Dataset>)> = match names {
         Some(names) => names.into_iter().map(|n| {
@@ -180,39 +142,10 @@ fn read_weight_list(group: &Group, prefix: &[&str], layer: Option<&str>, ctx: &H
         let path = path_of(prefix, &rel);
         match ds {
             Some(ds) => {
-                push_dataset(&ds, path, ctx, model, skipped);
+                push_dataset(&ds, path, ctx, model);
             }
-            None => skipped.push(json!({"path": path.join("/"), "reason": format!("weight {name} has no dataset")})),
+            None => model.skipped.push(SkippedTensor::new(TensorId::Path(path.join("/")), format!("weight {name} has no dataset"))),
         }
-    }
-}
-
-/// Drops the `:0` TensorFlow output index from a variable name.
-fn strip_index_suffix(name: &str) -> &str {
-    match name.rsplit_once(':') {
-        Some((base, idx)) if !idx.is_empty() && idx.bytes().all(|b| b.is_ascii_digit()) => base,
-        _ => name,
-    }
-}
-
-/// A weight's path below its layer: `dense_1/kernel:0` -> `kernel`, `lstm/lstm_cell/kernel:0`
-/// -> `lstm_cell/kernel`, Keras 3.6+ `seq/conv/kernel` -> `kernel`, Keras 1 `dense_1_W:0` -> `W`;
-/// names that do not start with the layer's scope (nested models: `bn/gamma:0`) stay whole.
-pub fn weight_path(layer: &str, weight: &str) -> Vec<String> {
-    let parts = split_path(strip_index_suffix(weight));
-    let is_scope = |c: &str| {
-        c == layer
-            || c.strip_prefix(layer).and_then(|r| r.strip_prefix('_')).is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
-    };
-    match parts.as_slice() {
-        [] => vec![weight.to_string()],
-        [single] => match single.strip_prefix(layer).and_then(|r| r.strip_prefix('_')) {
-            Some(rest) if !rest.is_empty() => vec![rest.to_string()],
-            _ => vec![single.clone()],
-        },
-        [first, rest @ ..] if is_scope(first) => rest.to_vec(),
-        [_, second, rest @ ..] if second == layer && !rest.is_empty() => rest.to_vec(),
-        _ => parts,
     }
 }
 
@@ -228,35 +161,9 @@ fn layer_entries(config: &Value) -> &[Value] {
     list.map_or(&[], Vec::as_slice)
 }
 
-pub(super) fn layer_name(entry: &Value) -> Option<&str> {
-    entry.get("name").and_then(Value::as_str).or_else(|| entry.get("config")?.get("name")?.as_str())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn weight_names_of_every_keras_generation() {
-        let p = |l: &str, w: &str| weight_path(l, w).join("/");
-        assert_eq!(p("dense_1", "dense_1/kernel:0"), "kernel");
-        assert_eq!(p("embedding_1", "embedding_1_2/embeddings:0"), "embeddings");
-        assert_eq!(p("lstm", "lstm/lstm_cell/kernel:0"), "lstm_cell/kernel");
-        assert_eq!(p("bidi", "bidi/forward_gru/gru_cell/kernel:0"), "forward_gru/gru_cell/kernel");
-        assert_eq!(p("inner_seq", "bn/gamma:0"), "bn/gamma");
-        assert_eq!(p("conv1d_15", "sequential_7/conv1d_15/kernel"), "kernel");
-        assert_eq!(p("inner_seq", "inner_seq/bn/gamma"), "bn/gamma");
-        assert_eq!(p("convolution2d_19", "convolution2d_19_W:0"), "W");
-        assert_eq!(p("batchnormalization_1", "batchnormalization_1_running_std:0"), "running_std");
-        assert_eq!(p("d", "kernel:0"), "kernel");
-    }
-
-    #[test]
-    fn optimizer_names_keep_their_scopes() {
-        assert_eq!(split_path(strip_index_suffix("Adam/m/dense_1/kernel:0")), vec!["Adam", "m", "dense_1", "kernel"]);
-        assert_eq!(strip_index_suffix("iteration:0"), "iteration");
-        assert_eq!(strip_index_suffix("a:b"), "a:b");
-    }
 
     #[test]
     fn nested_models_order_weights_by_sublayer() {

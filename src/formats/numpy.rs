@@ -4,14 +4,14 @@
 //! stays bounded whatever a member claims. Big-endian and Fortran-order arrays are made C-order
 //! little-endian per read range. Object arrays hold pickles: they are refused, never unpickled.
 
-use super::ReadOptions;
+use super::options::ReadOptions;
 use super::archive::Archive;
 use crate::cache::ChunkCache;
 use crate::error::{OpenError, ReadError};
-use crate::model::{ByteSwapped, Extent, Model, Tensor, TensorBytes};
+use crate::model::{ByteSwapped, Extent, Model, SkippedTensor, Tensor, TensorBytes, TensorId};
 use crate::npy;
 use crate::source::Blob;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::io::Read;
 use std::sync::Arc;
 
@@ -40,7 +40,6 @@ pub fn is_npz(archive: &mut Archive) -> bool {
 /// that cannot be exposed is left out with its reason in `info.json` (`skipped`).
 pub fn read_npz(mut archive: Archive, options: &ReadOptions) -> Result<Model, OpenError> {
     let mut model = Model { format: "npz".into(), ..Model::default() };
-    let mut skipped = Vec::new();
     let (mut stored, mut deflated) = (0, 0);
     for (index, member) in archive.file_names() {
         let name = member.strip_suffix(".npy").unwrap_or(&member);
@@ -59,13 +58,10 @@ pub fn read_npz(mut archive: Archive, options: &ReadOptions) -> Result<Model, Op
         };
         match tensor {
             Ok((tensor, _)) => model.tensors.push(tensor),
-            Err(reason) => skipped.push(json!({"name": name, "reason": reason})),
+            Err(reason) => model.skipped.push(SkippedTensor::new(TensorId::Name(name.to_string()), reason)),
         }
     }
     model.info.insert("members".into(), json!({"stored": stored, "deflated": deflated}));
-    if !skipped.is_empty() {
-        model.info.insert("skipped".into(), Value::Array(skipped));
-    }
     Ok(model)
 }
 

@@ -10,10 +10,11 @@
 //! messages (value infos, opsets, key/value pairs) are decoded with prost.
 
 use super::paged::Paged;
+use super::wire::decode_varint;
 use crate::error::io_reason;
 use crate::dtype::DType;
 use crate::error::{OpenError, ReadError};
-use crate::model::{Extent, InMemory, Model, Tensor, TensorBytes};
+use crate::model::{Extent, InMemory, Model, SkippedTensor, Tensor, TensorBytes, TensorId};
 use crate::source::{Blob, Dir, SourceFile};
 use prost::Message;
 use serde_json::{Map, Value, json};
@@ -73,7 +74,6 @@ pub fn read(blob: &Blob, dir: Option<&Dir>) -> Result<Model, OpenError> {
         decoded_budget: MAX_DECODED,
         text_budget: MAX_TEXT,
         model: Model { format: "onnx".into(), ..Model::default() },
-        skipped: Vec::new(),
         items: 0,
     };
     let mut info = Map::new();
@@ -130,9 +130,6 @@ pub fn read(blob: &Blob, dir: Option<&Dir>) -> Result<Model, OpenError> {
         let mut files: Vec<&String> = reader.external.keys().collect();
         files.sort();
         reader.model.info.insert("external_data".into(), json!(files));
-    }
-    if !reader.skipped.is_empty() {
-        reader.model.info.insert("skipped".into(), Value::Array(std::mem::take(&mut reader.skipped)));
     }
     reader.model.add_json(vec!["graph.json".into()], &graph);
     Ok(reader.model)
@@ -251,19 +248,6 @@ impl Walker {
     }
 }
 
-/// A varint at the start of `bytes`: its value and length, `None` if `bytes` ends inside it,
-/// an error if it is longer than ten bytes.
-fn decode_varint(bytes: &[u8]) -> Result<Option<(u64, usize)>, String> {
-    let mut value = 0u64;
-    for (i, &b) in bytes.iter().enumerate().take(10) {
-        value |= u64::from(b & 0x7F) << (7 * i);
-        if b & 0x80 == 0 {
-            return Ok(Some((value, i + 1)));
-        }
-    }
-    if bytes.len() >= 10 { Err("malformed varint".into()) } else { Ok(None) }
-}
-
 /// A repeated scalar field as it lies in the file: packed runs and single unpacked values, in
 /// wire order (parsers concatenate them).
 #[derive(Default)]
@@ -305,7 +289,6 @@ struct Reader {
     decoded_budget: u64,
     text_budget: u64,
     model: Model,
-    skipped: Vec<Value>,
     /// Initializers and ops seen so far (see `MAX_ITEMS`).
     items: usize,
 }
@@ -529,7 +512,7 @@ impl Reader {
     }
 
     fn skip(&mut self, name: &str, reason: String) {
-        self.skipped.push(json!({"name": name, "reason": reason}));
+        self.model.skipped.push(SkippedTensor::new(TensorId::Name(name.to_string()), reason));
     }
 
     /// `(dtype, shape, bytes)` of a tensor, `None` (recorded in `skipped`) for one wfs cannot
@@ -986,16 +969,6 @@ mod tests {
 
     fn blob(bytes: &[u8]) -> Blob {
         Blob::Memory(Arc::new(bytes.to_vec()))
-    }
-
-    #[test]
-    fn varints() {
-        assert_eq!(decode_varint(&[0x96, 0x01]).unwrap(), Some((150, 2)));
-        assert_eq!(decode_varint(&[0x96]).unwrap(), None);
-        // INT8 -1 in int32_data: sign-extended to ten bytes.
-        let minus_one = [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01];
-        assert_eq!(decode_varint(&minus_one).unwrap(), Some((u64::MAX, 10)));
-        assert!(decode_varint(&[0xFF; 11]).is_err());
     }
 
     #[test]

@@ -172,7 +172,7 @@ fn weight_map(index: &Blob) -> Result<(Value, Vec<String>), OpenError> {
 /// (in `dir`) that is a safetensors file (a Keras sharded `.weights.json` names HDF5 shards).
 pub fn indexes_safetensors(index: &Blob, dir: &Dir) -> bool {
     let Ok((_, shards)) = weight_map(index) else { return false };
-    shards.first().and_then(|name| dir.open(name).ok()).is_some_and(|blob| super::sniff(&blob) == super::Sniffed::Safetensors)
+    shards.first().and_then(|name| dir.open(name).ok()).is_some_and(|blob| sniff(&blob.read_vec(0, blob.len().min(64)).unwrap_or_default(), blob.len()))
 }
 
 /// A sharded model: the index and the shards beside it in `dir`, as one tree. Every tensor of

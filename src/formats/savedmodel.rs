@@ -6,8 +6,8 @@
 
 use super::archive::Archive;
 use super::bundle::TensorShapeProto;
-use super::checkpoint::{self, TrackableObjectGraph};
-use super::keras_h5::{add_layer_dir, layer_name, weight_path};
+use super::tf_bundle::{self, TrackableObjectGraph};
+use super::keras::{add_layer_dir, layer_name, weight_path};
 use crate::dtype::DType;
 use crate::error::OpenError;
 use crate::model::{Extent, Model, ModelFile, Tensor, path_of};
@@ -54,8 +54,9 @@ pub fn root_in(archive: &mut Archive) -> Option<String> {
     roots.into_iter().next()
 }
 
-/// A SavedModel in a zip archive, below `root` (see [`root_in`]).
-pub fn read_archive(archive: Archive, root: String) -> Result<Model, OpenError> {
+/// A SavedModel in a zip archive, below its [`root_in`].
+pub fn read_zip(mut archive: Archive) -> Result<Model, OpenError> {
+    let root = root_in(&mut archive).ok_or_else(|| OpenError::UnknownFormat("zip archive holds no saved_model.pb".into()))?;
     read(Files::Zip { archive, root })
 }
 
@@ -186,13 +187,14 @@ fn read(mut files: Files) -> Result<Model, OpenError> {
     }
     if has_variables {
         let mut open = |suffix: &str| files.get(&format!("variables/variables{suffix}"));
-        let mut budget = checkpoint::MAX_STRING_TOTAL;
-        let bundle = checkpoint::load_bundle(&mut open, &[], &mut model, &mut budget)?;
+        let mut budget = tf_bundle::MAX_STRING_TOTAL;
+        let bundle = tf_bundle::load_bundle(&mut open, &[], &mut model, &mut budget)?;
         model.info.extend(bundle.info);
+        model.skipped.extend(bundle.skipped);
         if let Some(graph) = &bundle.graph
             && !add_keras_layers(graph, &metadata, &bundle.variables, &mut model)
         {
-            checkpoint::add_keras_view(graph, &bundle.variables, &[], &mut model);
+            tf_bundle::add_keras_view(graph, &bundle.variables, &[], &mut model);
         }
     }
     for (rel, blob) in files.assets()? {

@@ -11,7 +11,7 @@
 use super::paged::Paged;
 use crate::dtype::DType;
 use crate::error::OpenError;
-use crate::model::{Extent, InMemory, Model, Tensor, TensorBytes};
+use crate::model::{Extent, InMemory, Model, SkippedTensor, Tensor, TensorBytes, TensorId};
 use crate::source::Blob;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
@@ -41,7 +41,7 @@ pub fn read(blob: &Blob) -> Result<Model, OpenError> {
     let mut model = Model { format: "tflite".into(), ..Model::default() };
     let buffers = fb.tables(&root, 4)?;
     let codes = operator_codes(&mut fb, &root)?;
-    let mut reader = Reader { fb, buffers, items: 0, decoded_budget: MAX_DECODED, skipped: Vec::new() };
+    let mut reader = Reader { fb, buffers, items: 0, decoded_budget: MAX_DECODED };
 
     let mut subgraphs = Vec::new();
     let mut tensor_names: Vec<Vec<String>> = Vec::new();
@@ -59,9 +59,6 @@ pub fn read(blob: &Blob) -> Result<Model, OpenError> {
     info.insert("metadata".into(), Value::Object(reader.metadata(&root)?));
     info.insert("subgraphs".into(), json!(subgraphs.len()));
     info.insert("signature_defs".into(), json!(signatures.iter().map(|s| s["key"].clone()).collect::<Vec<_>>()));
-    if !reader.skipped.is_empty() {
-        info.insert("skipped".into(), Value::Array(std::mem::take(&mut reader.skipped)));
-    }
     model.add_json(vec!["graph.json".into()], &json!({"subgraphs": subgraphs, "signatures": signatures}));
     Ok(model)
 }
@@ -120,7 +117,6 @@ struct Reader {
     buffers: Vec<u64>,
     items: usize,
     decoded_budget: u64,
-    skipped: Vec<Value>,
 }
 
 impl Reader {
@@ -228,10 +224,10 @@ impl Reader {
             entry.insert("quantization".into(), json!({"scale": q.scale, "zero_point": q.zero_point, "quantized_dimension": q.dimension}));
         }
         if let Some((offset, len)) = data {
-            let skip = |reason: String| json!({"name": name, "index": index, "reason": reason});
+            let skip = |reason: String| SkippedTensor::new(TensorId::Indexed { name: name.clone(), index }, reason);
             match tensor_dtype(code) {
-                _ if sparse => self.skipped.push(skip("sparse tensors are not densified".into())),
-                None => self.skipped.push(skip(format!("element type {} has no dtype in wfs", type_name(code)))),
+                _ if sparse => model.skipped.push(skip("sparse tensors are not densified".into())),
+                None => model.skipped.push(skip(format!("element type {} has no dtype in wfs", type_name(code)))),
                 Some(dtype) => {
                     let shape: Vec<u64> = dims.iter().map(|&d| u64::try_from(d)).collect::<Result<_, _>>().map_err(|_| corrupt(format!("tensor {name:?} has shape {dims:?}")))?;
                     let (dtype, bytes) = self.tensor_bytes(&name, dtype, &shape, offset, len)?;

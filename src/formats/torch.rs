@@ -6,12 +6,13 @@
 //! goes to `object.json`. Storages are served in place: zip members by `pread`, legacy storages
 //! at the offsets found by walking the file once at mount.
 
-use super::ReadOptions;
+use base64::{Engine, engine::general_purpose::STANDARD};
+use super::options::ReadOptions;
 use super::archive::Archive;
 use crate::cache::ChunkCache;
 use crate::dtype::DType;
 use crate::error::{OpenError, ReadError};
-use crate::model::{ByteSwapped, Extent, Model, Tensor, TensorBytes, json_text, split_name};
+use crate::model::{ByteSwapped, Extent, Model, SkippedTensor, Tensor, TensorBytes, TensorId, json_text, split_name};
 use crate::pickle::{self, Id, Limits, Node, Object, Pickle, Value};
 use crate::source::Blob;
 use serde_json::{Map, Value as Json, json};
@@ -43,8 +44,9 @@ pub fn record_prefix(archive: &mut Archive) -> Option<String> {
     archive.index_for_name(&format!("{prefix}/data.pkl")).map(|_| prefix)
 }
 
-/// A zip-format file whose records lie under `prefix/`.
-pub fn read_archive(mut archive: Archive, prefix: &str, options: &ReadOptions) -> Result<Model, OpenError> {
+/// A zip-format file, its records under its [`record_prefix`].
+pub fn read_zip(mut archive: Archive, options: &ReadOptions) -> Result<Model, OpenError> {
+    let prefix = &record_prefix(&mut archive).ok_or_else(|| OpenError::UnknownFormat("zip archive holds no data.pkl record".into()))?;
     let mut info = Map::new();
     info.insert("torch_format".into(), json!("zip"));
     info.insert("record_prefix".into(), json!(prefix));
@@ -167,10 +169,7 @@ fn extract(
     };
     let root = walk.value(&pickle.root, "", false, 0)?;
     info.insert("top_level".into(), json!(top_level(pickle)));
-    if !walk.skipped.is_empty() {
-        info.insert("skipped".into(), Json::Array(walk.skipped));
-    }
-    let mut model = Model { format: "pytorch".into(), info, tensors: walk.tensors, ..Model::default() };
+    let mut model = Model { format: "pytorch".into(), info, tensors: walk.tensors, skipped: walk.skipped, ..Model::default() };
     model.add_json(vec!["object.json".into()], &root);
     for (name, text) in walk.levels {
         let mut path = split_name("tensors", &name);
@@ -203,7 +202,7 @@ struct Walk<'a> {
     big_endian: bool,
     cache: Arc<ChunkCache>,
     tensors: Vec<Tensor>,
-    skipped: Vec<Json>,
+    skipped: Vec<SkippedTensor>,
     /// (name, object.json text) of each level below the root that holds tensors.
     levels: Vec<(String, Vec<u8>)>,
     level_bytes: u64,
@@ -397,7 +396,7 @@ impl Walk<'_> {
                 entry
             }
             Err(reason) => {
-                self.skipped.push(json!({"name": name, "reason": reason}));
+                self.skipped.push(SkippedTensor::new(TensorId::Name(name.to_string()), reason.clone()));
                 json!({"__tensor__": name, "skipped": reason})
             }
         }
@@ -876,24 +875,8 @@ fn float_json(f: f64) -> Json {
 }
 
 fn bytes_json(bytes: &[u8]) -> Json {
-    json!({"__bytes__": base64(bytes)})
-}
-
-/// Standard base64 with padding.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &b)| acc | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    // Standard base64 with padding.
+    json!({"__bytes__": STANDARD.encode(bytes)})
 }
 
 /// Plain data (sys_info) as JSON, without tensors.
@@ -916,9 +899,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base64_matches_rfc_4648() {
-        for (plain, encoded) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
-            assert_eq!(base64(plain.as_bytes()), encoded);
+    fn bytes_are_standard_padded_base64() {
+        for (plain, encoded) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy"), ("\u{fb}\u{ff}", "w7vDvw==")] {
+            assert_eq!(bytes_json(plain.as_bytes()), json!({"__bytes__": encoded}));
         }
     }
 
