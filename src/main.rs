@@ -19,7 +19,7 @@ use wfs::output::{self, AtomicFile, OutputError};
 use wfs::tools;
 use wfs::tree::{SAFETENSORS_FILE, Tree, TreeOptions};
 
-/// Exit codes, one per failure class (documented in docs/cli.md and the man page).
+/// Exit codes, one per failure class (documented in docs/usage.md and the man page).
 mod exit {
     pub const OTHER: u8 = 1;
     pub const USAGE: u8 = 2;
