@@ -188,16 +188,19 @@ fn absolute(path: &Path) -> PathBuf {
 
 fn detach(path: &Path) -> bool {
     let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { return false };
+    // SAFETY: `c` is a NUL-terminated path that lives across the call.
     unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) == 0 }
 }
 
 /// Where the daemon of `mountpoint` records its pid, so `wfs umount` can wait for it.
 fn pid_file(mountpoint: &Path) -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     let dir = if unsafe { libc::geteuid() } == 0 {
         PathBuf::from("/run/wfs")
     } else {
         std::env::var_os("XDG_RUNTIME_DIR")
             .map(|d| PathBuf::from(d).join("wfs"))
+            // SAFETY: geteuid has no preconditions and cannot fail.
             .unwrap_or_else(|| std::env::temp_dir().join(format!("wfs-{}", unsafe { libc::geteuid() })))
     };
     dir.join(format!("{:016x}.pid", fnv1a(mountpoint.as_os_str().as_bytes())))
@@ -210,15 +213,19 @@ pub fn mount(fs: &'static Fs, settings: MountSettings, on_daemonized: impl FnOnc
         return serve(fs, &settings, None::<(&mut std::fs::File, fn())>);
     }
     let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(MountError::Other("cannot create a pipe".into()));
     }
+    // SAFETY: pipe2 succeeded: both descriptors are fresh and owned by nobody else.
     let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     // The process is single-threaded here (threads start after the fork), so forking is safe.
+    // SAFETY: single-threaded here (see above); the child only continues in Rust code it owns.
     match unsafe { libc::fork() } {
         -1 => Err(MountError::Other("cannot fork the daemon".into())),
         0 => {
             drop(read_end);
+            // SAFETY: setsid has no memory-safety preconditions.
             unsafe { libc::setsid() };
             let mut status = std::fs::File::from(write_end);
             let result = serve(fs, &settings, Some((&mut status, on_daemonized)));
@@ -262,11 +269,13 @@ fn serve(fs: &'static Fs, settings: &MountSettings, status: Status<'_, impl FnOn
     // returned to the system when freed, so memory follows `--cache-size` (cache + ~60 MiB),
     // at the price of page faults when a chunk is decoded (~10% more CPU for gzip chunks).
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before any thread is started.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
     // SIGTERM/SIGINT/SIGHUP are taken by a thread of our own (fuser installs no handlers):
     // block them here so every thread started below inherits the mask.
+    // SAFETY: a zeroed sigset_t is valid to pass to sigemptyset, which initialises it; the calls take pointers to locals.
     let signals = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -339,6 +348,7 @@ fn serve(fs: &'static Fs, settings: &MountSettings, status: Status<'_, impl FnOn
     let mountpoint = settings.mountpoint.clone();
     std::thread::spawn(move || {
         let mut sig = 0;
+        // SAFETY: `signals` is an initialised set and `sig` a valid place for the answer.
         unsafe { libc::sigwait(&signals, &mut sig) };
         log::info!("signal {sig}: unmounting {}", mountpoint.display());
         if unmounter.unmount().is_err() {
@@ -369,6 +379,7 @@ pub fn umount(path: &Path) -> Result<(), MountError> {
     let pid: Option<i32> = std::fs::read_to_string(&pid_path).ok().and_then(|s| s.trim().parse().ok());
     let c = CString::new(abs.as_os_str().as_bytes()).map_err(|_| MountError::Mountpoint(format!("{shown}: bad path")))?;
     let mut lazy = false;
+    // SAFETY: `c` is a NUL-terminated path that lives across the call.
     if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
         let err = std::io::Error::last_os_error();
         match err.raw_os_error() {
@@ -390,6 +401,7 @@ pub fn umount(path: &Path) -> Result<(), MountError> {
     }
     if let (Some(pid), false) = (pid, lazy) {
         let deadline = Instant::now() + Duration::from_secs(10);
+        // SAFETY: kill with signal 0 only asks whether the process exists.
         while unsafe { libc::kill(pid, 0) } == 0 && !is_zombie(pid) {
             if Instant::now() > deadline {
                 return Err(MountError::Other(format!("{shown}: unmounted, but daemon {pid} has not exited after 10 s")));

@@ -48,6 +48,7 @@ impl log::Log for Logger {
             }
             Target::Syslog => {
                 if let Ok(c) = std::ffi::CString::new(line.replace('\0', " ")) {
+                    // SAFETY: both strings are NUL-terminated, and the format takes exactly the one string argument.
                     unsafe { libc::syslog(priority(level), c"%s".as_ptr(), c.as_ptr()) };
                 }
             }
@@ -77,6 +78,7 @@ pub fn redirect(file: Option<&std::path::Path>) -> std::io::Result<()> {
     let target = match file {
         Some(path) => Target::File(Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?)),
         None => {
+            // SAFETY: the identity is a static NUL-terminated string, as openlog keeps the pointer.
             unsafe { libc::openlog(c"wfs".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
             Target::Syslog
         }

@@ -423,6 +423,7 @@ fn run(command: Command) -> Result<()> {
                 allow_root: false,
                 default_permissions: false,
                 allow_nonempty: false,
+                // SAFETY: geteuid and getegid have no preconditions and cannot fail.
                 owner: Ownership { uid: unsafe { libc::geteuid() }, gid: unsafe { libc::getegid() }, time: SystemTime::now() },
                 idle_timeout: idle_timeout.filter(|t| !t.is_zero()),
             };
@@ -715,6 +716,7 @@ fn detach_stdio(log_file: Option<&std::path::Path>) {
     if let Err(e) = wfs::logger::redirect(log_file) {
         log::error!("cannot open log file: {e}");
     }
+    // SAFETY: open, dup2, close and chdir on descriptors we own and static NUL-terminated paths.
     unsafe {
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
         if null >= 0 {

@@ -234,7 +234,7 @@ impl Blob {
             }
             Blob::Slice(s) => {
                 let whole = s.inner.map()?;
-                // `slice` checked the range against the inner blob's length.
+                // SAFETY: `slice` checked `offset + len` against the inner blob's length, so the pointer stays inside the mapping.
                 let ptr = unsafe { whole.ptr.add(s.offset as usize) };
                 Ok(Mapping { ptr, len: s.len as usize, _owner: whole._owner })
             }
@@ -384,6 +384,7 @@ pub struct Mapping {
 
 // SAFETY: the bytes are never written through this pointer and outlive the value.
 unsafe impl Send for Mapping {}
+// SAFETY: as for Send: the bytes are only read.
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
@@ -408,10 +409,12 @@ struct Mmap {
 
 // SAFETY: a read-only mapping may be used and unmapped from any thread.
 unsafe impl Send for Mmap {}
+// SAFETY: as for Send.
 unsafe impl Sync for Mmap {}
 
 impl Drop for Mmap {
     fn drop(&mut self) {
+        // SAFETY: `ptr` and `len` are the mapping mmap returned, unmapped once, here.
         unsafe { libc::munmap(self.ptr, self.len) };
     }
 }

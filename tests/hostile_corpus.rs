@@ -44,7 +44,9 @@ fn mount_measured(source: &Path, dir: &Path) -> Outcome {
     let pid = child.id() as libc::pid_t;
     loop {
         // wait4, not try_wait: its rusage is this child's alone (tests run in parallel).
+        // SAFETY: a zeroed rusage is a valid value of this plain C struct.
         let (mut status, mut usage): (libc::c_int, libc::rusage) = (0, unsafe { std::mem::zeroed() });
+        // SAFETY: `status` and `usage` are valid places for wait4's answers.
         if unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) } == pid {
             let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
             assert!(!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0), "foreground mount of {} exited 0", source.display());
@@ -63,6 +65,7 @@ fn mount_measured(source: &Path, dir: &Path) -> Outcome {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
             let ticks: f64 = fields.get(11..13).map_or(0.0, |t| t.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
+            // SAFETY: sysconf has no preconditions.
             let cpu_seconds = ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
             let guard = UnmountGuard(point.clone());
             // The daemon exits once unmounted; reap it in the background of the test.

@@ -98,6 +98,7 @@ fn sigterm_and_sigint_unmount_cleanly() {
         let mut buf = [0u8; 16];
         file.read_exact(&mut buf).unwrap();
         drop(file);
+        // SAFETY: kill only sends a signal to our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
         let status = child.wait().unwrap();
         assert!(status.success(), "signal {signal}: {status:?}");
@@ -114,6 +115,7 @@ fn killed_daemon_leaves_a_mount_that_umount_and_mount_recover() {
     for recover_with_mount in [false, true] {
         assert!(wfs().arg("mount").arg(&source).arg(&point).status().unwrap().success());
         for pid in daemons(&point) {
+            // SAFETY: kill only sends a signal to the test's own daemon.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         wait_until("daemon death", || daemons(&point).is_empty());
@@ -294,6 +296,7 @@ fn sigterm_with_many_readers_in_flight_unmounts_cleanly() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill only sends a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {

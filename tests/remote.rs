@@ -88,6 +88,7 @@ struct Server(Child);
 impl Drop for Server {
     fn drop(&mut self) {
         // SIGTERM, not SIGKILL: nginx's master stops its workers before it exits.
+        // SAFETY: kill only sends a signal to the server this test started.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
         let _ = self.0.wait();
     }

@@ -209,7 +209,9 @@ fn info_measured(source: &Path) -> (Output, u64) {
     let out = wfs().arg("info").arg(source).output().unwrap();
     // The largest peak RSS of any child reaped so far: an upper bound shared with the test's
     // other children.
+    // SAFETY: a zeroed rusage is a valid value of this plain C struct.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid place for getrusage's answer.
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
     (out, usage.ru_maxrss as u64)
 }

@@ -172,6 +172,7 @@ fn unmount(point: &Path) {
     let ok = wfs().arg("umount").arg(point).output().is_ok_and(|o| o.status.success());
     if !ok {
         let c = std::ffi::CString::new(point.to_str().unwrap()).unwrap();
+        // SAFETY: `c` is a NUL-terminated path that lives across the call.
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     }
 }
