@@ -184,7 +184,7 @@ def row_chunks(shape, target=256 * 1024):
 
 
 def write_keras_h5(path, layers, gzip, seed=2, chunks=row_chunks):
-    """A Keras legacy full-model .h5 (FORMATS.md 1): root attrs model_config / keras_version /
+    """A Keras legacy full-model .h5 (docs/formats/keras.md#legacy-hdf5-files): root attrs model_config / keras_version /
     backend, /model_weights with layer_names, one group per layer with weight_names."""
     rng = np.random.default_rng(seed)
     config = {"class_name": "Sequential", "config": {"name": "bench", "layers": [
@@ -655,7 +655,7 @@ def fig_safetensors(w, src, out_root, runs, res):
 
 
 def write_safetensors(path, layers, seed=2):
-    """The same tensors as a safetensors file (FORMATS.md 6.1), written by hand so that the
+    """The same tensors as a safetensors file (docs/formats/safetensors.md#layout), written by hand so that the
     benchmark needs no safetensors package: HF-style names, F32, offsets back to back."""
     rng = np.random.default_rng(seed)
     header, offset = {"__metadata__": {"format": "np"}}, 0

@@ -1,7 +1,7 @@
 """A minimal TensorFlow tensor-bundle writer (prefix.index + prefix.data-00000-of-00001), for
 benchmark inputs only: TensorFlow is not needed to make a 10,000-variable checkpoint.
 
-Layout per FORMATS.md 3: an SSTable whose first key "" holds the BundleHeaderProto and whose
+Layout per docs/formats/tensorflow.md#the-tensor-bundle: an SSTable whose first key "" holds the BundleHeaderProto and whose
 other keys hold BundleEntryProtos; block trailers and tensor checksums are masked crc32c.
 Needs the `crc32c` package (pip install crc32c).
 """

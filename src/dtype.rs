@@ -20,7 +20,7 @@ pub enum DType {
     C128,
     /// Fixed-width byte strings of the given width (numpy `|S<n>`).
     Str(usize),
-    /// 8-bit floats (FORMATS.md 6.1.1): `.npy` widens them to float32.
+    /// 8-bit floats (docs/formats/safetensors.md#element-encodings-of-the-8-bit-and-sub-byte-floats): `.npy` widens them to float32.
     F8E4M3FN,
     F8E5M2,
     F8E4M3FNUZ,
@@ -282,7 +282,7 @@ impl DType {
     }
 }
 
-/// One 8-bit float (FORMATS.md 6.1.1), specials first.
+/// One 8-bit float (docs/formats/safetensors.md#element-encodings-of-the-8-bit-and-sub-byte-floats), specials first.
 fn float8(dtype: DType, b: u8) -> f32 {
     match dtype {
         DType::F8E4M3FN if b & 0x7F == 0x7F => f32::NAN,
@@ -345,7 +345,7 @@ mod tests {
         out
     }
 
-    /// FORMATS.md 6.1.1's example bytes for [1, -2, 0.5], written by torch.
+    /// docs/formats/safetensors.md#element-encodings-of-the-8-bit-and-sub-byte-floats's example bytes for [1, -2, 0.5], written by torch.
     #[test]
     fn float8_examples_from_torch() {
         assert_eq!(widen(DType::F8E4M3FN, &[0x38, 0xc0, 0x30]), [1.0, -2.0, 0.5]);

@@ -1,4 +1,4 @@
-//! `model.safetensors` (TREE.md 8): the tensors of a top level as one safetensors file,
+//! `model.safetensors` (docs/tree.md 8): the tensors of a top level as one safetensors file,
 //! assembled on read. The header is made once, at mount; every byte range of the data buffer is
 //! served from the tensors under it through the same `TensorBytes` as their `.raw` (the `.npy`
 //! data for decoded quantized types), so nothing is copied or held besides the header.

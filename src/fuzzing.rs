@@ -107,7 +107,7 @@ pub fn keras_weight_path(layer: &str, weight: &str) -> Vec<String> {
     crate::formats::keras::weight_path(layer, weight)
 }
 
-/// Why `name` is not a safe path component (TREE.md 3), if it is not.
+/// Why `name` is not a safe path component (docs/tree.md 3), if it is not.
 pub fn unsafe_name(name: &str) -> Option<&'static str> {
     if name.is_empty() {
         Some("empty")
@@ -217,7 +217,7 @@ pub struct SafetensorsEntry {
     pub range: std::ops::Range<u64>,
 }
 
-/// A safetensors file read back by the reference reader's rules (FORMATS.md 6.1.2) plus the
+/// A safetensors file read back by the reference reader's rules (docs/formats/safetensors.md#header-and-offset-validation) plus the
 /// reference writer's layout: a header length within limits and the file, padded with spaces
 /// so the data starts at a multiple of 8, `__metadata__` first and all strings, known dtypes,
 /// byte ranges that tile the data buffer in header order and match their shapes exactly.

@@ -85,7 +85,7 @@ impl TensorBytes for ByteSwapped {
 pub struct Tensor {
     /// Path below the mount root, as raw source names (sanitised when the tree is built).
     pub path: Vec<String>,
-    /// The tensor's own name in the source (TREE.md 7.1: `tensors.tsv`'s fifth column and
+    /// The tensor's own name in the source (docs/tree.md 7.1: `tensors.tsv`'s fifth column and
     /// `user.wfs.name`). Empty for Keras and TensorFlow sources, whose name is the tensor's
     /// path in the tree below its top level, filled in by the tree.
     pub name: String,
@@ -107,7 +107,7 @@ impl Tensor {
         Tensor { path, name: String::new(), dtype, shape, bytes, decoded: None, extra_attrs: Vec::new() }
     }
 
-    /// A tensor of a format whose names are its own (TREE.md 7.1): placed at
+    /// A tensor of a format whose names are its own (docs/tree.md 7.1): placed at
     /// `tensors/<name split on '/' and '.'>`.
     pub fn named(name: &str, dtype: DType, shape: Vec<u64>, bytes: Arc<dyn TensorBytes>) -> Tensor {
         Tensor { name: name.to_string(), ..Tensor::new(split_name("tensors", name), dtype, shape, bytes) }
@@ -137,7 +137,7 @@ impl Tensor {
 }
 
 /// `[top, components...]`: a source's own tensor name split into path components on `/` and
-/// `.` (TREE.md 7.1); the tree makes each component safe.
+/// `.` (docs/tree.md 7.1); the tree makes each component safe.
 pub fn split_name(top: &str, name: &str) -> Vec<String> {
     std::iter::once(top).chain(name.split(['/', '.'])).map(str::to_string).collect()
 }

@@ -1,4 +1,4 @@
-//! Making source names safe as path components (TREE.md 3).
+//! Making source names safe as path components (docs/tree.md 3).
 
 /// Longest component most Linux filesystems (and the kernel's NAME_MAX) accept.
 const NAME_MAX: usize = 255;

@@ -1,5 +1,5 @@
 //! `.npy` headers: written (NumPy format 1.0, 2.0 when the header is too long for 1.0) for every
-//! tensor of the tree, and read (versions 1.0 to 3.0, FORMATS.md 5) from `.npy` sources.
+//! tensor of the tree, and read (versions 1.0 to 3.0, docs/formats/numpy.md#npy-layout) from `.npy` sources.
 
 use crate::dtype::DType;
 

@@ -1,4 +1,4 @@
-//! A Python pickle interpreter that never executes anything (FORMATS.md 8.3).
+//! A Python pickle interpreter that never executes anything (docs/formats/pytorch.md#the-pickle-layer-a-non-executing-interpreter).
 //!
 //! Every opcode of protocols 0-5 is understood, but no class is imported and no callable is
 //! called: `GLOBAL`/`STACK_GLOBAL` push a name, and `REDUCE`, `NEWOBJ`, `INST`, `OBJ` and
@@ -100,7 +100,7 @@ impl Pickle {
     }
 
     /// `(module, name)` when `v` is a global reference; Python 2 module names are mapped to
-    /// their Python 3 names (FORMATS.md 8.3).
+    /// their Python 3 names (docs/formats/pytorch.md#the-pickle-layer-a-non-executing-interpreter).
     pub fn global(&self, v: &Value) -> Option<(&str, &str)> {
         match self.node(v)? {
             Node::Global { module, name } => Some((python3_module(module), name)),

@@ -97,7 +97,7 @@ impl Dirs {
 /// What a tree offers beyond the model's own files.
 #[derive(Clone, Copy, Debug)]
 pub struct TreeOptions {
-    /// `model.safetensors` at each top level (TREE.md 8).
+    /// `model.safetensors` at each top level (docs/tree.md 8).
     pub safetensors: bool,
 }
 
@@ -141,7 +141,7 @@ impl Tree {
             tensors: Vec::new(),
         };
         // Link names are promised, and so are decimal names in `layers/` (`layers/<i>` is the
-        // i-th layer, TREE.md 5, even where the order is unknown and there is no such link): a
+        // i-th layer, docs/tree.md 5, even where the order is unknown and there is no such link): a
         // directory or file that would take one gets the collision suffix instead.
         let mut link_names: HashMap<Vec<String>, HashSet<String>> = HashMap::new();
         for link in &model.links {

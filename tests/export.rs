@@ -1,4 +1,4 @@
-//! `model.safetensors` (TREE.md 8) and `wfs convert`: every fixture format mounted and its file
+//! `model.safetensors` (docs/tree.md 8) and `wfs convert`: every fixture format mounted and its file
 //! read by the real `safetensors` package and by an independent parser of the format's rules
 //! (tests/safetensors_check.py), each tensor compared with the tree's `.raw` and with the
 //! oracle recorded when the fixture was written; every real model of ../shared/real-models that
@@ -56,7 +56,7 @@ fn check_file(path: &Path) -> Checked {
     }
 }
 
-/// How TREE.md 8 stores a tensor of this `.dtype`: `Some(dtype)` for the types safetensors
+/// How docs/tree.md 8 stores a tensor of this `.dtype`: `Some(dtype)` for the types safetensors
 /// has, F64 pairs for complex128, `None` for strings (left out); anything else is a quantized
 /// type, stored as its float32 values.
 fn safetensors_dtype(numpy: &str) -> Option<&'static str> {
@@ -452,7 +452,7 @@ fn noexport_leaves_the_file_out() {
 }
 
 /// What an oracle part says the file must hold, by the name each tensor has in the tree:
-/// TREE.md 7.1's own names, `variables/<key>` for checkpoint keys (TREE.md 6); HDF5 paths have
+/// docs/tree.md 7.1's own names, `variables/<key>` for checkpoint keys (docs/tree.md 6); HDF5 paths have
 /// no such mapping and are matched by content.
 fn expected_from_part(part: &Value) -> Vec<Expected> {
     part["tensors"]
@@ -520,7 +520,7 @@ fn every_real_model_matches_its_oracle() {
 }
 
 /// Random models (any dtype, repeated and hostile names, shared views, quantized tensors with
-/// and without a decoder) give a file that an independent parser of FORMATS.md 6.1.2 reads back
+/// and without a decoder) give a file that an independent parser of docs/formats/safetensors.md#header-and-offset-validation reads back
 /// as exactly the model's tensors, in order, and that reads the same at any offset.
 mod properties {
     use proptest::prelude::*;

@@ -88,7 +88,7 @@ fn standalone_weights_file() {
 
 /// Tree paths of the sharded oracle that the files cannot name: without config.json, a
 /// BatchNormalization that dropped gamma or beta (same shapes) and a TimeDistributed's inner
-/// layer (class unknown) keep their variables' indices (TREE.md 3).
+/// layer (class unknown) keep their variables' indices (docs/tree.md 3).
 const UNNAMEABLE_WITHOUT_CONFIG: [(&str, &str); 8] = [
     ("layers/inner_block/bn_nocenter/gamma", "layers/inner_block/bn_nocenter/0"),
     ("layers/bn_noscale/beta", "layers/bn_noscale/0"),
@@ -146,7 +146,7 @@ np.savez(dst, **{rename(k): z[k] for k in z.files})
     assert_eq!(info["shards"], 3);
 }
 
-/// The optimizer slot names follow the oracle's index table (FORMATS.md 2.2).
+/// The optimizer slot names follow the oracle's index table (docs/formats/keras.md#weightsh5-layout).
 #[test]
 fn optimizer_slots_named_in_index_order() {
     let expect = load_json(&fixture("keras3/k3_functional.keras.expect.json"));
@@ -295,13 +295,13 @@ fn sharded_index_with_hostile_shard_name() {
 }
 
 /// Every oracle tensor of a real-world Keras 3 file appears in the tree with its bytes, dtype
-/// and shape; weights sit at `layers/<config name>/<kernel|bias>` (FORMATS.md 2.3, 2.4: these
+/// and shape; weights sit at `layers/<config name>/<kernel|bias>` (docs/formats/keras.md#index-to-variable-name-for-built-in-layers, docs/formats/keras.md#mapping-groups-to-configjson-layer-names: these
 /// files are Dense/Conv2D only) and optimizer variables under `optimizer/`.
 fn check_real(item: &str, file: &str) {
     let Some(root) = real_models() else { return };
     let oracle = load_json(&root.join(format!("{item}.oracle.json")));
     let mount = Mount::new(&root.join(item).join(file), &[]);
-    // The group -> layer name table from config.json (FORMATS.md 2.4), where there is one.
+    // The group -> layer name table from config.json (docs/formats/keras.md#mapping-groups-to-configjson-layer-names), where there is one.
     let groups: Option<HashMap<String, String>> = mount.path("config.json").exists().then(|| {
         let config: Value = serde_json::from_slice(&mount.read("config.json")).unwrap();
         assert_eq!(layer_dirs(&mount), config_layer_names(&config).into_iter().collect::<BTreeSet<_>>());

@@ -1,4 +1,4 @@
-//! The Keras contract a model rebuild relies on (TREE.md 1 and 5), against oracles Keras and
+//! The Keras contract a model rebuild relies on (docs/tree.md 1 and 5), against oracles Keras and
 //! TensorFlow recorded at generation time: an existing path wins over a checkpoint prefix,
 //! `layers/<i>` is always the i-th layer, and each layer's rows in `tensors.tsv` come in
 //! `layer.weights` order.

@@ -1,7 +1,7 @@
 """Reads a safetensors file two independent ways and prints what it holds, as JSON.
 
 1. Its own parser (json + struct, nothing from wfs or safetensors) checks the layout against
-   the rules of the reference reader (FORMATS.md 6.1.2) and the reference writer's padding.
+   the rules of the reference reader (docs/formats/safetensors.md#header-and-offset-validation) and the reference writer's padding.
 2. The real `safetensors` package: `safe_open(..., framework="numpy")` must list the same keys
    and metadata and give each tensor numpy can hold with the same dtype, shape and bytes;
    `safetensors.numpy.load_file` must do the same when every dtype is one numpy has.

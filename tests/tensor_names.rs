@@ -1,4 +1,4 @@
-//! Every Keras and TensorFlow source names its tensors by their path in the tree (TREE.md 7.1):
+//! Every Keras and TensorFlow source names its tensors by their path in the tree (docs/tree.md 7.1):
 //! `tensors.tsv`'s fifth column and the `user.wfs.name` extended attribute of the tensor's
 //! files, checked for every fixture against its oracle's tree paths, and for every Keras and
 //! TensorFlow real-models item against its oracle's checkpoint keys or tensor count.
@@ -91,7 +91,7 @@ fn every_keras_and_tensorflow_real_model_names_its_tensors() {
             let mount = Mount::new(&source, &[]);
             let names = check_rows(&mount, &what);
             if tensors.first().is_some_and(|t| t.get("key").is_some()) {
-                // TREE.md 6: a bundle key is `variables/<key>` without the VALUE suffix.
+                // docs/tree.md 6: a bundle key is `variables/<key>` without the VALUE suffix.
                 let names: HashSet<&str> = names.iter().map(String::as_str).collect();
                 for t in tensors {
                     let key = t["key"].as_str().unwrap();

@@ -36,7 +36,7 @@ fn check_tensors(mount: &Mount, tensors: &[Value]) {
         let path = row[0].strip_suffix(".npy").unwrap();
         check_tensor(mount, path, t);
         assert_eq!(row[1], t["dtype"].as_str().unwrap(), "tensors.tsv dtype of {name}");
-        // TREE.md 7.1: the path is the name split on '/' and '.' (when no component needs escaping).
+        // docs/tree.md 7.1: the path is the name split on '/' and '.' (when no component needs escaping).
         if !name.contains("//") && !name.contains('%') && !name.contains(['\'', ' ', '{']) {
             assert_eq!(path, format!("tensors/{}", name.replace('.', "/")), "path of {name}");
         }

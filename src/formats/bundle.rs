@@ -1,4 +1,4 @@
-//! The TensorFlow tensor bundle's `.index` file (FORMATS.md 3.2-3.3): a LevelDB-format SSTable
+//! The TensorFlow tensor bundle's `.index` file (docs/formats/tensorflow.md#the-index-file-a-leveldb-format-sstable, docs/formats/tensorflow.md#bundle-entries): a LevelDB-format SSTable
 //! whose values are `BundleHeaderProto` / `BundleEntryProto` messages, plus the masked crc32c
 //! that checks both the table blocks and the tensor data.
 
@@ -265,7 +265,7 @@ mod tests {
     use prost::Message;
     use std::sync::Arc;
 
-    /// The whole 142-byte `.index` of FORMATS.md 3.5.
+    /// The whole 142-byte `.index` of docs/formats/tensorflow.md#data-files.
     fn worked_example() -> Vec<u8> {
         let mut f = vec![0x00, 0x00, 0x06, 0x08, 0x01, 0x1a, 0x02, 0x08, 0x01];
         f.extend_from_slice(&[0x00, 0x01, 0x0f, 0x73]);

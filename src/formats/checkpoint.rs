@@ -1,4 +1,4 @@
-//! TensorFlow checkpoints (FORMATS.md 3): a prefix (`prefix.index` + `prefix.data-*`), its
+//! TensorFlow checkpoints (docs/formats/tensorflow.md#the-tensor-bundle): a prefix (`prefix.index` + `prefix.data-*`), its
 //! `.index` file, or a directory of them (each under `<prefix>/`, with `latest` from the
 //! `checkpoint` state file). The bundle itself is read by `tf_bundle`.
 

@@ -1,4 +1,4 @@
-//! GGUF files (llama.cpp; FORMATS.md 6.4 and 10): metadata into `metadata.json` (every array
+//! GGUF files (llama.cpp; docs/formats/gguf.md#header-metadata-and-tensor-infos, docs/formats/gguf.md): metadata into `metadata.json` (every array
 //! also as `metadata/<key>.txt`), tensors under `tensors/` by their own names. Plain types are
 //! served in place; quantized blocks are decoded on read, a run of blocks at a time, into the
 //! shared chunk cache.

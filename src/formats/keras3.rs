@@ -1,9 +1,9 @@
-//! Keras 3 saving (FORMATS.md 2): `.keras` zip archives, standalone `.weights.h5` files and
+//! Keras 3 saving (docs/formats/keras.md#keras-3-keras-archive-and-weightsh5): `.keras` zip archives, standalone `.weights.h5` files and
 //! sharded `.weights.json` indexes with their `*_NNNNN.weights.h5` shards.
 //!
 //! Every saveable object stores its own variables by index in `<path>/vars/<i>`. Names come
-//! from `vars@name` (Keras >= 3.6), else from config.json (FORMATS.md 2.4); variable names from
-//! Keras's own creation order for built-in layers (FORMATS.md 2.3), else the index stays.
+//! from `vars@name` (Keras >= 3.6), else from config.json (docs/formats/keras.md#mapping-groups-to-configjson-layer-names); variable names from
+//! Keras's own creation order for built-in layers (docs/formats/keras.md#index-to-variable-name-for-built-in-layers), else the index stays.
 
 use super::archive::Archive;
 use super::h5::{self, H5Context, push_dataset};
@@ -253,7 +253,7 @@ impl Reader<'_> {
             .filter(|e| !(sequential && e.get("class_name").and_then(Value::as_str) == Some("InputLayer")))
             .enumerate()
         {
-            // The group is named by class and repeat count (FORMATS.md 2.4).
+            // The group is named by class and repeat count (docs/formats/keras.md#mapping-groups-to-configjson-layer-names).
             let kind = snake_case(entry.get("class_name").and_then(Value::as_str).unwrap_or_default());
             let seen = used.entry(kind.clone()).or_insert(0);
             let group = if *seen == 0 { kind.clone() } else { format!("{kind}_{seen}") };
@@ -329,7 +329,7 @@ impl Reader<'_> {
         }
     }
 
-    /// Names of the optimizer's variables (FORMATS.md 2.2): `iteration`, `learning_rate` (absent
+    /// Names of the optimizer's variables (docs/formats/keras.md#weightsh5-layout): `iteration`, `learning_rate` (absent
     /// with a schedule), then per trainable variable its slots (`<path with _>_<slot>`), provided
     /// the count and every slot's shape agree with the model's trainable variables.
     fn slot_names(&self, vars: &[Var], class: Option<&str>) -> Option<Vec<String>> {
@@ -398,7 +398,7 @@ const KERNEL_BIAS: &[&str] = &[
 ];
 const RNN_CELLS: &[&str] = &["rnn_cell", "simple_rnn_cell", "lstm_cell", "gru_cell", "conv_lstm_cell"];
 
-/// Names of a built-in layer's own variables by index (FORMATS.md 2.3), `None` where unknown,
+/// Names of a built-in layer's own variables by index (docs/formats/keras.md#index-to-variable-name-for-built-in-layers), `None` where unknown,
 /// and how many of them are trainable (they come first).
 pub(crate) fn variable_names(kind: Option<&str>, config: Option<&Value>, count: usize) -> (Vec<Option<String>>, usize) {
     let flag = |key: &str| config.and_then(|c| c.get(key)).and_then(Value::as_bool).unwrap_or(true);

@@ -1,5 +1,5 @@
 //! Keras HDF5 files: full models and weights-only files from Keras 1, 2, tf.keras and Keras 3's
-//! legacy writer (FORMATS.md 1). Keras 3 `.weights.h5` files are `keras3`'s; any other HDF5 file
+//! legacy writer (docs/formats/keras.md#legacy-hdf5-files). Keras 3 `.weights.h5` files are `keras3`'s; any other HDF5 file
 //! is `h5_datasets`'s.
 
 use super::h5::{self, H5Context, push_dataset};
@@ -108,7 +108,7 @@ fn layer_paths(entry: &Value) -> HashMap<&str, (Vec<usize>, bool)> {
 /// Where a nested model's weight comes in its `layer.weights`: the index path of the layer it
 /// belongs to. The legacy HDF5 writers store a layer's trainable weights before the others,
 /// which for a nested model tears its sublayers' weights apart; a stable sort by this key puts
-/// each sublayer's weights back together in the model's order (TREE.md 5), keeping the file's
+/// each sublayer's weights back together in the model's order (docs/tree.md 5), keeping the file's
 /// order within a sublayer (its `layer.weights`). `rel` is the weight's path below the nested
 /// model's directory: tf_keras scopes it by its own layer alone (`core_dense/kernel` for a
 /// layer of a model nested in the nested model), Keras 3 by every level (`core/core_dense/kernel`).

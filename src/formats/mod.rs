@@ -184,7 +184,7 @@ pub fn open(source: Source, options: &ReadOptions) -> Result<Model, OpenError> {
 
 /// Opens SOURCE (a path) and returns its model.
 fn open_path(path: &Path, options: &ReadOptions) -> Result<Model, OpenError> {
-    // A path that exists is mounted as what it is (TREE.md 1); a checkpoint prefix names no
+    // A path that exists is mounted as what it is (docs/tree.md 1); a checkpoint prefix names no
     // file itself, so it is the reading of a path where nothing exists.
     let meta = match std::fs::metadata(path) {
         Ok(meta) => meta,

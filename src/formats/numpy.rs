@@ -1,4 +1,4 @@
-//! NumPy sources (FORMATS.md 5, 6.2): a `.npy` file (one tensor) and `.npz` archives of them.
+//! NumPy sources (docs/formats/numpy.md#npy-layout, docs/formats/numpy.md#npz): a `.npy` file (one tensor) and `.npz` archives of them.
 //! `np.savez` members are stored: served in place. `np.savez_compressed` members are deflated:
 //! inflated on read, one 1 MiB chunk at a time into the chunk cache (`--cache-size`), so memory
 //! stays bounded whatever a member claims. Big-endian and Fortran-order arrays are made C-order

@@ -1,4 +1,4 @@
-//! ONNX models (FORMATS.md 6.3): initializers as tensors under `tensors/`, by their own names;
+//! ONNX models (docs/formats/onnx.md#messages): initializers as tensors under `tensors/`, by their own names;
 //! the graph's inputs, outputs and ops in `graph.json`; IR version, producer, opsets and
 //! metadata in `info.json`.
 //!
@@ -557,7 +557,7 @@ impl Reader {
         Ok(Some((dtype, shape, bytes)))
     }
 
-    /// The bytes of a tensor in the typed field its dtype uses (FORMATS.md 6.3.1).
+    /// The bytes of a tensor in the typed field its dtype uses (docs/formats/onnx.md#element-packing).
     fn typed(&mut self, t: &TensorRecord, dtype: DType, count: u64, size: u64) -> Result<Arc<dyn TensorBytes>, OpenError> {
         let name = t.name.as_str();
         let bad = |why: String| OpenError::Corrupt(format!("ONNX initializer {name:?}: {why}"));
@@ -646,7 +646,7 @@ impl Reader {
     }
 
     /// Where an external tensor's bytes lie: (file, offset, length), the file found inside the
-    /// model's directory only (FORMATS.md 6.3.3).
+    /// model's directory only (docs/formats/onnx.md#external-data-as-onnxsave_model-writes-it).
     fn external_bytes(&mut self, t: &TensorRecord) -> Result<(Blob, u64, u64), String> {
         let get = |key: &str| t.external.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
         let location = get("location").ok_or("external data without a location")?.to_string();
@@ -695,7 +695,7 @@ impl Reader {
         SourceFile::open(&path).map(|f| Blob::File(Arc::new(f))).map_err(|e| format!("external data file {location}: {}", io_reason(&e)))
     }
 
-    /// A `SparseTensorProto`: values, indices and the dense shape (FORMATS.md 6.3.2).
+    /// A `SparseTensorProto`: values, indices and the dense shape (docs/formats/onnx.md#sparse-initializers).
     fn add_sparse(&mut self, at: u64, len: u64) -> Result<(), OpenError> {
         let (mut values, mut indices, mut dims) = (None, None, Vec::new());
         let mut walker = Walker::over(at, len);
@@ -802,7 +802,7 @@ impl TensorBytes for Densified {
     }
 }
 
-/// The dtype of an ONNX `TensorProto.DataType` (FORMATS.md 0, 6.3.1); `None` for UNDEFINED and
+/// The dtype of an ONNX `TensorProto.DataType` (docs/formats/README.md#element-types, docs/formats/onnx.md#element-packing); `None` for UNDEFINED and
 /// the types wfs has no dtype for (int4, uint4, int2, uint2).
 fn onnx_dtype(code: i32) -> Option<DType> {
     Some(match code {

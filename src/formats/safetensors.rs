@@ -1,7 +1,7 @@
-//! safetensors files (FORMATS.md 6.1): `u64 LE N`, an N-byte JSON header, then the tensors'
+//! safetensors files (docs/formats/safetensors.md#layout): `u64 LE N`, an N-byte JSON header, then the tensors'
 //! bytes, each served in place by `pread` (never copied or decoded). A sharded model (the
-//! `*.safetensors.index.json` with its shards beside it, FORMATS.md 6.1.3) is one tree. The
-//! reference reader's validation rules (FORMATS.md 6.1.2) are enforced: a refusal names the
+//! `*.safetensors.index.json` with its shards beside it, docs/formats/safetensors.md#sharded-checkpoints) is one tree. The
+//! reference reader's validation rules (docs/formats/safetensors.md#header-and-offset-validation) are enforced: a refusal names the
 //! rule, as the reference reader's error does.
 
 use crate::dtype::DType;
@@ -176,7 +176,7 @@ pub fn indexes_safetensors(index: &Blob, dir: &Dir) -> bool {
 }
 
 /// A sharded model: the index and the shards beside it in `dir`, as one tree. Every tensor of
-/// every shard must be listed in the index, in that shard (FORMATS.md 6.1.3).
+/// every shard must be listed in the index, in that shard (docs/formats/safetensors.md#sharded-checkpoints).
 pub fn read_sharded(index: &Blob, dir: &Dir) -> Result<Model, OpenError> {
     let (json, mut shard_names) = weight_map(index)?;
     shard_names.sort();

@@ -1,4 +1,4 @@
-//! TensorFlow SavedModels (FORMATS.md 4): a directory, or a zip holding one at its root or one
+//! TensorFlow SavedModels (docs/formats/tensorflow.md#savedmodel): a directory, or a zip holding one at its root or one
 //! folder down (members read in place, never extracted). `variables/` is the tensor bundle at
 //! `variables/variables`, read as a checkpoint; `signatures.json` and the `info.json` fields come
 //! from `saved_model.pb`; `layers/` and `config.json` from the Keras metadata where the model
@@ -372,7 +372,7 @@ fn variables_below(graph: &TrackableObjectGraph, start: usize) -> Vec<(Vec<Strin
     found
 }
 
-// `saved_model.proto` and friends (FORMATS.md 4.2), only the fields wfs shows; prost skips the
+// `saved_model.proto` and friends (docs/formats/tensorflow.md#messages), only the fields wfs shows; prost skips the
 // rest (graph_def, function library, concrete functions), which is most of the bytes.
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -1,6 +1,6 @@
-//! A TensorFlow tensor bundle (`.index` + `.data-*`, FORMATS.md 3) read into a model, as
+//! A TensorFlow tensor bundle (`.index` + `.data-*`, docs/formats/tensorflow.md#the-tensor-bundle) read into a model, as
 //! checkpoints and SavedModels (its `variables/`) hold one: `variables/` for every bundle key
-//! (TREE.md 6), and for TF2 object-based bundles the decoded object graph
+//! (docs/tree.md 6), and for TF2 object-based bundles the decoded object graph
 //! (`object_graph.json`) and the Keras view `layers/`.
 
 use super::bundle::{self, BundleEntryProto, BundleHeaderProto, TensorSliceProto};
@@ -211,7 +211,7 @@ impl EntryReader<'_> {
         }
     }
 
-    /// A partitioned tensor from its slice entries (TREE.md 6, FORMATS.md 3.6).
+    /// A partitioned tensor from its slice entries (docs/tree.md 6, docs/formats/tensorflow.md#partitioned-variables).
     fn sliced(&self, name: &str, entry: &BundleEntryProto, dtype: DType, shape: &[u64]) -> Result<Sliced, OpenError> {
         let bad = |why: String| OpenError::corrupt(format!("partitioned tensor {name}: {why}"));
         let total = Tensor::element_count(shape).ok_or_else(|| bad(format!("absurd shape {shape:?}")))?;
@@ -470,7 +470,7 @@ impl TensorBytes for Sliced {
     }
 }
 
-/// `trackable_object_graph.proto` (FORMATS.md 3.7), the fields wfs shows.
+/// `trackable_object_graph.proto` (docs/formats/tensorflow.md#checkpoint-key-naming), the fields wfs shows.
 #[derive(Clone, PartialEq, prost::Message)]
 pub(super) struct TrackableObjectGraph {
     #[prost(message, repeated, tag = "1")]
@@ -546,7 +546,7 @@ fn read_object_graph(bytes: &dyn TensorBytes) -> Result<TrackableObjectGraph, St
     TrackableObjectGraph::decode(data.as_slice()).map_err(|e| e.to_string())
 }
 
-/// `layers/<layer>/<variable>` from each variable's `full_name` (TREE.md 5), sharing the bytes
+/// `layers/<layer>/<variable>` from each variable's `full_name` (docs/tree.md 5), sharing the bytes
 /// of `variables/`, in the order a depth-first walk of the graph meets them (children in their
 /// tracking order): Keras's `layer.weights` order, own variables before sublayers'. Optimizer
 /// state stays under `variables/` only: slot keys, variables reached only through an optimizer
@@ -618,7 +618,7 @@ mod tests {
 
     #[test]
     fn strings_become_fixed_width() {
-        // FORMATS.md 3.5: ["hi", ""] and its entry crc.
+        // docs/formats/tensorflow.md#data-files: ["hi", ""] and its entry crc.
         let data = [0x02, 0x00, 0x78, 0x27, 0x0b, 0x34, b'h', b'i'];
         let decode = |data: &[u8], count, crc| decode_strings(data, count, crc, MAX_STRING_TENSOR);
         let s = decode(&data, 2, 0xed48_9e9e).unwrap();

@@ -1,4 +1,4 @@
-//! TensorFlow Lite models (FORMATS.md 9): the tensors that have data (weights and constants)
+//! TensorFlow Lite models (docs/formats/tflite.md): the tensors that have data (weights and constants)
 //! under `tensors/` by their own names, with their quantization parameters as extended
 //! attributes; every subgraph's inputs, outputs, operators and tensors in `graph.json`.
 //!
@@ -6,7 +6,7 @@
 //! Offsets only point forward (tables reach their vtables either way), and the schema's tables
 //! nest a fixed number of levels, so no input can make the reader loop. Tensor bytes are served
 //! in place: from a buffer's `data` vector, or from the file slice a `Buffer.offset/size` names
-//! (the form of models over 2 GiB, FORMATS.md 9.5).
+//! (the form of models over 2 GiB, docs/formats/tflite.md#models-over-2-gb-buffers-outside-the-flatbuffer).
 
 use super::paged::Paged;
 use crate::dtype::DType;
@@ -255,7 +255,7 @@ impl Reader {
         Ok((dtype, Arc::new(Extent { blob: self.fb.src.blob().clone(), offset, len })))
     }
 
-    /// A STRING tensor's buffer (i32 count, i32 offsets[count + 1], the bytes: FORMATS.md 9.4)
+    /// A STRING tensor's buffer (i32 count, i32 offsets[count + 1], the bytes: docs/formats/tflite.md#tensor-data-layout-and-quantization)
     /// as fixed-width, NUL-padded elements.
     fn strings(&mut self, count: u64, offset: u64, len: u64) -> Result<(DType, Arc<dyn TensorBytes>), String> {
         if len > self.decoded_budget {
@@ -342,7 +342,7 @@ fn quantization(fb: &mut FlatBuffer, q: &Table) -> Result<Option<Quantization>, 
     Ok(Some(Quantization { scale, zero_point, dimension }))
 }
 
-/// The dtype of a `TensorType` (FORMATS.md 9.3); `None` for the types without tensor data in
+/// The dtype of a `TensorType` (docs/formats/tflite.md#tensortype); `None` for the types without tensor data in
 /// wfs (RESOURCE, VARIANT, INT4).
 fn tensor_dtype(code: i8) -> Option<DType> {
     Some(match code {
@@ -375,7 +375,7 @@ fn type_name(code: i8) -> String {
     }
 }
 
-// ---- FlatBuffers, read without generated code (FORMATS.md 9.1) ----
+// ---- FlatBuffers, read without generated code (docs/formats/tflite.md#flatbuffers-rules-needed-to-read-without-generated-code) ----
 
 struct FlatBuffer {
     src: Paged,

@@ -1,8 +1,8 @@
-//! PyTorch `torch.save` files (FORMATS.md 8): the zip format and the legacy format, read
+//! PyTorch `torch.save` files (docs/formats/pytorch.md): the zip format and the legacy format, read
 //! without PyTorch and without running the pickle (`crate::pickle` interprets it as data).
 //!
 //! Tensors are found anywhere in the pickled object (state dicts, nested checkpoints, pickled
-//! modules, numpy arrays) and named by their path from the root (TREE.md 7.1); everything else
+//! modules, numpy arrays) and named by their path from the root (docs/tree.md 7.1); everything else
 //! goes to `object.json`. Storages are served in place: zip members by `pread`, legacy storages
 //! at the offsets found by walking the file once at mount.
 
@@ -88,7 +88,7 @@ pub fn read_data_pkl(
     extract(&pickle, storages, big_endian, info, options)
 }
 
-/// A legacy file (FORMATS.md 8.8): magic, protocol and sys_info pickles, the object pickle,
+/// A legacy file (docs/formats/pytorch.md#legacy-format): magic, protocol and sys_info pickles, the object pickle,
 /// the storage key list, then each storage as an i64 element count and its bytes.
 pub fn read_legacy(blob: &Blob, options: &ReadOptions) -> Result<Model, OpenError> {
     let small = Limits { objects: 1 << 10, bytes: 1 << 16, ..Limits::default() };
@@ -534,7 +534,7 @@ fn attribute_dicts<'p>(pickle: &'p Pickle, state: &Value) -> Option<Vec<&'p [(Va
 /// A tensor's layout and bytes, or why it cannot be read.
 type Found = Result<(Layout, Arc<dyn TensorBytes>), String>;
 
-/// A tensor's view of its storage, in elements of its dtype (FORMATS.md 8.4).
+/// A tensor's view of its storage, in elements of its dtype (docs/formats/pytorch.md#how-objects-appear-in-datapkl).
 struct Layout {
     dtype: DType,
     offset: u64,
@@ -745,7 +745,7 @@ fn storage_of(pickle: &Pickle, pid: &Value) -> Result<StorageRef, String> {
     Ok(StorageRef { key, dtype, numel, bytes: dtype.is_none().then_some(numel), view })
 }
 
-/// The dtype of a typed storage class (FORMATS.md 8.5).
+/// The dtype of a typed storage class (docs/formats/pytorch.md#storage-types-and-dtypes).
 fn storage_dtype(class: &str) -> Option<DType> {
     Some(match class {
         "DoubleStorage" => DType::F64,
@@ -764,7 +764,7 @@ fn storage_dtype(class: &str) -> Option<DType> {
     })
 }
 
-/// A `torch.<dtype>` name (FORMATS.md 8.5).
+/// A `torch.<dtype>` name (docs/formats/pytorch.md#storage-types-and-dtypes).
 fn torch_dtype(name: &str) -> Result<DType, String> {
     Ok(match name {
         "float32" | "float" => DType::F32,

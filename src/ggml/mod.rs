@@ -4,7 +4,7 @@
 //! The block functions are ports of ggml's `dequantize_row_*` (ggml-org/ggml
 //! `src/ggml-quants.c`, MIT licence, Copyright (c) 2023-2026 The ggml authors), kept in ggml's
 //! arithmetic order: each product of an f16 scale with small integers is exact in f32, so the
-//! values are bit-identical to ggml's (FORMATS.md 10.5). Block layouts: FORMATS.md 10.3.
+//! values are bit-identical to ggml's (docs/formats/gguf.md#bit-exactness). Block layouts: docs/formats/gguf.md#block-layouts-and-dequantization.
 
 mod grids;
 
