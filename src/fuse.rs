@@ -129,15 +129,22 @@ impl Filesystem for WfsFuse {
     ///   walking the tree (`ls -R`, `cp -r`, `find`) needs no LOOKUP round trip per entry;
     /// - no FUSE_AUTO_INVAL_DATA / WRITEBACK_CACHE: nothing is ever written or invalidated.
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // The largest readahead the kernel allows: a sequential read of a large tensor then
+        // arrives as few large requests (the kernel answers with its own maximum if lower).
         if let Err(max) = config.set_max_readahead(u32::MAX) {
             let _ = config.set_max_readahead(max);
         }
         let flags = [
+            // Lookups and readdirs of one directory may run at once: the tree never changes.
             InitFlags::FUSE_PARALLEL_DIROPS,
+            // Link targets never change, so the kernel may keep them.
             InitFlags::FUSE_CACHE_SYMLINKS,
+            // `ls -l` and `find` get every entry's attributes with the listing instead of one
+            // lookup per entry; the kernel decides per directory when that pays (AUTO).
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
         ];
+        // Capabilities an older kernel lacks are refused one by one and simply not used.
         for flag in flags {
             let _ = config.add_capabilities(flag);
         }
