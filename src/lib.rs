@@ -9,7 +9,7 @@
 
 pub mod argv;
 pub mod cache;
-pub mod codecs;
+pub(crate) mod codecs;
 pub mod daemon;
 pub mod dtype;
 pub mod error;
@@ -20,7 +20,7 @@ pub mod fuzzing;
 pub mod fs;
 pub mod fuse;
 pub mod ggml;
-pub mod listing;
+pub(crate) mod listing;
 pub mod logger;
 pub mod model;
 pub mod names;
