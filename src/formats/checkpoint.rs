@@ -45,7 +45,7 @@ pub fn open_prefix(prefix: &Path) -> Result<Model, OpenError> {
 
 /// The checkpoint `stem` (`stem.index` + `stem.data-*`) of `dir`, mounted at the top.
 pub fn open_prefix_in(dir: &Dir, stem: &str) -> Result<Model, OpenError> {
-    let mut model = Model { format: "tf-checkpoint".into(), ..Model::default() };
+    let mut model = Model::default();
     let mut budget = MAX_STRING_TOTAL;
     (model.info, model.skipped) = load(dir, stem, &[], &mut model, &mut budget)?;
     Ok(model)
@@ -72,7 +72,7 @@ pub fn open_dir(dir: &Dir) -> Result<Option<Model>, OpenError> {
         [only] => open_prefix_in(dir, only).map(Some),
         _ => {
             let latest = latest_in_state_file(dir).filter(|l| prefixes.contains(l));
-            let mut model = Model { format: "tf-checkpoint".into(), ..Model::default() };
+            let mut model = Model::default();
             let mut budget = MAX_STRING_TOTAL;
             for prefix in &prefixes {
                 let mut info = Map::new();

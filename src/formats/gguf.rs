@@ -287,7 +287,7 @@ pub fn read(blob: &Blob, options: &ReadOptions) -> Result<Model, OpenError> {
     }
     let data_start = cur.pos.div_ceil(alignment).saturating_mul(alignment);
 
-    let mut model = Model { format: "gguf".into(), ..Model::default() };
+    let mut model = Model::default();
     let mut not_decoded = Vec::new();
     let mut starts: Vec<u64> = infos.iter().map(|t| data_start.saturating_add(t.offset)).collect();
     starts.sort_unstable();

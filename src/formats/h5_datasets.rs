@@ -8,7 +8,7 @@ use crate::model::{Model, SkippedTensor, TensorId, path_of};
 const MAX_GROUP_DEPTH: usize = 64;
 
 pub fn read(file: &hdf5::File, ctx: &H5Context) -> Model {
-    let mut model = Model { format: "hdf5".into(), ..Model::default() };
+    let mut model = Model::default();
     let contents = h5::walk_group(file, MAX_GROUP_DEPTH);
     model.dirs.push(vec!["datasets".into()]);
     model.dirs.extend(contents.groups.iter().map(|g| path_of(&["datasets"], g)));

@@ -32,7 +32,7 @@ pub fn is_weights_file(root: &Group) -> bool {
 
 /// A standalone `.weights.h5` file (no config: names come from the file alone).
 pub fn read_weights_file(file: &hdf5::File, ctx: &H5Context) -> Model {
-    let mut model = Model { format: "keras-weights".into(), ..Model::default() };
+    let mut model = Model::default();
     read_weights(&[(file, ctx)], None, &mut model);
     model
 }
@@ -48,7 +48,7 @@ pub fn read_archive(mut zip: Archive, options: &ReadOptions) -> Result<Model, Op
             )
         });
     };
-    let mut model = Model { format: "keras".into(), ..Model::default() };
+    let mut model = Model::default();
     if let Some(i) = zip.index_for_name("metadata.json") {
         let metadata: Value = serde_json::from_slice(&zip.read_member(i, MAX_JSON)?)
             .map_err(|e| OpenError::corrupt(format!("metadata.json is not JSON: {e}")))?;
@@ -121,7 +121,7 @@ pub fn read_sharded(index: &Blob, dir: Option<&Dir>, options: &ReadOptions) -> R
         }
         shards.push((h5::open_blob(&blob)?, H5Context { blob, cache: options.cache.clone() }));
     }
-    let mut model = Model { format: "keras-weights-sharded".into(), ..Model::default() };
+    let mut model = Model::default();
     model.info.insert("shards".into(), json!(shards.len()));
     let refs: Vec<(&hdf5::File, &H5Context)> = shards.iter().map(|(f, c)| (f, c)).collect();
     read_weights(&refs, None, &mut model);

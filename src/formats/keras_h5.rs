@@ -29,7 +29,7 @@ pub fn read_model(file: &hdf5::File, ctx: &H5Context) -> Result<Model, OpenError
     let root: &Group = file;
     let config_text = h5::string_attr(root, "model_config").unwrap_or_default();
     let weights = h5::locked(|| root.group("model_weights").ok()).ok_or_else(|| OpenError::corrupt("model_weights is not a group"))?;
-    let mut model = Model { format: "keras-h5".into(), ..Model::default() };
+    let mut model = Model::default();
     read_version_attrs(root, &mut model);
     let config: Value = serde_json::from_str(&config_text)
         .map_err(|e| OpenError::corrupt(format!("model_config is not JSON: {e}")))?;
@@ -45,7 +45,7 @@ pub fn read_model(file: &hdf5::File, ctx: &H5Context) -> Result<Model, OpenError
 }
 
 pub fn read_weights(file: &hdf5::File, ctx: &H5Context) -> Model {
-    let mut model = Model { format: "keras-h5-weights".into(), ..Model::default() };
+    let mut model = Model::default();
     read_version_attrs(file, &mut model);
     read_layers(file, None, ctx, &mut model);
     model

@@ -52,6 +52,9 @@ pub(crate) struct Probe<'a> {
 pub(crate) struct FileReader {
     /// The format's key, unique over all tables.
     pub name: &'static str,
+    /// What `info.json`'s `format` says of a model this row opens ("" for a container, whose
+    /// inner row says it).
+    pub format: &'static str,
     pub sniff: fn(&Probe) -> bool,
     /// `dir` is where files that belong with the source lie (`None` for standard input).
     pub open: fn(&Blob, Option<&Dir>, &ReadOptions) -> Result<Model, OpenError>,
@@ -61,76 +64,96 @@ pub(crate) struct FileReader {
 /// object, a protobuf) last. HDF5 is probed late because its signature may sit after a user
 /// block, which costs reads.
 pub(crate) const FILE_READERS: &[FileReader] = &[
-    FileReader { name: "zip-archive", sniff: |p| p.head.starts_with(b"PK\x03\x04") || p.head.starts_with(b"PK\x05\x06"), open: open_zip },
-    FileReader { name: "pytorch-legacy", sniff: |p| p.head.starts_with(torch::LEGACY_MAGIC), open: |blob, _, options| torch::read_legacy(blob, options) },
-    FileReader { name: "tflite", sniff: |p| tflite::sniff(p.head), open: |blob, _, _| tflite::read(blob) },
-    FileReader { name: "gguf", sniff: |p| p.head.starts_with(gguf::MAGIC), open: |blob, _, options| gguf::read(blob, options) },
+    FileReader { name: "zip-archive", format: "", sniff: |p| p.head.starts_with(b"PK\x03\x04") || p.head.starts_with(b"PK\x05\x06"), open: open_zip },
+    FileReader { name: "pytorch-legacy", format: "pytorch", sniff: |p| p.head.starts_with(torch::LEGACY_MAGIC), open: |blob, _, options| torch::read_legacy(blob, options) },
+    FileReader { name: "tflite", format: "tflite", sniff: |p| tflite::sniff(p.head), open: |blob, _, _| tflite::read(blob) },
+    FileReader { name: "gguf", format: "gguf", sniff: |p| p.head.starts_with(gguf::MAGIC), open: |blob, _, options| gguf::read(blob, options) },
     // Not a format: a pointer a Git LFS checkout left in the model's place, refused with the fix.
     FileReader {
-        name: "git-lfs-pointer",
+        name: "git-lfs-pointer", format: "",
         sniff: |p| p.head.starts_with(b"version https://git-lfs.github.com/spec/"),
         open: |_, _, _| Err(OpenError::UnknownFormat("this is a Git LFS pointer, not the model itself (run `git lfs pull`)".into())),
     },
-    FileReader { name: "safetensors", sniff: |p| safetensors::sniff(p.head, p.blob.len()), open: |blob, _, _| safetensors::read(blob) },
-    FileReader { name: "npy", sniff: |p| p.head.starts_with(crate::npy::MAGIC), open: |blob, _, _| numpy::read_npy(blob) },
-    FileReader { name: "json-index", sniff: |p| p.head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'), open: open_json },
-    FileReader { name: "hdf5-file", sniff: |p| h5::has_signature(p.blob), open: open_hdf5 },
-    FileReader { name: "onnx", sniff: |p| onnx::sniff(p.blob), open: |blob, dir, _| onnx::read(blob, dir) },
+    FileReader { name: "safetensors", format: "safetensors", sniff: |p| safetensors::sniff(p.head, p.blob.len()), open: |blob, _, _| safetensors::read(blob) },
+    FileReader { name: "npy", format: "npy", sniff: |p| p.head.starts_with(crate::npy::MAGIC), open: |blob, _, _| numpy::read_npy(blob) },
+    FileReader { name: "json-index", format: "", sniff: |p| p.head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'), open: open_json },
+    FileReader { name: "hdf5-file", format: "", sniff: |p| h5::has_signature(p.blob), open: open_hdf5 },
+    FileReader { name: "onnx", format: "onnx", sniff: |p| onnx::sniff(p.blob), open: |blob, dir, _| onnx::read(blob, dir) },
 ];
 
 /// JSON files: sharded weights indexes, told apart by the shards they name.
 pub(crate) const JSON_READERS: &[FileReader] = &[
     FileReader {
-        name: "safetensors-sharded",
+        name: "safetensors-sharded", format: "safetensors-sharded",
         sniff: |p| p.dir.is_some_and(|dir| safetensors::indexes_safetensors(p.blob, dir)),
         open: |blob, dir, _| safetensors::read_sharded(blob, dir.ok_or_else(|| OpenError::UnknownFormat("a sharded index needs its shards".into()))?),
     },
     // Also the refusal of any other JSON file (it says what a Keras index needs).
-    FileReader { name: "keras-weights-sharded", sniff: |_| true, open: |blob, dir, options| keras3::read_sharded(blob, dir, options) },
+    FileReader { name: "keras-weights-sharded", format: "keras-weights-sharded", sniff: |_| true, open: |blob, dir, options| keras3::read_sharded(blob, dir, options) },
 ];
 
 /// A format held in a zip archive, recognised by its members.
 pub(crate) struct ZipReader {
     pub name: &'static str,
+    /// What `info.json`'s `format` says of a model this row opens.
+    pub format: &'static str,
     pub sniff: fn(&mut Archive) -> bool,
     pub open: fn(Archive, &ReadOptions) -> Result<Model, OpenError>,
 }
 
 /// Zip archives, in priority order: torch's own rule first (its records may hold anything).
 pub(crate) const ZIP_READERS: &[ZipReader] = &[
-    ZipReader { name: "pytorch", sniff: |zip| torch::record_prefix(zip).is_some(), open: torch::read_zip },
-    ZipReader { name: "tf-savedmodel", sniff: |zip| savedmodel::root_in(zip).is_some(), open: |zip, _| savedmodel::read_zip(zip) },
-    ZipReader { name: "npz", sniff: numpy::is_npz, open: numpy::read_npz },
+    ZipReader { name: "pytorch", format: "pytorch", sniff: |zip| torch::record_prefix(zip).is_some(), open: torch::read_zip },
+    ZipReader { name: "tf-savedmodel", format: "tf-savedmodel", sniff: |zip| savedmodel::root_in(zip).is_some(), open: |zip, _| savedmodel::read_zip(zip) },
+    ZipReader { name: "npz", format: "npz", sniff: numpy::is_npz, open: numpy::read_npz },
     // Also the refusal of any other zip (it says what a .keras or a SavedModel needs).
-    ZipReader { name: "keras", sniff: |_| true, open: keras3::read_archive },
+    ZipReader { name: "keras", format: "keras", sniff: |_| true, open: keras3::read_archive },
 ];
 
 /// A format held in an HDF5 file, recognised by its root group.
 pub(crate) struct Hdf5Reader {
     pub name: &'static str,
+    /// What `info.json`'s `format` says of a model this row opens.
+    pub format: &'static str,
     pub sniff: fn(&hdf5::Group) -> bool,
     pub open: fn(&hdf5::File, &H5Context) -> Result<Model, OpenError>,
 }
 
 /// HDF5 files, in priority order: the Keras layouts, then any HDF5 file as its datasets.
 pub(crate) const HDF5_READERS: &[Hdf5Reader] = &[
-    Hdf5Reader { name: "keras-h5", sniff: keras_h5::is_model_file, open: keras_h5::read_model },
-    Hdf5Reader { name: "keras-h5-weights", sniff: keras_h5::is_weights_file, open: |file, ctx| Ok(keras_h5::read_weights(file, ctx)) },
-    Hdf5Reader { name: "keras-weights", sniff: keras3::is_weights_file, open: |file, ctx| Ok(keras3::read_weights_file(file, ctx)) },
-    Hdf5Reader { name: "hdf5", sniff: |_| true, open: |file, ctx| Ok(h5_datasets::read(file, ctx)) },
+    Hdf5Reader { name: "keras-h5", format: "keras-h5", sniff: keras_h5::is_model_file, open: keras_h5::read_model },
+    Hdf5Reader { name: "keras-h5-weights", format: "keras-h5-weights", sniff: keras_h5::is_weights_file, open: |file, ctx| Ok(keras_h5::read_weights(file, ctx)) },
+    Hdf5Reader { name: "keras-weights", format: "keras-weights", sniff: keras3::is_weights_file, open: |file, ctx| Ok(keras3::read_weights_file(file, ctx)) },
+    Hdf5Reader { name: "hdf5", format: "hdf5", sniff: |_| true, open: |file, ctx| Ok(h5_datasets::read(file, ctx)) },
 ];
 
 /// A format that is a directory. Sniffing a directory means listing it, which a remote store
 /// charges a request for, so a reader sniffs and opens in one: `None` if it is not its format.
 pub(crate) struct DirReader {
     pub name: &'static str,
+    /// What `info.json`'s `format` says of a model this row opens.
+    pub format: &'static str,
     pub open: fn(&Dir) -> Result<Option<Model>, OpenError>,
 }
 
 pub(crate) const DIR_READERS: &[DirReader] = &[
-    DirReader { name: "tf-savedmodel-dir", open: |dir| savedmodel::is_savedmodel_dir(dir).then(|| savedmodel::open_dir(dir.clone())).transpose() },
-    DirReader { name: "tf-checkpoint-dir", open: checkpoint::open_dir },
+    DirReader { name: "tf-savedmodel-dir", format: "tf-savedmodel", open: |dir| savedmodel::is_savedmodel_dir(dir).then(|| savedmodel::open_dir(dir.clone())).transpose() },
+    DirReader { name: "tf-checkpoint-dir", format: TF_CHECKPOINT, open: checkpoint::open_dir },
 ];
+
+/// `info.json`'s `format` of TensorFlow checkpoints: a checkpoint directory's row, and the
+/// prefixes (`ckpt-3`, `ckpt-3.index`), which name no file a row could sniff.
+const TF_CHECKPOINT: &str = "tf-checkpoint";
+
+/// A model as the row that opened it: `info.json`'s `format` follows from the registry.
+fn opened_as(format: &'static str, model: Result<Model, OpenError>) -> Result<Model, OpenError> {
+    model.map(|mut model| {
+        if !format.is_empty() {
+            model.format = format.into();
+        }
+        model
+    })
+}
 
 /// The first bytes of a source, as sniffs see them.
 fn head_of(blob: &Blob) -> Vec<u8> {
@@ -189,12 +212,12 @@ fn open_path(path: &Path, options: &ReadOptions) -> Result<Model, OpenError> {
     let meta = match std::fs::metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && checkpoint::is_prefix(path) => {
-            return checkpoint::open_prefix(path);
+            return opened_as(TF_CHECKPOINT, checkpoint::open_prefix(path));
         }
         Err(e) => return Err(OpenError::unreadable(io_reason(&e))),
     };
     if let Some(prefix) = checkpoint::prefix_of_index(path) {
-        return checkpoint::open_prefix(&prefix);
+        return opened_as(TF_CHECKPOINT, checkpoint::open_prefix(&prefix));
     }
     if meta.is_dir() {
         return open_dir(&Dir::Local(path.to_path_buf()));
@@ -213,14 +236,14 @@ fn open_url(url: &str, options: &ReadOptions, remote: &RemoteOptions) -> Result<
         return open_dir(&dir);
     }
     if let Some(stem) = source.name.strip_suffix(".index") {
-        return checkpoint::open_prefix_in(&dir, stem);
+        return opened_as(TF_CHECKPOINT, checkpoint::open_prefix_in(&dir, stem));
     }
     match source.dir.open(&source.name) {
         Ok(object) => open_blob(&Blob::Remote(object), Some(&dir), options),
         // A checkpoint prefix or a directory names no object itself.
         Err(missing) => {
             if source.dir.open(&format!("{}.index", source.name)).is_ok() {
-                return checkpoint::open_prefix_in(&dir, &source.name);
+                return opened_as(TF_CHECKPOINT, checkpoint::open_prefix_in(&dir, &source.name));
             }
             match dir.sub(&source.name).and_then(|sub| Ok((sub.list()?, sub))) {
                 Ok((entries, sub)) if !entries.is_empty() => open_dir(&sub),
@@ -241,7 +264,7 @@ fn open_dir(dir: &Dir) -> Result<Model, OpenError> {
     for reader in DIR_READERS {
         if let Some(model) = (reader.open)(dir)? {
             log::debug!("directory read as {}", reader.name);
-            return Ok(model);
+            return opened_as(reader.format, Ok(model));
         }
     }
     // A directory of one model's files (a Hub repository) is mounted by naming the file.
@@ -283,7 +306,7 @@ fn open_blob(blob: &Blob, dir: Option<&Dir>, options: &ReadOptions) -> Result<Mo
     match choose(FILE_READERS, &Probe { head: &head, blob, dir }) {
         Some(reader) => {
             log::debug!("read as {}", reader.name);
-            (reader.open)(blob, dir, options)
+            opened_as(reader.format, (reader.open)(blob, dir, options))
         }
         None if bundle::has_table_magic(blob) => Err(OpenError::UnknownFormat(
             "looks like a TensorFlow checkpoint index, but its name does not end in .index".into(),
@@ -299,7 +322,7 @@ fn open_zip(blob: &Blob, _: Option<&Dir>, options: &ReadOptions) -> Result<Model
     let mut zip = Archive::open(blob)?;
     let reader = ZIP_READERS.iter().find(|r| (r.sniff)(&mut zip)).expect("the last zip reader takes any archive");
     log::debug!("zip read as {}", reader.name);
-    (reader.open)(zip, options)
+    opened_as(reader.format, (reader.open)(zip, options))
 }
 
 /// A JSON file: the first JSON reader that takes it.
@@ -307,7 +330,7 @@ fn open_json(blob: &Blob, dir: Option<&Dir>, options: &ReadOptions) -> Result<Mo
     let head = head_of(blob);
     let reader = choose(JSON_READERS, &Probe { head: &head, blob, dir }).expect("the last JSON reader takes any JSON file");
     log::debug!("JSON read as {}", reader.name);
-    (reader.open)(blob, dir, options)
+    opened_as(reader.format, (reader.open)(blob, dir, options))
 }
 
 /// An HDF5 file: the first HDF5 reader its root group fits.
@@ -316,7 +339,7 @@ fn open_hdf5(blob: &Blob, _: Option<&Dir>, options: &ReadOptions) -> Result<Mode
     let ctx = H5Context { blob: blob.clone(), cache: options.cache.clone() };
     let reader = HDF5_READERS.iter().find(|r| (r.sniff)(&file)).expect("the last HDF5 reader takes any HDF5 file");
     log::debug!("HDF5 read as {}", reader.name);
-    (reader.open)(&file, &ctx)
+    opened_as(reader.format, (reader.open)(&file, &ctx))
 }
 
 /// The absolute form of SOURCE. A checkpoint prefix (`dir/ckpt-3`) names no file, so where the
@@ -367,5 +390,20 @@ mod tests {
         let mut archive = Archive::open(&zip).unwrap();
         assert!(ZIP_READERS[..ZIP_READERS.len() - 1].iter().all(|r| !(r.sniff)(&mut archive)));
         assert!((ZIP_READERS[ZIP_READERS.len() - 1].sniff)(&mut archive));
+    }
+
+    /// A model's `info.json` `format` comes from the row that opened it: every row but the
+    /// containers (whose inner rows say it) and the Git LFS refusal names one.
+    #[test]
+    fn every_format_row_names_its_format() {
+        let containers = ["zip-archive", "git-lfs-pointer", "json-index", "hdf5-file"];
+        for reader in FILE_READERS.iter().chain(JSON_READERS) {
+            assert_eq!(reader.format.is_empty(), containers.contains(&reader.name), "{}", reader.name);
+        }
+        let rows = ZIP_READERS.iter().map(|r| (r.name, r.format));
+        let rows = rows.chain(HDF5_READERS.iter().map(|r| (r.name, r.format))).chain(DIR_READERS.iter().map(|r| (r.name, r.format)));
+        for (name, format) in rows {
+            assert!(!format.is_empty(), "{name}");
+        }
     }
 }

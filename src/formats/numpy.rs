@@ -22,7 +22,7 @@ pub fn read_npy(blob: &Blob) -> Result<Model, OpenError> {
     let name = file_name.as_deref().map_or("array", |n| n.strip_suffix(".npy").unwrap_or(n));
     let stored = Stored(blob.clone());
     let (tensor, header) = array(name, &stored).map_err(|why| OpenError::corrupt(format!("npy: {why}")))?;
-    let mut model = Model { format: "npy".into(), ..Model::default() };
+    let mut model = Model::default();
     model.info.insert("npy_version".into(), json!(format!("{}.0", header.version)));
     model.info.insert("descr".into(), json!(header.descr));
     model.info.insert("fortran_order".into(), json!(header.fortran_order));
@@ -39,7 +39,7 @@ pub fn is_npz(archive: &mut Archive) -> bool {
 /// An `.npz` archive: each member `<key>.npy` is the tensor `key` (np.load's keys). A member
 /// that cannot be exposed is left out with its reason in `info.json` (`skipped`).
 pub fn read_npz(mut archive: Archive, options: &ReadOptions) -> Result<Model, OpenError> {
-    let mut model = Model { format: "npz".into(), ..Model::default() };
+    let mut model = Model::default();
     let (mut stored, mut deflated) = (0, 0);
     for (index, member) in archive.file_names() {
         let name = member.strip_suffix(".npy").unwrap_or(&member);

@@ -73,7 +73,7 @@ pub fn read(blob: &Blob, dir: Option<&Dir>) -> Result<Model, OpenError> {
         external: HashMap::new(),
         decoded_budget: MAX_DECODED,
         text_budget: MAX_TEXT,
-        model: Model { format: "onnx".into(), ..Model::default() },
+        model: Model::default(),
         items: 0,
     };
     let mut info = Map::new();

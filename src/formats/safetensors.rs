@@ -140,7 +140,7 @@ fn tensor(blob: &Blob, data_start: u64, e: Entry) -> Tensor {
 /// A single safetensors file.
 pub fn read(blob: &Blob) -> Result<Model, OpenError> {
     let header = parse(blob)?;
-    let mut model = Model { format: "safetensors".into(), ..Model::default() };
+    let mut model = Model::default();
     if let Some(metadata) = header.metadata {
         model.info.insert("metadata".into(), Value::Object(metadata));
     }
@@ -180,7 +180,7 @@ pub fn indexes_safetensors(index: &Blob, dir: &Dir) -> bool {
 pub fn read_sharded(index: &Blob, dir: &Dir) -> Result<Model, OpenError> {
     let (json, mut shard_names) = weight_map(index)?;
     shard_names.sort();
-    let mut model = Model { format: "safetensors-sharded".into(), ..Model::default() };
+    let mut model = Model::default();
     if let Some(metadata) = json.get("metadata") {
         model.info.insert("metadata".into(), metadata.clone());
     }

@@ -150,7 +150,7 @@ fn walk_files(dir: &Dir, rel: &str, depth: usize, found: &mut Vec<String>) {
 }
 
 fn read(mut files: Files) -> Result<Model, OpenError> {
-    let mut model = Model { format: "tf-savedmodel".into(), ..Model::default() };
+    let mut model = Model::default();
     let saved = read_saved_model(&mut files);
     let has_variables = files.has("variables/variables.index");
     let meta_graph = match &saved {

@@ -38,7 +38,7 @@ pub fn read(blob: &Blob) -> Result<Model, OpenError> {
     let mut fb = FlatBuffer { src: Paged::new(blob) };
     let root_at = fb.deref(0)?;
     let root = fb.table(root_at)?;
-    let mut model = Model { format: "tflite".into(), ..Model::default() };
+    let mut model = Model::default();
     let buffers = fb.tables(&root, 4)?;
     let codes = operator_codes(&mut fb, &root)?;
     let mut reader = Reader { fb, buffers, items: 0, decoded_budget: MAX_DECODED };

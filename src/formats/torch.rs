@@ -169,7 +169,7 @@ fn extract(
     };
     let root = walk.value(&pickle.root, "", false, 0)?;
     info.insert("top_level".into(), json!(top_level(pickle)));
-    let mut model = Model { format: "pytorch".into(), info, tensors: walk.tensors, skipped: walk.skipped, ..Model::default() };
+    let mut model = Model { info, tensors: walk.tensors, skipped: walk.skipped, ..Model::default() };
     model.add_json(vec!["object.json".into()], &root);
     for (name, text) in walk.levels {
         let mut path = split_name("tensors", &name);
