@@ -1,9 +1,8 @@
 //! Filesystem operations over a `Tree`, independent of FUSE so they can be tested directly.
 
 use crate::cache::ChunkCache;
-use crate::dtype::DType;
 use crate::error::ReadError;
-use crate::model::{Tensor, TensorBytes};
+use crate::model::Tensor;
 use crate::npy;
 use crate::tree::{Content, Ino, Node, TensorFile, Tree, dtype_text, shape_text};
 use std::ffi::OsStr;
@@ -213,37 +212,13 @@ fn read_npy(tensor: &Tensor, npy_len: u64, offset: u64, buf: &mut [u8]) -> Resul
     if filled == buf.len() {
         return Ok(());
     }
-    let data_offset = offset + filled as u64 - hlen;
-    let out = &mut buf[filled..];
-    match (&tensor.decoded, tensor.dtype.widens()) {
-        (Some(decoded), _) => decoded.read_at(data_offset, out),
-        (None, false) => tensor.bytes.read_at(data_offset, out),
-        (None, true) => read_widened(tensor.dtype, tensor.bytes.as_ref(), data_offset, out),
-    }
-}
-
-/// Float32 values at byte `offset` of a widened tensor's data, from the whole blocks of stored
-/// bits under that range.
-fn read_widened(dtype: DType, raw: &dyn TensorBytes, offset: u64, out: &mut [u8]) -> Result<(), ReadError> {
-    let (per_block, block_bytes) = dtype.block();
-    let block_values = per_block * 4;
-    let first = offset / block_values;
-    let last = (offset + out.len() as u64).div_ceil(block_values);
-    let mut stored = vec![0u8; ((last - first) * block_bytes) as usize];
-    raw.read_at(first * block_bytes, &mut stored)?;
-    let mut values = vec![0f32; ((last - first) * per_block) as usize];
-    dtype.widen(&stored, &mut values);
-    let skip = (offset - first * block_values) as usize;
-    let bytes = values.iter().flat_map(|v| v.to_le_bytes()).skip(skip);
-    for (o, b) in out.iter_mut().zip(bytes) {
-        *o = b;
-    }
-    Ok(())
+    tensor.read_npy_data(offset + filled as u64 - hlen, &mut buf[filled..])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dtype::DType;
     use crate::model::{InMemory, Model, Tensor};
 
     fn fs_with(dtype: DType, data: Vec<u8>, shape: Vec<u64>) -> Fs {

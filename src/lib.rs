@@ -11,6 +11,7 @@ pub mod argv;
 pub mod cache;
 pub(crate) mod codecs;
 pub mod daemon;
+pub mod diff;
 pub mod dtype;
 pub mod error;
 pub(crate) mod export;

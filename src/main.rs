@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use wfs::cache::ChunkCache;
 use wfs::daemon::{self, MountSettings};
+use wfs::diff;
 use wfs::error::{MountError, OpenError};
 use wfs::formats::{self, ReadOptions, Source};
 use wfs::fs::Fs;
@@ -47,6 +48,13 @@ struct SourceArgs {
     /// A model file, a directory (SavedModel, checkpoints), a checkpoint prefix, - for standard
     /// input, or a URL: https://..., s3://BUCKET/KEY, hf://ORG/REPO[@REVISION]/FILE
     source: PathBuf,
+    #[command(flatten)]
+    read: ReadArgs,
+}
+
+/// How sources are read.
+#[derive(Args, Clone)]
+struct ReadArgs {
     /// Memory for decoded chunks of compressed tensors, e.g. 256M, 2G
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     cache_size: u64,
@@ -195,6 +203,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare two models tensor by tensor, of any formats: equal, close (within the
+    /// tolerance), different, only in one, shapes differ; exit status 0 when nothing differs,
+    /// 1 when something does
+    #[command(after_help = DIFF_HELP)]
+    Diff {
+        /// The first model: anything `wfs mount` takes
+        a: PathBuf,
+        /// The second model
+        b: PathBuf,
+        #[command(flatten)]
+        read: ReadArgs,
+        /// How tensors are paired: name (tensors.tsv's name column), path (in the tree), order
+        /// (the n-th of each), shape (shapes unique on both sides, a matrix also transposed)
+        #[arg(long = "match", value_enum, default_value = "name", value_name = "BY")]
+        match_by: MatchArg,
+        /// Pairs taken first, whatever --match says: one `A_NAME B_NAME` a line (a tab between
+        /// them when names hold spaces); a name is a tensor's name or its path in the tree
+        #[arg(long, value_name = "FILE")]
+        map: Option<PathBuf>,
+        /// Relative tolerance: values are close when |a - b| <= atol + rtol * |b|
+        #[arg(long, default_value_t = 1e-5, value_name = "R", value_parser = parse_tolerance)]
+        rtol: f64,
+        /// Absolute tolerance
+        #[arg(long, default_value_t = 1e-8, value_name = "A", value_parser = parse_tolerance)]
+        atol: f64,
+        /// NaN equals NaN (without it, a NaN differs from everything, itself included)
+        #[arg(long)]
+        nan_equal: bool,
+        /// Only the tensors whose name or path matches GLOB (* and ?; * also matches /)
+        #[arg(long, value_name = "GLOB")]
+        only: Option<String>,
+        /// One JSON document: the sources, the options, a row per tensor and the summary
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script
     Completions {
         /// The shell to complete for
@@ -202,6 +245,45 @@ enum Command {
     },
     /// Print the manual page (roff): `wfs man | man -l -`
     Man,
+}
+
+/// `--match`'s values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MatchArg {
+    Name,
+    Path,
+    Order,
+    Shape,
+}
+
+impl From<MatchArg> for diff::MatchBy {
+    fn from(m: MatchArg) -> Self {
+        match m {
+            MatchArg::Name => diff::MatchBy::Name,
+            MatchArg::Path => diff::MatchBy::Path,
+            MatchArg::Order => diff::MatchBy::Order,
+            MatchArg::Shape => diff::MatchBy::Shape,
+        }
+    }
+}
+
+const DIFF_HELP: &str = "\
+Each row: the status (equal, close, different, only-a, only-b, shape, dtype), the tensor's name
+(`A = B` where the paired names differ), dtype and shape (`A -> B` where they differ), and for
+pairs not equal: differing elements, max abs and max rel (|a - b| / |b|) difference, RMS of
+a - b and cosine similarity, computed in float64 over the values as each .npy holds them
+(bfloat16, float8 and GGUF blocks widened) and over the pairs of finite values. A matrix whose
+transpose the other side holds ([in, out] against [out, in]) is compared transposed. Equal means
+the same dtype and every value equal; a NaN equals a NaN only with --nan-equal. A summary line
+ends the report. Exit status: 0 when every pair is equal or close and nothing is unmatched, 1
+when something differs, 2 and above for errors as for the other commands.";
+
+/// A tolerance: a finite number, zero or more.
+fn parse_tolerance(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        _ => Err(format!("invalid tolerance '{s}' (a number, zero or more, e.g. 1e-5)")),
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -271,6 +353,7 @@ fn main() -> ExitCode {
     wfs::logger::init(level);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Differ>().is_some() => ExitCode::from(exit::OTHER),
         Err(e) => {
             // `{:#}` joins the context chain into one line: "<what failed>: <why>".
             eprintln!("wfs: {e:#}");
@@ -386,15 +469,19 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 /// model's millions of small allocations took as long as building them (half of `wfs info`
 /// on 200,000 tensors), and would delay every exit and unmount.
 fn open_fs(args: &SourceArgs, options: TreeOptions) -> Result<(&'static Fs, Option<SystemTime>)> {
-    let cache = Arc::new(ChunkCache::new(args.cache_size));
+    open_fs_in(args, options, Arc::new(ChunkCache::new(args.read.cache_size)))
+}
+
+/// `open_fs` with a given cache of decoded chunks.
+fn open_fs_in(args: &SourceArgs, options: TreeOptions, cache: Arc<ChunkCache>) -> Result<(&'static Fs, Option<SystemTime>)> {
     let read_options = ReadOptions { cache: cache.clone() };
     let (model, shown, modified) = if args.source.as_os_str() == "-" {
-        let bytes = read_stdin(args.stdin_limit).context("standard input")?;
+        let bytes = read_stdin(args.read.stdin_limit).context("standard input")?;
         let model = formats::open(Source::Bytes(bytes), &read_options).context("standard input")?;
         (model, "-".to_string(), None)
     } else if let Some(url) = args.url() {
-        let credentials = args.credentials_file.as_deref().map(wfs::remote::Credentials::from_file).transpose()?.unwrap_or_default();
-        let remote = wfs::remote::RemoteOptions { timeout: Duration::from_secs(args.timeout), retries: 3, credentials };
+        let credentials = args.read.credentials_file.as_deref().map(wfs::remote::Credentials::from_file).transpose()?.unwrap_or_default();
+        let remote = wfs::remote::RemoteOptions { timeout: Duration::from_secs(args.read.timeout), retries: 3, credentials };
         let shown = args.shown();
         let model = formats::open(Source::Url(url, &remote), &read_options).with_context(|| shown.clone())?;
         (model, shown, None)
@@ -513,6 +600,26 @@ fn run(command: Command) -> Result<()> {
             }
             print_all(tools::summary(fs)?.as_bytes())
         }
+        Command::Diff { a, b, read, match_by, map, rtol, atol, nan_equal, only, json } => {
+            if a.as_os_str() == "-" && b.as_os_str() == "-" {
+                return Err(Usage("only one of A and B can be standard input".into()).into());
+            }
+            let map = match map {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path).map_err(|e| Usage(format!("{}: {}", path.display(), wfs::error::io_reason(&e))))?;
+                    diff::parse_map(&text).map_err(|e| Usage(format!("{}: {e}", path.display())))?
+                }
+                None => Vec::new(),
+            };
+            let options = diff::Options { match_by: match_by.into(), map, only, rtol, atol, nan_equal };
+            // One cache for both sides: memory stays within --cache-size.
+            let cache = Arc::new(ChunkCache::new(read.cache_size));
+            let (a, b) = (SourceArgs { source: a, read: read.clone() }, SourceArgs { source: b, read });
+            let no_export = TreeOptions { safetensors: false };
+            let fs_a = open_fs_in(&a, no_export, cache.clone())?.0;
+            let fs_b = open_fs_in(&b, no_export, cache)?.0;
+            diff_models(fs_a, fs_b, [a.shown(), b.shown()], &options, json)
+        }
         Command::Completions { shell } => {
             let mut text = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "wfs", &mut text);
@@ -549,6 +656,68 @@ fn convert(fs: &Fs, ino: wfs::tree::Ino, out: &std::path::Path) -> Result<(), Ou
         eprintln!();
     }
     result
+}
+
+/// Not a failure: the models differ (exit status 1, as diff(1)); the report says how.
+#[derive(Debug, thiserror::Error)]
+#[error("the models differ")]
+struct Differ;
+
+/// Pairs compared below this many bytes get no progress bar.
+const DIFF_PROGRESS_FROM: u64 = 64 << 20;
+
+/// `wfs diff`'s report on standard output: a line per pair as it is compared, or one JSON
+/// document at the end; then the summary. A progress bar on a terminal for a large pair of models.
+fn diff_models(a: &Fs, b: &Fs, shown: [String; 2], options: &diff::Options, json: bool) -> Result<()> {
+    let (side_a, side_b) = (diff::Side::new(a.tree()), diff::Side::new(b.tree()));
+    let pairs = diff::pair(&side_a, &side_b, options).map_err(|e| Usage(e.to_string()))?;
+    let total = diff::total_bytes(&side_a, &side_b, &pairs);
+    let bar = std::io::stderr().is_terminal() && total >= DIFF_PROGRESS_FROM;
+    let (mut done, mut shown_at) = (0u64, std::time::Instant::now());
+    let mut progress = |bytes: u64| {
+        done += bytes;
+        if bar && shown_at.elapsed() >= Duration::from_millis(100) {
+            shown_at = std::time::Instant::now();
+            eprint!("\rwfs: compared {:.1} of {:.1} MiB", done as f64 / (1 << 20) as f64, total as f64 / (1 << 20) as f64);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let (mut rows, mut summary) = (Vec::new(), diff::Summary::default());
+    let compared = diff::run(&side_a, &side_b, &pairs, options, &mut progress, &mut |row| {
+        summary.add(row.status);
+        if json {
+            rows.push(row.json(&side_a, &side_b));
+            return Ok(());
+        }
+        if bar {
+            eprint!("\r\x1b[K");
+        }
+        writeln!(out, "{}", row.text(&side_a, &side_b))
+    });
+    if bar {
+        eprint!("\r\x1b[K");
+    }
+    let written = compared.map_err(|e| match e {
+        diff::DiffError::Write(e) => anyhow::Error::from(e),
+        read => OpenError::unreadable(read.to_string()).into(),
+    }).and_then(|()| {
+        if json {
+            let document = serde_json::json!({
+                "a": shown[0], "b": shown[1], "match": options.match_by.as_str(), "rtol": options.rtol,
+                "atol": options.atol, "nan_equal": options.nan_equal, "tensors": rows, "summary": summary.json(),
+            });
+            serde_json::to_writer_pretty(&mut out, &document)?;
+            writeln!(out)?;
+        } else {
+            writeln!(out, "{}", summary.text())?;
+        }
+        Ok(out.flush()?)
+    });
+    match written {
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {}
+        other => other?,
+    }
+    if summary.differs() { Err(Differ.into()) } else { Ok(()) }
 }
 
 /// `wfs man`: clap_mangen's page for the whole command, one subsection per command (its

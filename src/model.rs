@@ -134,6 +134,35 @@ impl Tensor {
             }
         }
     }
+
+    /// Fills `out` with the bytes of the `.npy` data section at `offset` (which lies inside
+    /// `npy_data_len()`): `.raw` as it is, widened to float32, or decoded by the tensor's reader.
+    pub fn read_npy_data(&self, offset: u64, out: &mut [u8]) -> Result<(), ReadError> {
+        match (&self.decoded, self.dtype.widens()) {
+            (Some(decoded), _) => decoded.read_at(offset, out),
+            (None, false) => self.bytes.read_at(offset, out),
+            (None, true) => read_widened(self.dtype, self.bytes.as_ref(), offset, out),
+        }
+    }
+}
+
+/// Float32 values at byte `offset` of a widened tensor's data, from the whole blocks of stored
+/// bits under that range.
+fn read_widened(dtype: DType, raw: &dyn TensorBytes, offset: u64, out: &mut [u8]) -> Result<(), ReadError> {
+    let (per_block, block_bytes) = dtype.block();
+    let block_values = per_block * 4;
+    let first = offset / block_values;
+    let last = (offset + out.len() as u64).div_ceil(block_values);
+    let mut stored = vec![0u8; ((last - first) * block_bytes) as usize];
+    raw.read_at(first * block_bytes, &mut stored)?;
+    let mut values = vec![0f32; ((last - first) * per_block) as usize];
+    dtype.widen(&stored, &mut values);
+    let skip = (offset - first * block_values) as usize;
+    let bytes = values.iter().flat_map(|v| v.to_le_bytes()).skip(skip);
+    for (o, b) in out.iter_mut().zip(bytes) {
+        *o = b;
+    }
+    Ok(())
 }
 
 /// `[top, components...]`: a source's own tensor name split into path components on `/` and

@@ -373,6 +373,18 @@ impl Tree {
         parts
     }
 
+    /// Each tensor's path in the tree (its files' path without the suffix), by tensor id.
+    pub fn tensor_paths(&self) -> Vec<String> {
+        let mut paths = vec![String::new(); self.tensors.len()];
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Node::File { content: Content::Tensor(id, TensorFile::Raw), .. } = node {
+                let path = self.path_of(i as Ino + 1).join("/");
+                paths[*id] = path.strip_suffix(".raw").unwrap_or(&path).to_string();
+            }
+        }
+        paths
+    }
+
     pub fn node(&self, ino: Ino) -> Option<&Node> {
         self.nodes.get(usize::try_from(ino).ok()?.checked_sub(1)?)
     }
