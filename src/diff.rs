@@ -627,6 +627,31 @@ mod tests {
         assert!(matches!(parse_map("a b c\n"), Err(DiffError::MapLine { line: 1 })));
     }
 
+    fn matrix(rows: u64, cols: u64, value: impl Fn(u64, u64) -> f32) -> Tensor {
+        let bytes: Vec<u8> = (0..rows).flat_map(|r| (0..cols).map(move |c| (r, c))).flat_map(|(r, c)| value(r, c).to_le_bytes()).collect();
+        Tensor::new(vec!["m".into()], DType::F32, vec![rows, cols], std::sync::Arc::new(crate::model::InMemory(bytes.into())))
+    }
+
+    /// Larger than a chunk and than a tile in both directions, with one value changed far
+    /// from the start: the same counts in order and transposed.
+    #[test]
+    fn chunks_and_tiles_cover_every_element_once() {
+        let (rows, cols) = (300u64, 520u64);
+        let value = |r: u64, c: u64| (r * cols + c) as f32 * 0.5 - 1000.0;
+        let moved = |r: u64, c: u64| if (r, c) == (290, 517) { 7.0 } else { value(r, c) };
+        let a = matrix(rows, cols, value);
+        let mut read = 0;
+        let same = compare(&a, &matrix(rows, cols, value), &options(false), &mut |n| read += n).unwrap();
+        assert_eq!((same.0, same.2.unwrap().elements), (Status::Equal, rows * cols));
+        assert_eq!(read, rows * cols * 8);
+        let (status, transposed, stats) = compare(&a, &matrix(rows, cols, moved), &options(false), &mut |_| {}).unwrap();
+        let stats = stats.unwrap();
+        assert_eq!((status, transposed, stats.differing, stats.max_abs), (Status::Different, false, 1, f64::from(value(290, 517) - 7.0)));
+        let (status, transposed, stats) = compare(&a, &matrix(cols, rows, |c, r| moved(r, c)), &options(false), &mut |_| {}).unwrap();
+        let stats = stats.unwrap();
+        assert_eq!((status, transposed, stats.elements, stats.differing, stats.max_abs), (Status::Different, true, rows * cols, 1, f64::from(value(290, 517) - 7.0)));
+    }
+
     fn options(nan_equal: bool) -> Options {
         Options { match_by: MatchBy::Name, map: Vec::new(), only: None, rtol: 1e-5, atol: 1e-8, nan_equal }
     }
