@@ -736,7 +736,11 @@ fn man_page() -> std::io::Result<Vec<u8>> {
         let name = format!("wfs {}", sub.get_name());
         let man = clap_mangen::Man::new(sub.clone().bin_name(name.clone()));
         writeln!(page, ".SS \"{name}\"")?;
-        for render in [clap_mangen::Man::render_synopsis_section, clap_mangen::Man::render_description_section, clap_mangen::Man::render_options_section] {
+        let mut parts = vec![clap_mangen::Man::render_synopsis_section, clap_mangen::Man::render_description_section, clap_mangen::Man::render_options_section];
+        if sub.get_after_help().is_some() {
+            parts.push(clap_mangen::Man::render_extra_section);
+        }
+        for render in parts {
             let mut part = Vec::new();
             render(&man, &mut part)?;
             // Each part starts with its own `.SH` heading: here they sit under the command's.
@@ -776,7 +780,7 @@ and where its bytes lie. A mount's \fBdu\fR is about three times the source: eac
 success
 .TP
 \fB1\fR
-any other failure (an output that cannot be written, a daemon that failed)
+\fBwfs diff\fR: the models differ; any other failure (an output that cannot be written, a daemon that failed)
 .TP
 \fB2\fR
 usage: an unknown command or option, a missing argument, a path not in the tree, a directory given to \fBcat\fR
@@ -824,6 +828,9 @@ copy one tensor out
 .TP
 \fBwfs convert model.pt model.safetensors\fR
 write every tensor as one safetensors file
+.TP
+\fBwfs diff model.h5 model.safetensors\fR
+compare two models tensor by tensor; \fB\-\-match order\fR pairs renamed tensors, \fB\-\-json\fR for scripts
 .TP
 \fBwfs list\fR
 the live mounts, their daemons and cache use

@@ -46,7 +46,7 @@ fn a_word_that_is_not_a_command_is_a_usage_error() {
     let cases: [(&[&str], &str); 4] = [
         (&["mout", source.to_str().unwrap(), "x"], "'mout' is not a wfs command; did you mean `wfs mount`"),
         (&["unmount", "x"], "'unmount' is not a wfs command; did you mean `wfs umount`"),
-        (&["diff", "a", "b"], "'diff' is not a wfs command (commands: mount, umount, list, ls, cat, export, convert, info"),
+        (&["verify", "a", "b"], "'verify' is not a wfs command (commands: mount, umount, list, ls, cat, export, convert, info, diff"),
         // The bare two-argument form was `wfs mount` before: now only mount.fuse3's, with -o.
         (&[source.to_str().unwrap(), "x"], "is not a wfs command"),
     ];
@@ -360,7 +360,7 @@ fn man_page_and_help_cover_every_command_and_argument() {
     let out = wfs().arg("man").output().unwrap();
     assert!(out.status.success());
     let roff = String::from_utf8(out.stdout).unwrap();
-    let commands = ["mount", "umount", "list", "ls", "cat", "export", "convert", "info", "completions", "man"];
+    let commands = ["mount", "umount", "list", "ls", "cat", "export", "convert", "info", "diff", "completions", "man"];
     for command in commands {
         assert!(roff.contains(&format!(".SS \"wfs {command}\"")), "no section for {command}");
     }
