@@ -932,6 +932,17 @@ fn convert_and_export_read_urls() {
 }
 
 #[test]
+fn diff_reads_urls_as_a_mount_does() {
+    let nginx = Nginx::start();
+    for path in ["h5/k2_functional.h5", "safetensors/sharded/model.safetensors.index.json"] {
+        let out = wfs().args(["diff", &nginx.url(path)]).arg(fixture(path)).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{path}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.lines().count() > 1 && text.lines().rev().skip(1).all(|l| l.starts_with("equal ")), "{path}: {text}");
+    }
+}
+
+#[test]
 fn real_models_over_s3_give_the_local_tree() {
     let Some(root) = real_models() else { return };
     let Some(s3) = S3::serving(|dir| copy_tree(&root, &dir.join("real"))) else { return };
