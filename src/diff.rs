@@ -116,9 +116,12 @@ pub fn parse_map(text: &str) -> Result<Vec<(String, String)>, DiffError> {
     Ok(pairs)
 }
 
+/// A tensor of A and its partner in B (tensor ids); `None` on the side that has none.
+pub type Pair = (Option<usize>, Option<usize>);
+
 /// The pairs to compare, as (tensor of A, tensor of B): A's tensors in source order, each with
 /// its partner if any, then B's tensors that have none.
-pub fn pair(a: &Side, b: &Side, options: &Options) -> Result<Vec<(Option<usize>, Option<usize>)>, DiffError> {
+pub fn pair(a: &Side, b: &Side, options: &Options) -> Result<Vec<Pair>, DiffError> {
     let only = options.only.as_deref();
     let a_ids: Vec<usize> = (0..a.paths.len()).filter(|&i| a.selected(i, only)).collect();
     let b_ids: Vec<usize> = (0..b.paths.len()).filter(|&i| b.selected(i, only)).collect();
@@ -157,7 +160,7 @@ pub fn pair(a: &Side, b: &Side, options: &Options) -> Result<Vec<(Option<usize>,
         partner[ia] = Some(ib);
         taken[ib] = true;
     }
-    let mut pairs: Vec<(Option<usize>, Option<usize>)> = a_ids.iter().map(|&ia| (Some(ia), partner[ia])).collect();
+    let mut pairs: Vec<Pair> = a_ids.iter().map(|&ia| (Some(ia), partner[ia])).collect();
     pairs.extend(b_ids.iter().filter(|&&ib| !taken[ib]).map(|&ib| (None, Some(ib))));
     Ok(pairs)
 }
@@ -505,7 +508,7 @@ fn same_raw_bytes(a: &Tensor, b: &Tensor, progress: &mut dyn FnMut(u64)) -> Resu
 }
 
 /// Compares `pairs` (from `pair`) in order, handing each row to `row` as soon as it is known.
-pub fn run(a: &Side, b: &Side, pairs: &[(Option<usize>, Option<usize>)], options: &Options, progress: &mut dyn FnMut(u64), row: &mut dyn FnMut(Row) -> std::io::Result<()>) -> Result<(), DiffError> {
+pub fn run(a: &Side, b: &Side, pairs: &[Pair], options: &Options, progress: &mut dyn FnMut(u64), row: &mut dyn FnMut(Row) -> std::io::Result<()>) -> Result<(), DiffError> {
     for &(ia, ib) in pairs {
         row(match (ia, ib) {
             (Some(ia), Some(ib)) => {
@@ -520,7 +523,7 @@ pub fn run(a: &Side, b: &Side, pairs: &[(Option<usize>, Option<usize>)], options
 }
 
 /// Bytes the comparison of `pairs` reads at most (for a progress bar): both `.npy` data sections.
-pub fn total_bytes(a: &Side, b: &Side, pairs: &[(Option<usize>, Option<usize>)]) -> u64 {
+pub fn total_bytes(a: &Side, b: &Side, pairs: &[Pair]) -> u64 {
     let data = |t: &Tensor| t.npy_data_len().unwrap_or(t.bytes.len());
     pairs.iter().filter_map(|&(ia, ib)| Some(data(a.tensor(ia?)) + data(b.tensor(ib?)))).sum()
 }
