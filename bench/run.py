@@ -37,7 +37,7 @@ except ImportError as e:
 
 # Python modules that only some figures need (by --only number), checked before anything runs
 # so that a missing one is reported with how to install it, not as a crash after the others.
-FIGURE_MODULES = {7: ["crc32c"], 8: ["safetensors"], 12: ["safetensors"]}
+FIGURE_MODULES = {7: ["crc32c"], 8: ["safetensors"], 12: ["safetensors"], 13: ["safetensors"]}
 FIGURE_NAMES = {7: "(c)", 11: "(t)"}
 
 
@@ -740,6 +740,46 @@ def fig_safetensors_source(w, work, layers, n, runs, res):
                 f"{g / c:.2f}x faster", "> 1x", g / c > 1)
 
 
+COMPARE_SAFETENSORS = """
+import sys
+import numpy as np
+from safetensors import safe_open
+# Tensor by tensor, in float64: what `wfs diff` reports (differing count, max abs, RMS, cosine).
+with safe_open(sys.argv[1], "numpy") as a, safe_open(sys.argv[2], "numpy") as b:
+    for key in a.keys():
+        x, y = a.get_tensor(key).astype(np.float64).ravel(), b.get_tensor(key).astype(np.float64).ravel()
+        d = np.abs(x - y)
+        print(key, int((x != y).sum()), d.max(initial=0), np.sqrt(np.mean(d * d)), x @ y / np.sqrt((x @ x) * (y @ y)))
+"""
+
+
+def fig_diff(w, work, layers, runs, res):
+    """(13) `wfs diff` of two identical safetensors files (a copy) against `cmp` of the two files
+    and against a numpy script that loads both with safe_open and compares tensor by tensor.
+    Both files in page cache."""
+    src = work / "model.safetensors"
+    if not src.exists():
+        log(f"  writing {src} ...")
+        write_safetensors(src, layers)
+    copy = work / "model-copy.safetensors"
+    if not copy.exists() or copy.stat().st_size != src.stat().st_size:
+        shutil.copyfile(src, copy)
+    n = sum(len(weights) for _, weights in layers)
+    diff_t, cmp_t, script_t = [], [], []
+    for _ in range(runs):
+        warm(src)
+        warm(copy)
+        diff_t.append(timed([w.exe, "diff", str(src), str(copy)], stdout=subprocess.DEVNULL))
+        cmp_t.append(timed(["cmp", str(src), str(copy)], stdout=subprocess.DEVNULL))
+        script_t.append(timed([sys.executable, "-c", COMPARE_SAFETENSORS, str(src), str(copy)], stdout=subprocess.DEVNULL))
+    d, c, p = median(diff_t), median(cmp_t), median(script_t)
+    size = human(src.stat().st_size)
+    res.add(13, f"`wfs diff` of two identical {size} safetensors files ({n} tensors, in page cache) vs `cmp` of "
+                f"the two files", ms(d), ms(c), f"{c / d:.0%}", ">= 80%", c / d >= 0.8)
+    res.add(13, "`wfs diff` vs a numpy script: safe_open both, compare tensor by tensor in float64",
+            ms(d), ms(p), f"{p / d:.2f}x faster", ">= 3x", p / d >= 3)
+
+
 # ----------------------------------------------------------------------------- remote (figure 12)
 
 class Nginx:
@@ -1178,7 +1218,8 @@ def main():
                     help="a Python with torch, for figure (t) (--only 11): writes the state dict and is its baseline")
     ap.add_argument("--only", help="comma-separated figure numbers to run, 7 for the checkpoint (c), 8 for "
                     "model.safetensors and convert, 9 for safetensors sources (s), 10 for GGUF, "
-                    "11 for torch (t; needs --torch-python), 12 for remote sources (nginx + curl; default 1-10)")
+                    "11 for torch (t; needs --torch-python), 12 for remote sources (nginx + curl), 13 for `wfs diff` "
+                    "(default 1-10)")
     ap.add_argument("--out-dir", help="where figure 3 extracts to (default /dev/shm: tmpfs, so that the "
                     "destination disk, not the reader, is not what is measured)")
     args = ap.parse_args()
@@ -1236,6 +1277,8 @@ def main():
             log("figure 10: GGUF dequantization"); fig_gguf(w, work, total, args.runs, res)
         if 12 in only:
             log("figure 12: remote (nginx on 127.0.0.1)"); fig_remote(w, work, layers, args.runs, res)
+        if 13 in only:
+            log("figure 13: wfs diff"); fig_diff(w, work, layers, args.runs, res)
     finally:
         w.umount()
         shutil.rmtree(tmp, ignore_errors=True)
