@@ -22,7 +22,7 @@ pub(crate) mod numpy;
 mod onnx;
 mod options;
 mod paged;
-mod safetensors;
+pub(crate) mod safetensors;
 mod savedmodel;
 pub(crate) mod tf_bundle;
 mod tflite;

@@ -142,14 +142,24 @@ fn tensor(blob: &Blob, data_start: u64, e: Entry) -> Tensor {
 /// A single safetensors file; `dir` is where it lies (its config.json, docs/tree.md 7.3).
 pub fn read(blob: &Blob, dir: Option<&Dir>, options: &ReadOptions) -> Result<Model, OpenError> {
     let header = parse(blob)?;
-    let mut model = Model::default();
     let config = quantization_config(dir, header.metadata.as_ref());
+    Ok(model_of(blob, header, &config, options))
+}
+
+/// A single safetensors file with the quantization config given (for the fuzz targets).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn read_with_config(blob: &Blob, config: &Value, options: &ReadOptions) -> Result<Model, OpenError> {
+    Ok(model_of(blob, parse(blob)?, config, options))
+}
+
+fn model_of(blob: &Blob, header: Header, config: &Value, options: &ReadOptions) -> Model {
+    let mut model = Model::default();
     if let Some(metadata) = header.metadata {
         model.info.insert("metadata".into(), Value::Object(metadata));
     }
     model.tensors = header.entries.into_iter().map(|e| tensor(blob, header.data_start, e)).collect();
-    quant::dequantize(&mut model, &config, &options.cache);
-    Ok(model)
+    quant::dequantize(&mut model, config, &options.cache);
+    model
 }
 
 /// Largest config file read for its quantization config.
@@ -164,10 +174,9 @@ fn quantization_config(dir: Option<&Dir>, metadata: Option<&Map<String, Value>>)
         let blob = dir?.open(name).ok().filter(|b| b.len() <= MAX_CONFIG)?;
         serde_json::from_slice(&blob.read_vec(0, blob.len()).ok()?).ok()
     };
-    if let Some(config) = json_file("config.json") {
-        if let Some(q) = ["quantization_config", "quantization"].iter().find_map(|k| config.get(*k).filter(|v| v.is_object())) {
-            return q.clone();
-        }
+    let in_config = json_file("config.json").and_then(|c| ["quantization_config", "quantization"].iter().find_map(|k| c.get(*k).filter(|v| v.is_object()).cloned()));
+    if let Some(config) = in_config {
+        return config;
     }
     if let Some(mut config) = json_file("quantize_config.json").filter(Value::is_object) {
         if config.get("quant_method").is_none() {

@@ -87,7 +87,6 @@ impl Unpack for Scaled {
             Some(Zeros::PackedColumns { whole, .. } | Zeros::Int8(whole)) => Some(whole.get()?),
             None => None,
         };
-        let grid_rows = self.rows.div_ceil(self.grid.rows_per);
         let cell_cols: Vec<usize> = match self.g_idx.as_ref().map(Whole::get).transpose()? {
             Some(g) => (0..self.cols as usize)
                 .map(|k| match u32_at(&g, k) as u64 {
@@ -111,7 +110,6 @@ impl Unpack for Scaled {
                     _ => 0.0,
                 };
             }
-            debug_assert!((r as u64) < grid_rows);
             for (value, &c) in row.iter_mut().zip(&cell_cols) {
                 *value = (*value - zero[c]) * scale[c];
             }
@@ -332,7 +330,7 @@ fn mlx_layer(stored: &Stored, module: &str, weight: &str, bits: u64, group: u64)
     let Some((&words, outer)) = w.shape.split_last().filter(|_| w.dtype == DType::U32) else {
         return Err(unfit(format!("{weight} is {} {}, not uint32 [..., out, packed]", w.dtype.name(), shape_str(&w.shape))));
     };
-    if words * 32 % bits != 0 || (words * 32 / bits) % group != 0 {
+    if !(words * 32).is_multiple_of(bits) || !(words * 32 / bits).is_multiple_of(group) {
         return Err(unfit(format!("{weight}'s {words} words a row hold no whole number of {bits}-bit groups of {group}")));
     }
     let cols = words * 32 / bits;

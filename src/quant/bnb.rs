@@ -173,8 +173,9 @@ fn int8(stored: &Stored, module: &str) -> Result<Layer, Unfit> {
     Ok(Layer { name: weight.clone(), shape: vec![rows, cols], parts, unpack: Arc::new(unpack) })
 }
 
-/// bitsandbytes' `int8_vectorwise_dequant`: `A × SCB[n] × 7.874015718698502e-3` in float32.
-const INV_127: f32 = 7.874_015_718_698_502e-3;
+/// bitsandbytes' `int8_vectorwise_dequant`: `A × SCB[n] × 7.874015718698502e-3`, the Python
+/// float rounded to float32 as torch does for a float32 tensor.
+const INV_127: f32 = 7.874_015_718_698_502e-3_f64 as f32;
 
 struct Int8 {
     weight: Part,
