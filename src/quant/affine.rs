@@ -70,7 +70,6 @@ enum Zeros {
 /// `W[n][k] = (code − zero) × scale` over a grid of scales: compressed-tensors and FP8 layers.
 struct Scaled {
     codes: Codes,
-    rows: u64,
     cols: u64,
     grid: Grid,
     scales: Whole,
@@ -243,7 +242,7 @@ fn compressed_layer(stored: &Stored, module: &str, weight: &str, format: &str, a
         }
         Some(g) => return Err(unfit(format!("{} is {} {}, where int32 [{cols}] was due", g.name, g.dtype.name(), shape_str(&g.shape)))),
     };
-    let unpack = Scaled { codes, rows, cols, grid, scales: Whole::floats(scale, stored.cache), zeros, g_idx };
+    let unpack = Scaled { codes, cols, grid, scales: Whole::floats(scale, stored.cache), zeros, g_idx };
     Ok(Layer { name: weight.to_string(), shape: vec![rows, cols], parts, unpack: Arc::new(unpack) })
 }
 
@@ -285,7 +284,7 @@ pub(crate) fn find_fp8(stored: &Stored, tensors: &[Tensor], config: &Value) -> F
                 .filter(|_| is_float(scale.dtype))
                 .ok_or_else(|| unfit(format!("{} is {} {}, where [{}, {}] was due", scale.name, scale.dtype.name(), shape_str(&scale.shape), rows.div_ceil(block[0]), cols.div_ceil(block[1]))))?;
             let parts = vec![w.name.clone(), scale.name.clone()];
-            let unpack = Scaled { codes: Codes::Float8(w), rows, cols, grid, scales: Whole::floats(scale, stored.cache), zeros: None, g_idx: None };
+            let unpack = Scaled { codes: Codes::Float8(w), cols, grid, scales: Whole::floats(scale, stored.cache), zeros: None, g_idx: None };
             Ok(Layer { name: weight.clone(), shape: vec![rows, cols], parts, unpack: Arc::new(unpack) })
         })
         .collect();
