@@ -123,6 +123,14 @@ for name in ["float.tflite", "int8.tflite", "buffer_offset.tflite", "constants.t
 for name in ["all_types", "align64", "big_endian", "handmade", "v1", "v2"]:
     put("gguf", name, read(f"gguf/{name}.gguf"))
 # Dequantizer seeds: the tensor data of two GGUF fixtures (from their info.json tensor_data_offset).
+# Quantized safetensors (fuzz_targets/quant_*.rs): the config bytes of wfs::fuzzing::quantized
+# (bits, group size index into [-1, 16, 32, 64, 128], variant) that fit each fixture, then the file.
+QUANT_SEEDS = [("quant_gptq", "gptq4", (4, 2, 0)), ("quant_gptq", "gptq3", (3, 0, 0)), ("quant_gptq", "gptq2_v2", (2, 1, 1)),
+               ("quant_gptq", "gptq8", (8, 3, 0)), ("quant_awq", "awq", (4, 2, 0)), ("quant_bnb", "bnb", (0, 0, 0)),
+               ("quant_compressed_tensors", "ct_w4_group_asym", (4, 1, 10)), ("quant_compressed_tensors", "ct_w8_channel_sym", (8, 0, 4)),
+               ("quant_compressed_tensors", "ct_fp8_channel", (8, 0, 37)), ("quant_fp8_block", "fp8_block", (8, 2, 0)), ("quant_mlx", "mlx", (4, 2, 0))]
+for target, case, config in QUANT_SEEDS:
+    put(target, case, bytes(config) + read(f"quant/{case}/model.safetensors"))
 put("dequantize", "blocks", read("gguf/all_types.gguf")[5184:][:4096])
 put("dequantize", "handmade", read("gguf/handmade.gguf")[416:])
 for name, url in [("https", "https://alice:s3cretpassword@host:8443/a/b%20c/m.h5?X-Amz-Signature=abcdef0123#frag"),

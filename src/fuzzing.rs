@@ -43,6 +43,33 @@ pub fn open_format(name: &str, data: &[u8]) -> Result<Model, OpenError> {
         .unwrap_or_else(|| Err(OpenError::UnknownFormat(format!("no reader is named {name:?}"))))
 }
 
+/// `data` as a safetensors model quantized with `method` (`gptq`, `awq`, `bitsandbytes`,
+/// `compressed-tensors`, `fp8`, `mlx`): its first three bytes choose the config (bits, group
+/// size, and a variant: checkpoint format, layout, strategy, symmetry), the rest is the
+/// safetensors file, whose header gives the parts' shapes and packed widths.
+pub fn quantized(method: &str, data: &[u8]) -> Result<Model, OpenError> {
+    let [bits, group, variant, file @ ..] = data else { return Err(OpenError::corrupt("fewer than 3 bytes")) };
+    let (bits, variant) = (bits % 9, usize::from(*variant));
+    let group_size = [-1i64, 16, 32, 64, 128][usize::from(*group) % 5];
+    let block = [group_size.max(1), group_size.max(1)];
+    let weights = serde_json::json!({
+        "num_bits": bits, "type": (["int", "float"][variant % 2]), "symmetric": (variant & 2 == 0),
+        "strategy": (["tensor", "channel", "group", "block"][variant / 4 % 4]), "group_size": group_size, "block_structure": block,
+    });
+    let mut config = serde_json::json!({
+        "quant_method": method, "bits": bits, "group_size": group_size,
+        "checkpoint_format": (["gptq", "gptq_v2", "marlin"][variant % 3]), "version": (["gemm", "gemv"][variant % 2]),
+        "format": (["pack-quantized", "int-quantized", "float-quantized", "naive-quantized"][variant / 16 % 4]),
+        "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights}}, "weight_block_size": block,
+    });
+    if method == "mlx" {
+        // mlx-lm's config names no method.
+        config.as_object_mut().map(|c| c.remove("quant_method"));
+    }
+    let options = ReadOptions { cache: Arc::new(ChunkCache::new(1 << 20)) };
+    crate::formats::safetensors::read_with_config(&Blob::Memory(Arc::new(file.to_vec())), &config, &options)
+}
+
 /// The name of the file reader that would open `data` (`"zip-archive"`, `"gguf"`, ...).
 pub fn format_of(data: &[u8]) -> Option<&'static str> {
     crate::formats::sniff(&Blob::Memory(Arc::new(data.to_vec())))
@@ -399,4 +426,30 @@ pub fn remote_url(text: &str) -> Result<(), String> {
         return Err(format!("{text:?} names the file {:?}", source.name));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The fuzz seeds of fuzz/make_seeds.py (`QUANT_SEEDS`): each fixture, with the config bytes
+    /// given, dequantizes its layers.
+    #[test]
+    fn quantized_seeds_open_with_their_layers() {
+        let seeds = [
+            ("gptq", "gptq4", [4, 2, 0]), ("gptq", "gptq3", [3, 0, 0]), ("gptq", "gptq2_v2", [2, 1, 1]), ("gptq", "gptq8", [8, 3, 0]),
+            ("awq", "awq", [4, 2, 0]), ("bitsandbytes", "bnb", [0, 0, 0]), ("compressed-tensors", "ct_w4_group_asym", [4, 1, 10]),
+            ("compressed-tensors", "ct_w8_channel_sym", [8, 0, 4]), ("compressed-tensors", "ct_fp8_channel", [8, 0, 37]),
+            ("fp8", "fp8_block", [8, 2, 0]), ("mlx", "mlx", [4, 2, 0]),
+        ];
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quant");
+        for (method, case, config) in seeds {
+            let data = [&config[..], &std::fs::read(dir.join(case).join("model.safetensors")).unwrap()].concat();
+            let model = super::quantized(method, &data).unwrap();
+            let expect: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(case).join("expect.json")).unwrap()).unwrap();
+            // Every layer is dequantized or skipped (the MLX seed's config has no per-module overrides).
+            let layers = model.info["quantization"]["layers"].as_u64().unwrap() as usize;
+            let known = |key: &str| expect[key].as_array().unwrap().len();
+            assert!(layers > 0 && layers + model.skipped.len() == known("layers") + known("skipped"), "{case}");
+            super::read_all(&model, 1 << 20);
+        }
+    }
 }

@@ -28,6 +28,7 @@ pub mod names;
 pub mod npy;
 pub mod output;
 pub(crate) mod pickle;
+pub(crate) mod quant;
 pub mod remote;
 pub mod source;
 pub mod tools;

@@ -95,7 +95,7 @@ struct TreeArgs {
 
 impl TreeArgs {
     fn options(&self) -> TreeOptions {
-        TreeOptions { safetensors: !self.no_export }
+        TreeOptions { safetensors: !self.no_export, ..TreeOptions::default() }
     }
 }
 
@@ -193,6 +193,10 @@ enum Command {
         source: SourceArgs,
         /// The file to write, or - for standard output
         out: PathBuf,
+        /// Write each quantized layer (GPTQ, AWQ, bitsandbytes, compressed-tensors, FP8, MLX)
+        /// as its float32 weight in place of its stored parts
+        #[arg(long)]
+        dequantize: bool,
     },
     /// Summarize the model (format, producer, tensors, parameters by dtype, largest tensors,
     /// quantization), without mounting
@@ -587,8 +591,8 @@ fn run(command: Command) -> Result<()> {
             log::info!("exported {} files, {} bytes", done.files, done.bytes);
             Ok(())
         }
-        Command::Convert { source, out } => {
-            let fs = open_fs(&source, TreeOptions::default())?.0;
+        Command::Convert { source, out, dequantize } => {
+            let fs = open_fs(&source, TreeOptions { dequantize, ..TreeOptions::default() })?.0;
             let ino = tools::resolve(fs, SAFETENSORS_FILE).ok_or_else(|| OpenError::UnknownFormat("no safetensors file can hold this model".into()))?;
             convert(fs, ino, &out).with_context(|| if out.as_os_str() == "-" { "standard output".into() } else { out.display().to_string() })
         }

@@ -99,12 +99,29 @@ pub struct Tensor {
     /// Further extended attributes of the tensor's files, as (full name, value): what a format
     /// records per tensor beyond dtype and shape (TFLite quantization parameters).
     pub extra_attrs: Vec<(String, String)>,
+    /// Its part in a quantized layer (docs/tree.md 7.3), which decides where `model.safetensors`
+    /// holds it.
+    pub role: Role,
+}
+
+/// What a tensor is to the quantized layers of its model (docs/tree.md 7.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Role {
+    /// An ordinary tensor.
+    #[default]
+    Plain,
+    /// A stored part of a quantized layer (GPTQ `qweight`, MLX `scales`, ...): in
+    /// `model.safetensors`, left out when it holds the dequantized model instead.
+    QuantizedPart,
+    /// A layer's values computed from its parts, under `dequantized/`: in `model.safetensors`
+    /// only when it holds the dequantized model, in place of the parts.
+    Dequantized,
 }
 
 impl Tensor {
     /// A tensor whose name is its path in the tree.
     pub fn new(path: Vec<String>, dtype: DType, shape: Vec<u64>, bytes: Arc<dyn TensorBytes>) -> Tensor {
-        Tensor { path, name: String::new(), dtype, shape, bytes, decoded: None, extra_attrs: Vec::new() }
+        Tensor { path, name: String::new(), dtype, shape, bytes, decoded: None, extra_attrs: Vec::new(), role: Role::Plain }
     }
 
     /// A tensor of a format whose names are its own (docs/tree.md 7.1): placed at

@@ -1,7 +1,7 @@
 //! The mount tree, built once from a `Model`: inodes, names made safe, and exact file sizes.
 
 use crate::export::Safetensors;
-use crate::model::{Model, TensorBytes, Tensor};
+use crate::model::{Model, Role, TensorBytes, Tensor};
 use crate::names::{sanitize, sanitize_within, shorten};
 use crate::npy;
 use serde_json::{Map, Value, json};
@@ -99,11 +99,14 @@ impl Dirs {
 pub struct TreeOptions {
     /// `model.safetensors` at each top level (docs/tree.md 8).
     pub safetensors: bool,
+    /// `model.safetensors` holds each quantized layer's dequantized weight in place of its
+    /// stored parts (`wfs convert --dequantize`, docs/tree.md 7.3).
+    pub dequantize: bool,
 }
 
 impl Default for TreeOptions {
     fn default() -> Self {
-        TreeOptions { safetensors: true }
+        TreeOptions { safetensors: true, dequantize: false }
     }
 }
 
@@ -223,7 +226,12 @@ impl Tree {
                 tensor.name = rel[innermost..].join("/");
             }
             for top in tops.iter_mut().filter(|t| tensor.path.starts_with(&t.raw)) {
-                if let Some((_, keys)) = &mut top.safetensors {
+                let in_safetensors = match tensor.role {
+                    Role::Plain => true,
+                    Role::QuantizedPart => !options.dequantize,
+                    Role::Dequantized => options.dequantize,
+                };
+                if let Some((_, keys)) = top.safetensors.as_mut().filter(|_| in_safetensors) {
                     let prefix = rel[top.depth..innermost].iter().map(|c| format!("{c}/")).collect();
                     keys.push((id, prefix));
                 }

@@ -20,6 +20,7 @@ mod lifecycle;
 mod onnx;
 mod outputs;
 mod properties;
+mod quantized;
 mod real_models;
 mod remote;
 mod safetensors_numpy;

@@ -22,7 +22,7 @@ pub(crate) mod numpy;
 mod onnx;
 mod options;
 mod paged;
-mod safetensors;
+pub(crate) mod safetensors;
 mod savedmodel;
 pub(crate) mod tf_bundle;
 mod tflite;
@@ -74,7 +74,7 @@ pub(crate) const FILE_READERS: &[FileReader] = &[
         sniff: |p| p.head.starts_with(b"version https://git-lfs.github.com/spec/"),
         open: |_, _, _| Err(OpenError::UnknownFormat("this is a Git LFS pointer, not the model itself (run `git lfs pull`)".into())),
     },
-    FileReader { name: "safetensors", format: "safetensors", sniff: |p| safetensors::sniff(p.head, p.blob.len()), open: |blob, _, _| safetensors::read(blob) },
+    FileReader { name: "safetensors", format: "safetensors", sniff: |p| safetensors::sniff(p.head, p.blob.len()), open: safetensors::read },
     FileReader { name: "npy", format: "npy", sniff: |p| p.head.starts_with(crate::npy::MAGIC), open: |blob, _, _| numpy::read_npy(blob) },
     FileReader { name: "json-index", format: "", sniff: |p| p.head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'), open: open_json },
     FileReader { name: "hdf5-file", format: "", sniff: |p| h5::has_signature(p.blob), open: open_hdf5 },
@@ -86,7 +86,9 @@ pub(crate) const JSON_READERS: &[FileReader] = &[
     FileReader {
         name: "safetensors-sharded", format: "safetensors-sharded",
         sniff: |p| p.dir.is_some_and(|dir| safetensors::indexes_safetensors(p.blob, dir)),
-        open: |blob, dir, _| safetensors::read_sharded(blob, dir.ok_or_else(|| OpenError::UnknownFormat("a sharded index needs its shards".into()))?),
+        open: |blob, dir, options| {
+            safetensors::read_sharded(blob, dir.ok_or_else(|| OpenError::UnknownFormat("a sharded index needs its shards".into()))?, options)
+        },
     },
     // Also the refusal of any other JSON file (it says what a Keras index needs).
     FileReader { name: "keras-weights-sharded", format: "keras-weights-sharded", sniff: |_| true, open: |blob, dir, options| keras3::read_sharded(blob, dir, options) },

@@ -6,7 +6,9 @@
 
 use crate::dtype::DType;
 use crate::error::OpenError;
+use crate::formats::ReadOptions;
 use crate::model::{Extent, Model, Tensor};
+use crate::quant;
 use crate::source::{Blob, Dir};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
@@ -137,15 +139,52 @@ fn tensor(blob: &Blob, data_start: u64, e: Entry) -> Tensor {
     Tensor::named(&e.name, e.dtype, e.shape, Arc::new(bytes))
 }
 
-/// A single safetensors file.
-pub fn read(blob: &Blob) -> Result<Model, OpenError> {
+/// A single safetensors file; `dir` is where it lies (its config.json, docs/tree.md 7.3).
+pub fn read(blob: &Blob, dir: Option<&Dir>, options: &ReadOptions) -> Result<Model, OpenError> {
     let header = parse(blob)?;
+    let config = quantization_config(dir, header.metadata.as_ref());
+    Ok(model_of(blob, header, &config, options))
+}
+
+/// A single safetensors file with the quantization config given (for the fuzz targets).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn read_with_config(blob: &Blob, config: &Value, options: &ReadOptions) -> Result<Model, OpenError> {
+    Ok(model_of(blob, parse(blob)?, config, options))
+}
+
+fn model_of(blob: &Blob, header: Header, config: &Value, options: &ReadOptions) -> Model {
     let mut model = Model::default();
     if let Some(metadata) = header.metadata {
         model.info.insert("metadata".into(), Value::Object(metadata));
     }
     model.tensors = header.entries.into_iter().map(|e| tensor(blob, header.data_start, e)).collect();
-    Ok(model)
+    quant::dequantize(&mut model, config, &options.cache);
+    model
+}
+
+/// Largest config file read for its quantization config.
+const MAX_CONFIG: u64 = 16 << 20;
+
+/// The quantization config of a model (docs/formats/quantized.md#recognising-a-scheme): the
+/// `quantization_config` (or mlx-lm's `quantization`) of the `config.json` beside it, else a
+/// GPTQ `quantize_config.json` beside it, else a `quantization_config` JSON string in the
+/// header's metadata; `Null` if none.
+fn quantization_config(dir: Option<&Dir>, metadata: Option<&Map<String, Value>>) -> Value {
+    let json_file = |name: &str| -> Option<Value> {
+        let blob = dir?.open(name).ok().filter(|b| b.len() <= MAX_CONFIG)?;
+        serde_json::from_slice(&blob.read_vec(0, blob.len()).ok()?).ok()
+    };
+    let in_config = json_file("config.json").and_then(|c| ["quantization_config", "quantization"].iter().find_map(|k| c.get(*k).filter(|v| v.is_object()).cloned()));
+    if let Some(config) = in_config {
+        return config;
+    }
+    if let Some(mut config) = json_file("quantize_config.json").filter(Value::is_object) {
+        if config.get("quant_method").is_none() {
+            config["quant_method"] = json!("gptq");
+        }
+        return config;
+    }
+    metadata.and_then(|m| m.get("quantization_config")).and_then(Value::as_str).and_then(|text| serde_json::from_str(text).ok()).unwrap_or(Value::Null)
 }
 
 /// The shard names of a sharded index's `weight_map` (tensor name -> shard file), in order of
@@ -177,7 +216,7 @@ pub fn indexes_safetensors(index: &Blob, dir: &Dir) -> bool {
 
 /// A sharded model: the index and the shards beside it in `dir`, as one tree. Every tensor of
 /// every shard must be listed in the index, in that shard (docs/formats/safetensors.md#sharded-checkpoints).
-pub fn read_sharded(index: &Blob, dir: &Dir) -> Result<Model, OpenError> {
+pub fn read_sharded(index: &Blob, dir: &Dir, options: &ReadOptions) -> Result<Model, OpenError> {
     let (json, mut shard_names) = weight_map(index)?;
     shard_names.sort();
     let mut model = Model::default();
@@ -220,12 +259,17 @@ pub fn read_sharded(index: &Blob, dir: &Dir) -> Result<Model, OpenError> {
         model.tensors.push(tensor);
     }
     model.info.insert("shards".into(), Value::Array(shards_info));
+    quant::dequantize(&mut model, &quantization_config(Some(dir), None), &options.cache);
     Ok(model)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn options() -> ReadOptions {
+        ReadOptions { cache: Arc::new(crate::cache::ChunkCache::new(1 << 20)) }
+    }
 
     fn file(header: &str, data: &[u8]) -> Blob {
         Blob::Memory(Arc::new([&(header.len() as u64).to_le_bytes()[..], header.as_bytes(), data].concat()))
@@ -246,7 +290,7 @@ mod tests {
             r#"{"b":{"dtype":"I32","shape":[1],"data_offsets":[0,4]},"__metadata__":{"k":"v"},"a":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]},"s":{"dtype":"U8","shape":[],"data_offsets":[4,5]}}"#,
             &[1, 0, 0, 0, 9],
         );
-        let model = read(&blob).unwrap();
+        let model = read(&blob, None, &options()).unwrap();
         let names: Vec<&str> = model.tensors.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["b", "a", "s"]);
         assert_eq!(model.info["metadata"], json!({"k": "v"}));
@@ -258,8 +302,8 @@ mod tests {
     #[test]
     fn packed_types_count_bits() {
         let ok = file(r#"{"f4":{"dtype":"F4","shape":[2,3],"data_offsets":[0,3]},"f6":{"dtype":"F6_E3M2","shape":[8],"data_offsets":[3,9]}}"#, &[0; 9]);
-        assert!(read(&ok).is_ok());
+        assert!(read(&ok, None, &options()).is_ok());
         let odd = file(r#"{"f4":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}"#, &[0; 2]);
-        assert!(read(&odd).err().unwrap().to_string().starts_with("safetensors: MisalignedSlice"));
+        assert!(read(&odd, None, &options()).err().unwrap().to_string().starts_with("safetensors: MisalignedSlice"));
     }
 }
