@@ -18,6 +18,8 @@ mod h5_driver;
 pub(crate) mod keras;
 pub(crate) mod keras3;
 mod keras_h5;
+mod le_cursor;
+mod mxnet;
 pub(crate) mod numpy;
 mod onnx;
 mod options;
@@ -68,6 +70,7 @@ pub(crate) const FILE_READERS: &[FileReader] = &[
     FileReader { name: "pytorch-legacy", format: "pytorch", sniff: |p| p.head.starts_with(torch::LEGACY_MAGIC), open: |blob, _, options| torch::read_legacy(blob, options) },
     FileReader { name: "tflite", format: "tflite", sniff: |p| tflite::sniff(p.head), open: |blob, _, _| tflite::read(blob) },
     FileReader { name: "gguf", format: "gguf", sniff: |p| p.head.starts_with(gguf::MAGIC), open: |blob, _, options| gguf::read(blob, options) },
+    FileReader { name: "mxnet", format: "mxnet", sniff: |p| p.head.starts_with(&mxnet::LIST_MAGIC), open: |blob, dir, _| mxnet::read(blob, dir) },
     // Not a format: a pointer a Git LFS checkout left in the model's place, refused with the fix.
     FileReader {
         name: "git-lfs-pointer", format: "",
