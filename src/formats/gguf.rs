@@ -220,11 +220,13 @@ fn line(value: &Meta, out: &mut Vec<u8>) {
     out.push(b'\n');
 }
 
-struct TensorInfo {
-    name: String,
-    dims: Vec<u64>,
-    kind: u32,
-    offset: u64,
+/// A tensor as the header describes it: dims innermost first, data at `offset` from the data
+/// section (legacy GGML files describe theirs the same way: crate::formats::ggml_legacy).
+pub(crate) struct TensorInfo {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub kind: u32,
+    pub offset: u64,
 }
 
 /// Reads a GGUF file.
@@ -330,7 +332,7 @@ pub fn read(blob: &Blob, options: &ReadOptions) -> Result<Model, OpenError> {
 }
 
 /// One tensor, and why its `.npy` is absent if it is.
-fn tensor(
+pub(crate) fn tensor(
     blob: &Blob,
     info: &TensorInfo,
     data_start: u64,
