@@ -224,6 +224,11 @@ fn layer(section: &Section, input: Shape, before: &[Shape], index: usize, transp
 }
 
 pub fn read(blob: &Blob, dir: Option<&Dir>) -> Result<Model, OpenError> {
+    read_with_cfg(blob, cfg_beside(blob, dir))
+}
+
+/// The weights with their cfg (its name and text), or without one.
+pub(crate) fn read_with_cfg(blob: &Blob, cfg: Option<(String, Vec<u8>)>) -> Result<Model, OpenError> {
     let head = header(blob)?;
     let mut model = Model::default();
     let mut header_json = Map::new();
@@ -233,7 +238,7 @@ pub fn read(blob: &Blob, dir: Option<&Dir>) -> Result<Model, OpenError> {
     header_json.insert("seen".into(), json!(head.seen));
     model.info.insert("header".into(), Value::Object(header_json));
     let body = blob.len() - head.len;
-    let Some((cfg_name, cfg)) = cfg_beside(blob, dir) else {
+    let Some((cfg_name, cfg)) = cfg else {
         if body % 4 != 0 {
             return Err(OpenError::corrupt(format!("darknet: the {body} bytes after the header are not whole float32 values")));
         }

@@ -266,13 +266,18 @@ fn bin_beside(blob: &Blob, dir: Option<&Dir>) -> Result<(String, Blob), OpenErro
 }
 
 pub fn read(blob: &Blob, dir: Option<&Dir>) -> Result<Model, OpenError> {
+    let (bin_name, bin) = bin_beside(blob, dir)?;
+    read_pair(blob, &bin_name, &bin)
+}
+
+/// A `.param` file with its `.bin` (`bin_name` names it in refusals).
+pub(crate) fn read_pair(blob: &Blob, bin_name: &str, bin: &Blob) -> Result<Model, OpenError> {
     if blob.len() > MAX_PARAM {
         return Err(OpenError::corrupt(format!("ncnn: the .param file has {} bytes (at most {MAX_PARAM})", blob.len())));
     }
     let bytes = blob.read_vec(0, blob.len()).map_err(|e| OpenError::unreadable(e.to_string()))?;
     let text = std::str::from_utf8(&bytes).map_err(|_| OpenError::corrupt("ncnn: the .param file is not UTF-8 text"))?;
     let (blob_count, layers) = parse(text)?;
-    let (bin_name, bin) = bin_beside(blob, dir)?;
     let mut model = Model::default();
     let mut pos = 0u64;
     let mut unread = None;
