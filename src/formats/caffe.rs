@@ -18,6 +18,9 @@ use std::sync::Arc;
 const MAX_MESSAGE: u64 = 2 << 30;
 /// Dimensions of a blob shape read (Caffe allows 32).
 const MAX_DIMS: usize = 32;
+/// Layers and blobs a net may hold (real nets have thousands): bounds what a hostile file of
+/// empty layers makes the mount keep.
+const MAX_ITEMS: usize = 1 << 20;
 /// Largest `.prototxt` shown.
 const MAX_PROTOTXT: u64 = 64 << 20;
 
@@ -52,6 +55,24 @@ pub fn sniff(blob: &Blob) -> bool {
             return false;
         }
         if matches!(field.number(), NET_V1_LAYERS | NET_LAYER) {
+            return looks_like_layer(&mut src, &field);
+        }
+    }
+    false
+}
+
+/// Whether a layer field holds a name and a type where its message puts them (a string type
+/// in `LayerParameter`, the enum in `V1LayerParameter`): other protobufs (a TensorFlow
+/// GraphDef's function library is also a field 2) do not.
+fn looks_like_layer(src: &mut Paged, field: &Field) -> bool {
+    let (at, len) = field.span();
+    let (name, kind) = if field.number() == NET_LAYER { ((1, Wire::Bytes), (2, Wire::Bytes)) } else { ((4, Wire::Bytes), (5, Wire::Varint)) };
+    let (mut has_name, mut has_kind) = (false, false);
+    let mut walker = Walker::over(at, len);
+    while let Ok(Some(inner)) = walker.next(src) {
+        has_name |= (inner.number(), inner.wire()) == name;
+        has_kind |= (inner.number(), inner.wire()) == kind;
+        if has_name && has_kind {
             return true;
         }
     }
@@ -204,6 +225,9 @@ fn layer(src: &mut Paged, at: u64, len: u64, v1: bool) -> Result<Layer, String> 
         } else if number == type_field && bytes {
             layer.kind = text(src, &field)?;
         } else if number == blobs_field && bytes {
+            if layer.blobs.len() == MAX_ITEMS {
+                return Err(format!("more than {MAX_ITEMS} blobs"));
+            }
             layer.blobs.push(field.span());
         } else if number == if v1 { 2 } else { 3 } && bytes {
             layer.bottoms.push(text(src, &field)?);
@@ -217,7 +241,8 @@ fn layer(src: &mut Paged, at: u64, len: u64, v1: bool) -> Result<Layer, String> 
                 match (inner.number(), inner.wire()) {
                     (1, Wire::Bytes) if layer.name.is_empty() => layer.name = text(src, &inner)?,
                     (2, Wire::Bytes) if layer.kind.is_empty() => layer.kind = text(src, &inner)?,
-                    (50, Wire::Bytes) => layer.blobs.push(inner.span()),
+                    (50, Wire::Bytes) if layer.blobs.len() < MAX_ITEMS => layer.blobs.push(inner.span()),
+                    (50, Wire::Bytes) => return Err(format!("more than {MAX_ITEMS} blobs")),
                     _ => {}
                 }
             }
@@ -252,6 +277,9 @@ pub fn read(blob: &Blob, dir: Option<&Dir>) -> Result<Model, OpenError> {
         match (field.number(), field.wire()) {
             (NET_NAME, Wire::Bytes) => net_name = text(&mut src, &field).map_err(corrupt)?,
             (NET_LAYER, Wire::Bytes) | (NET_V1_LAYERS, Wire::Bytes) => {
+                if layers.len() == MAX_ITEMS {
+                    return Err(corrupt(format!("more than {MAX_ITEMS} layers")));
+                }
                 let (at, len) = field.span();
                 layers.push(layer(&mut src, at, len, field.number() == NET_V1_LAYERS).map_err(|why| corrupt(format!("layer {}: {why}", layers.len())))?);
             }

@@ -116,8 +116,11 @@ pub fn sniff(head: &[u8], blob: &Blob, dir: Option<&Dir>) -> bool {
     if cfg_beside(blob, dir).is_some() {
         return true;
     }
+    // Alone, only the versions darknet's writers put there (0.1.0, pjreddie's 0.2.0,
+    // AlexeyAB's 0.2.5): small integers open many raw data files.
+    let revision = head.get(8..12).map_or(-1, |b| i32::from_le_bytes(b.try_into().expect("4 bytes")));
     let header_len = if major * 10 + minor >= 2 { 20 } else { 16 };
-    minor >= 1 && blob.len() > header_len && (blob.len() - header_len) % 4 == 0
+    matches!((major, minor, revision), (0, 1, 0) | (0, 2, 0) | (0, 2, 5)) && blob.len() > header_len && (blob.len() - header_len) % 4 == 0
 }
 
 /// A layer's output: height, width, channels (darknet's `out_h`, `out_w`, `out_c`).

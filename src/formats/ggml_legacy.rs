@@ -174,7 +174,7 @@ pub fn read(blob: &Blob, options: &ReadOptions) -> Result<Model, OpenError> {
     // Today's block layouts: ggjt v3, and ggml/whisper files quantized at version 2 or later.
     let current_blocks = match family {
         Family::Rwkv => version == Some(101),
-        _ => version == Some(3) && magic == "ggjt" || (magic == "ggml" && ftype / QNT_VERSION_FACTOR >= 2),
+        _ => (magic == "ggjt" && version == Some(3)) || (magic == "ggml" && ftype / QNT_VERSION_FACTOR >= 2),
     };
     let mut infos = Vec::new();
     while cur.remaining() > 0 {

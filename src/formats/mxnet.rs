@@ -140,7 +140,8 @@ pub fn read(blob: &Blob, dir: Option<&Dir>) -> Result<Model, OpenError> {
     let count = cur.u64("array count")?;
     // The smallest array is its 4-byte magic.
     cur.check_count(count, 4, "arrays")?;
-    let mut arrays = Vec::with_capacity(count as usize);
+    // Grown as arrays parse: a count is only a claim until the file holds them.
+    let mut arrays = Vec::new();
     for index in 0..count {
         arrays.push(array(&mut cur, index)?);
     }
@@ -149,7 +150,7 @@ pub fn read(blob: &Blob, dir: Option<&Dir>) -> Result<Model, OpenError> {
         return Err(cur.corrupt(format!("{name_count} names for {count} arrays")));
     }
     cur.check_count(name_count, 8, "names")?;
-    let mut names = Vec::with_capacity(name_count as usize);
+    let mut names = Vec::new();
     for _ in 0..name_count {
         let len = cur.u64("name length")?;
         if len > MAX_NAME {
