@@ -120,7 +120,7 @@ pub fn sniff(head: &[u8], blob: &Blob, dir: Option<&Dir>) -> bool {
     // AlexeyAB's 0.2.5): small integers open many raw data files.
     let revision = head.get(8..12).map_or(-1, |b| i32::from_le_bytes(b.try_into().expect("4 bytes")));
     let header_len = if major * 10 + minor >= 2 { 20 } else { 16 };
-    matches!((major, minor, revision), (0, 1, 0) | (0, 2, 0) | (0, 2, 5)) && blob.len() > header_len && (blob.len() - header_len) % 4 == 0
+    matches!((major, minor, revision), (0, 1, 0) | (0, 2, 0) | (0, 2, 5)) && blob.len() > header_len && (blob.len() - header_len).is_multiple_of(4)
 }
 
 /// A layer's output: height, width, channels (darknet's `out_h`, `out_w`, `out_c`).
@@ -242,7 +242,7 @@ pub(crate) fn read_with_cfg(blob: &Blob, cfg: Option<(String, Vec<u8>)>) -> Resu
     model.info.insert("header".into(), Value::Object(header_json));
     let body = blob.len() - head.len;
     let Some((cfg_name, cfg)) = cfg else {
-        if body % 4 != 0 {
+        if !body.is_multiple_of(4) {
             return Err(OpenError::corrupt(format!("darknet: the {body} bytes after the header are not whole float32 values")));
         }
         model.info.insert("note".into(), Value::from("no .cfg beside the weights: the layers are unknown, so the values are one flat tensor"));

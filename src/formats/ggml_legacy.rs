@@ -3,11 +3,11 @@
 //! vocabulary (and whisper's mel filters), then tensors until the end of the file, each with
 //! its own small header (dims innermost first, as GGUF). The family is told from the header:
 //! rwkv.cpp's version numbers, whisper's mel filter count repeating its hyperparameter. Tensors
-//! are served exactly as GGUF's (`gguf::tensor`); quantized blocks only where they are today's
+//! are served exactly as GGUF's (`ggml_tensors::tensor`); quantized blocks only where they are today's
 //! layout (ggjt v3, ggml files whose ftype says quantization version 2), the older block
 //! layouts are listed in `skipped`. Hyperparameters and vocabulary go into `metadata.json`.
 
-use super::gguf::{TensorInfo, tensor};
+use super::ggml_tensors::{TensorInfo, tensor};
 use super::le_cursor::LeCursor;
 use super::options::ReadOptions;
 use crate::dtype::DType;
@@ -87,7 +87,9 @@ fn old_block(id: u32) -> Option<(u64, u64)> {
 }
 
 /// A vocabulary: (token, score) in order.
-fn vocab(cur: &mut LeCursor, count: u64, scores: bool) -> Result<Vec<(Vec<u8>, Option<f32>)>, OpenError> {
+type Vocab = Vec<(Vec<u8>, Option<f32>)>;
+
+fn vocab(cur: &mut LeCursor, count: u64, scores: bool) -> Result<Vocab, OpenError> {
     if count > MAX_VOCAB {
         return Err(cur.corrupt(format!("a vocabulary of {count} tokens (at most {MAX_VOCAB})")));
     }

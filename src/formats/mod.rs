@@ -15,6 +15,7 @@ mod checkpoint;
 pub(crate) mod darknet;
 mod gguf;
 mod ggml_legacy;
+mod ggml_tensors;
 mod h5;
 mod h5_datasets;
 mod h5_driver;
