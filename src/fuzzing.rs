@@ -23,6 +23,17 @@ pub fn checkpoint(index: &[u8], data: &[u8]) -> Result<Model, OpenError> {
     Ok(model)
 }
 
+/// A format read from two files (ncnn's `.param` and `.bin`, `"ncnn"`; Darknet's `.weights`
+/// and `.cfg`, `"darknet"`), as if `second` lay beside `first`; an error for another name.
+pub fn pair(name: &str, first: &[u8], second: &[u8]) -> Result<Model, OpenError> {
+    let first = Blob::Memory(Arc::new(first.to_vec()));
+    match name {
+        "ncnn" => crate::formats::ncnn::read_pair(&first, "fuzz.bin", &Blob::Memory(Arc::new(second.to_vec()))),
+        "darknet" => crate::formats::darknet::read_with_cfg(&first, Some(("fuzz.cfg".into(), second.to_vec()))),
+        _ => Err(OpenError::UnknownFormat(format!("no pair reader is named {name:?}"))),
+    }
+}
+
 /// A `data.pkl` read as the zip format reads it, over storages `"0"` to `"3"` of 64, 128, 256
 /// and 512 bytes (so that fuzzed tensors find storages to view).
 pub fn torch_pickle(data: &[u8]) -> Result<Model, OpenError> {

@@ -13,6 +13,7 @@ mod export;
 mod gguf;
 mod hostile;
 mod hostile_corpus;
+mod inference_formats;
 mod keras3;
 mod keras_h5;
 mod keras_order;

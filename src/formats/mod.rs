@@ -10,14 +10,21 @@
 // The fuzz entry points (crate::fuzzing) reach some readers' parts directly.
 pub(crate) mod archive;
 pub mod bundle;
+mod caffe;
 mod checkpoint;
+pub(crate) mod darknet;
 mod gguf;
+mod ggml_legacy;
+mod ggml_tensors;
 mod h5;
 mod h5_datasets;
 mod h5_driver;
 pub(crate) mod keras;
 pub(crate) mod keras3;
 mod keras_h5;
+mod le_cursor;
+mod mxnet;
+pub(crate) mod ncnn;
 pub(crate) mod numpy;
 mod onnx;
 mod options;
@@ -68,6 +75,9 @@ pub(crate) const FILE_READERS: &[FileReader] = &[
     FileReader { name: "pytorch-legacy", format: "pytorch", sniff: |p| p.head.starts_with(torch::LEGACY_MAGIC), open: |blob, _, options| torch::read_legacy(blob, options) },
     FileReader { name: "tflite", format: "tflite", sniff: |p| tflite::sniff(p.head), open: |blob, _, _| tflite::read(blob) },
     FileReader { name: "gguf", format: "gguf", sniff: |p| p.head.starts_with(gguf::MAGIC), open: |blob, _, options| gguf::read(blob, options) },
+    FileReader { name: "ggml-legacy", format: "ggml-legacy", sniff: |p| ggml_legacy::MAGICS.iter().any(|m| p.head.starts_with(*m)), open: |blob, _, options| ggml_legacy::read(blob, options) },
+    FileReader { name: "ncnn", format: "ncnn", sniff: |p| ncnn::sniff(p.head), open: |blob, dir, _| ncnn::read(blob, dir) },
+    FileReader { name: "mxnet", format: "mxnet", sniff: |p| p.head.starts_with(&mxnet::LIST_MAGIC), open: |blob, dir, _| mxnet::read(blob, dir) },
     // Not a format: a pointer a Git LFS checkout left in the model's place, refused with the fix.
     FileReader {
         name: "git-lfs-pointer", format: "",
@@ -79,6 +89,9 @@ pub(crate) const FILE_READERS: &[FileReader] = &[
     FileReader { name: "json-index", format: "", sniff: |p| p.head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'), open: open_json },
     FileReader { name: "hdf5-file", format: "", sniff: |p| h5::has_signature(p.blob), open: open_hdf5 },
     FileReader { name: "onnx", format: "onnx", sniff: |p| onnx::sniff(p.blob), open: |blob, dir, _| onnx::read(blob, dir) },
+    FileReader { name: "caffe", format: "caffe", sniff: |p| caffe::sniff(p.blob), open: |blob, dir, _| caffe::read(blob, dir) },
+    // No magic: a version header, and the cfg beside it (or a body of whole float32 values).
+    FileReader { name: "darknet", format: "darknet", sniff: |p| darknet::sniff(p.head, p.blob, p.dir), open: |blob, dir, _| darknet::read(blob, dir) },
 ];
 
 /// JSON files: sharded weights indexes, told apart by the shards they name.

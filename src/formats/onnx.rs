@@ -10,7 +10,7 @@
 //! messages (value infos, opsets, key/value pairs) are decoded with prost.
 
 use super::paged::Paged;
-use super::wire::decode_varint;
+use super::wire::{Field, Walker, Wire, decode_varint};
 use crate::error::io_reason;
 use crate::dtype::DType;
 use crate::error::{OpenError, ReadError};
@@ -141,111 +141,6 @@ fn corrupt(why: String) -> OpenError {
 
 fn read_error(e: ReadError) -> String {
     e.to_string()
-}
-
-// ---- The protobuf wire format, walked in place ----
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Wire {
-    Varint,
-    Fixed64,
-    Bytes,
-    Fixed32,
-}
-
-/// One field: its number and, by wire type, its value or where its bytes lie in the source.
-#[derive(Clone, Copy, Debug)]
-enum Field {
-    Varint(u32, u64),
-    Fixed64(u32, u64),
-    Fixed32(u32, u32),
-    Bytes { number: u32, at: u64, len: u64 },
-}
-
-impl Field {
-    fn number(&self) -> u32 {
-        match *self {
-            Field::Varint(n, _) | Field::Fixed64(n, _) | Field::Fixed32(n, _) => n,
-            Field::Bytes { number, .. } => number,
-        }
-    }
-    fn wire(&self) -> Wire {
-        match self {
-            Field::Varint(..) => Wire::Varint,
-            Field::Fixed64(..) => Wire::Fixed64,
-            Field::Fixed32(..) => Wire::Fixed32,
-            Field::Bytes { .. } => Wire::Bytes,
-        }
-    }
-    fn varint(&self) -> u64 {
-        match *self {
-            Field::Varint(_, v) | Field::Fixed64(_, v) => v,
-            Field::Fixed32(_, v) => u64::from(v),
-            Field::Bytes { .. } => 0,
-        }
-    }
-    fn span(&self) -> (u64, u64) {
-        match *self {
-            Field::Bytes { at, len, .. } => (at, len),
-            _ => (0, 0),
-        }
-    }
-}
-
-/// The fields of one message at `[at, end)` of the source, in wire order.
-struct Walker {
-    at: u64,
-    end: u64,
-}
-
-impl Walker {
-    fn over(at: u64, len: u64) -> Walker {
-        Walker { at, end: at + len }
-    }
-
-    fn next(&mut self, src: &mut Paged) -> Result<Option<Field>, String> {
-        if self.at >= self.end {
-            return Ok(None);
-        }
-        let key = self.varint(src)?;
-        let number = u32::try_from(key >> 3).ok().filter(|&n| n > 0).ok_or("bad field number")?;
-        let field = match key & 7 {
-            0 => Field::Varint(number, self.varint(src)?),
-            1 => Field::Fixed64(number, u64::from_le_bytes(self.take::<8>(src)?)),
-            2 => {
-                let len = self.varint(src)?;
-                if len > self.end - self.at {
-                    return Err(format!("field {number} runs past the end of its message"));
-                }
-                let field = Field::Bytes { number, at: self.at, len };
-                self.at += len;
-                field
-            }
-            5 => Field::Fixed32(number, u32::from_le_bytes(self.take::<4>(src)?)),
-            other => return Err(format!("unsupported wire type {other} in field {number}")),
-        };
-        Ok(Some(field))
-    }
-
-    fn varint(&mut self, src: &mut Paged) -> Result<u64, String> {
-        let bytes = src.read_upto(self.at, (self.end - self.at).min(10)).map_err(read_error)?;
-        match decode_varint(&bytes) {
-            Ok(Some((value, used))) => {
-                self.at += used as u64;
-                Ok(value)
-            }
-            _ => Err("malformed varint".into()),
-        }
-    }
-
-    fn take<const N: usize>(&mut self, src: &mut Paged) -> Result<[u8; N], String> {
-        if self.end - self.at < N as u64 {
-            return Err("value runs past the end of its message".into());
-        }
-        let bytes = src.read(self.at, N as u64).map_err(read_error)?;
-        self.at += N as u64;
-        bytes.try_into().map_err(|_| "short read".to_string())
-    }
 }
 
 /// A repeated scalar field as it lies in the file: packed runs and single unpacked values, in

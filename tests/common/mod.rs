@@ -37,20 +37,9 @@ pub fn real_models() -> Option<PathBuf> {
 /// Items of ../shared/real-models in formats wfs does not read yet: each must be refused with
 /// one line. When a format lands, its items leave this list (tests/real_models.rs says which).
 pub const NOT_YET_READ: &[&str] = &[
-    "caffe_retinaface_tengine",
-    "caffe_ultraface_rfb320",
     "coreml_nn_tfpb_matmul",
     "coreml_s4tf_updatable_personalization",
-    "darknet_yolofastest11_coco",
     "flax_msgpack_t5x_test_t5_tiny_checkpoint_0",
-    "ggjt_llamacpp_vocab_aquila_2023-08",
-    "ggmf_llamacpp_vocab_2023-03-22",
-    "ggmf_rwkvcpp_tiny4v0_fp16",
-    "ggmf_rwkvcpp_tiny7v0_fp32",
-    "ggml_whispercpp_fortests_tiny",
-    "mxnet_retinaface_mnet",
-    "ncnn_ultraface_rfb320",
-    "ncnn_ultraface_slim320",
     "openvino_ovms_add_two_inputs_emptybin",
     "openvino_ovms_dummy",
     "openvino_ovms_increment_1x3x4x5",
