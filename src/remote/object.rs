@@ -156,6 +156,31 @@ impl RemoteObject {
         Ok(())
     }
 
+    /// Fetches the pieces of `ranges` (`(offset, len)`, within the object) into the cache, with
+    /// PREFETCHERS requests in flight: metadata a reader will read next, one range at a time,
+    /// such as the local headers of a zip's members. A range that fails is left to the read.
+    pub fn prefetch(self: &Arc<Self>, ranges: &[(u64, u64)]) {
+        const PREFETCHERS: usize = 16;
+        if self.store.cache.capacity() == 0 {
+            return; // nothing fetched ahead would be kept
+        }
+        let deadline = Instant::now() + self.store.options.deadline;
+        let grain = Grain { id: self.piece_id, size: PIECE, until: self.size };
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..PREFETCHERS.min(ranges.len()) {
+                scope.spawn(|| {
+                    while let Some(&(offset, len)) = ranges.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                        let end = (offset + len).min(self.size);
+                        if offset < end {
+                            self.fetch_units(grain, offset / PIECE..end.div_ceil(PIECE), deadline, |_, _| {});
+                        }
+                    }
+                });
+            }
+        });
+    }
+
     /// `true` if every block `[offset, end)` touches is cached now.
     fn in_cached_blocks(&self, offset: u64, end: u64) -> bool {
         (offset / BLOCK..=(end - 1) / BLOCK).all(|n| self.store.cache.cached(&(self.id, n)).is_some())
