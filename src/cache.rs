@@ -56,6 +56,12 @@ impl ChunkCache {
         self.inner.lock().unwrap().bytes
     }
 
+    /// The chunk for `key` if it is cached now (never waiting for one being loaded).
+    pub fn cached(&self, key: &Key) -> Option<Arc<[u8]>> {
+        let slot = self.inner.lock().unwrap().lru.get(key)?.clone();
+        slot.data.try_lock().ok()?.clone()
+    }
+
     /// Returns the chunk for `key`, decoding it with `load` if it is not cached. `load` may
     /// return an `Arc<[u8]>` to spare the copy that turning a `Vec<u8>` into one costs.
     pub fn get_or_load<T: Into<Arc<[u8]>>>(

@@ -420,7 +420,7 @@ pub fn remote_url(text: &str) -> Result<(), String> {
     if redact(&shown) != shown || shown.contains(['?', '#']) {
         return Err(format!("{text:?} is shown as {shown:?}"));
     }
-    let options = RemoteOptions { timeout: std::time::Duration::from_secs(1), retries: 0, credentials: Default::default() };
+    let options = RemoteOptions { timeout: std::time::Duration::from_secs(1), retries: 0, deadline: std::time::Duration::from_secs(1), credentials: Default::default() };
     let parse = |text: &str| RemoteSource::parse(text, &options, Arc::new(ChunkCache::new(0)));
     let Ok(source) = parse(text) else { return Ok(()) };
     let mut other = url::Url::parse(text).map_err(|e| format!("{text:?} was accepted but is not a URL: {e}"))?;

@@ -64,6 +64,10 @@ struct ReadArgs {
     /// Seconds a request to a remote source may take before it is retried (3 retries)
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     timeout: u64,
+    /// Seconds one read of a remote source may take in all, whatever its size and however many
+    /// requests and retries it needs, before it fails (EIO in a mount)
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    read_timeout: u64,
     /// Credentials for remote sources, as NAME=VALUE lines (HF_TOKEN, AWS_ACCESS_KEY_ID,
     /// AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, HTTP_USER, HTTP_PASSWORD) in a file only you may read
     #[arg(long, value_name = "FILE")]
@@ -485,7 +489,7 @@ fn open_fs_in(args: &SourceArgs, options: TreeOptions, cache: Arc<ChunkCache>) -
         (model, "-".to_string(), None)
     } else if let Some(url) = args.url() {
         let credentials = args.read.credentials_file.as_deref().map(wfs::remote::Credentials::from_file).transpose()?.unwrap_or_default();
-        let remote = wfs::remote::RemoteOptions { timeout: Duration::from_secs(args.read.timeout), retries: 3, credentials };
+        let remote = wfs::remote::RemoteOptions { timeout: Duration::from_secs(args.read.timeout), retries: 3, deadline: Duration::from_secs(args.read.read_timeout), credentials };
         let shown = args.shown();
         let model = formats::open(Source::Url(url, &remote), &read_options).with_context(|| shown.clone())?;
         (model, shown, None)

@@ -173,6 +173,16 @@ impl Blob {
         }
     }
 
+    /// Fetches the `(offset, len)` ranges of a remote blob ahead of the reads that will want
+    /// them, several at once (a no-op for local bytes, which cost no round trip).
+    pub fn prefetch(&self, ranges: &[(u64, u64)]) {
+        match self {
+            Blob::Remote(r) => r.prefetch(ranges),
+            Blob::Slice(s) => s.inner.prefetch(&ranges.iter().map(|&(offset, len)| (s.offset + offset, len)).collect::<Vec<_>>()),
+            Blob::File(_) | Blob::Memory(_) => {}
+        }
+    }
+
     /// The name of the file that the blob is, local or remote (not of one it is a part of).
     pub fn file_name(&self) -> Option<String> {
         match self {

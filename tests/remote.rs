@@ -146,6 +146,8 @@ http {{
   client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
   log_format counted '$request_method $request_uri $status \"$http_range\" \"$http_authorization\"';
   access_log {d}/access.log counted;
+  log_format sent '$body_bytes_sent';
+  access_log {d}/sent.log sent;
   default_type application/octet-stream;
   map_hash_bucket_size 256;
   map $request_uri $hub_next {{
@@ -185,6 +187,12 @@ http {{
 
     fn www(&self, path: &str) -> PathBuf {
         self.dir.path().join("www").join(path)
+    }
+
+    /// Bytes of response bodies sent so far.
+    fn bytes_sent(&self) -> u64 {
+        let log = std::fs::read_to_string(self.dir.path().join("sent.log")).unwrap_or_default();
+        log.lines().map(|line| line.parse::<u64>().unwrap()).sum()
     }
 
     /// The access log's lines so far.
@@ -566,6 +574,130 @@ fn few_requests_to_mount_a_large_file_and_one_per_read() {
     assert!(after.last().unwrap().contains(" 206 \"bytes=5"), "{after:#?}");
 }
 
+/// Tensors of the large files below: 1000 of 64 KiB, each filled with its own number.
+const LARGE_TENSORS: u32 = 1000;
+
+fn large_tensor(i: u32) -> Vec<f32> {
+    vec![i as f32; 128 * 128]
+}
+
+/// A 64 MiB `.npz` as numpy writes one: a stored zip of `.npy` members.
+fn large_npz(path: &Path) {
+    let members: Vec<(String, Vec<u8>)> = (0..LARGE_TENSORS)
+        .map(|i| {
+            let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (128, 128), }".to_string();
+            while (10 + header.len() + 1) % 64 != 0 {
+                header.push(' ');
+            }
+            header.push('\n');
+            let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+            npy.extend((header.len() as u16).to_le_bytes());
+            npy.extend(header.as_bytes());
+            npy.extend(large_tensor(i).iter().flat_map(|v| v.to_le_bytes()));
+            (format!("t{i:04}.npy"), npy)
+        })
+        .collect();
+    let members: Vec<(&str, Vec<u8>, bool)> = members.iter().map(|(name, npy)| (name.as_str(), npy.clone(), false)).collect();
+    write_zip(path, &members);
+}
+
+/// A 64 MiB ONNX model whose initializers hold their bytes in `raw_data` (as onnx.save writes
+/// them), in protobuf's wire format written here.
+fn large_onnx(path: &Path) {
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    fn field(out: &mut Vec<u8>, number: u64, bytes: &[u8]) {
+        varint(out, number << 3 | 2);
+        varint(out, bytes.len() as u64);
+        out.extend_from_slice(bytes);
+    }
+    let mut graph = Vec::new();
+    field(&mut graph, 2, b"g");
+    for i in 0..LARGE_TENSORS {
+        let mut tensor = Vec::new();
+        for dim in [1u64 << 3, 2 << 3] {
+            varint(&mut tensor, dim);
+            varint(&mut tensor, 128);
+        }
+        varint(&mut tensor, 2 << 3);
+        varint(&mut tensor, 1); // FLOAT
+        field(&mut tensor, 8, format!("w{i:04}").as_bytes());
+        let raw: Vec<u8> = large_tensor(i).iter().flat_map(|v| v.to_le_bytes()).collect();
+        field(&mut tensor, 9, &raw);
+        field(&mut graph, 5, &tensor);
+    }
+    let mut model = Vec::new();
+    varint(&mut model, 1 << 3);
+    varint(&mut model, 8); // ir_version
+    let mut opset = Vec::new();
+    varint(&mut opset, 2 << 3);
+    varint(&mut opset, 17);
+    field(&mut model, 8, &opset);
+    field(&mut model, 7, &graph);
+    std::fs::write(path, model).unwrap();
+}
+
+/// A 64 MiB HDF5 file of 1000 contiguous datasets, written by libhdf5 (as h5py does).
+fn large_h5(path: &Path) {
+    let file = hdf5::File::create(path).unwrap();
+    for i in 0..LARGE_TENSORS {
+        let dataset = file.new_dataset::<f32>().shape([128, 128]).create(format!("t{i:04}").as_str()).unwrap();
+        dataset.write_raw(&large_tensor(i)).unwrap();
+    }
+}
+
+#[test]
+fn a_mount_reads_metadata_and_a_tensor_read_its_bytes() {
+    let nginx = Nginx::start();
+    for (name, write, tensor) in [
+        ("large.npz", large_npz as fn(&Path), "tensors/t0500.raw"),
+        ("large.onnx", large_onnx, "tensors/w0500.raw"),
+        ("large.h5", large_h5, "tensors/t0500.raw"),
+    ] {
+        write(&nginx.www(name));
+        let size = std::fs::metadata(nginx.www(name)).unwrap().len();
+        assert!(size >= 64 << 20, "{name}: {size} bytes");
+        let before = nginx.bytes_sent();
+        let mount = mount_with_env(&nginx.url(name), &[], None);
+        let at_mount = nginx.bytes_sent() - before;
+        assert!(at_mount <= size / 50 + (1 << 20), "{name}: {at_mount} bytes sent at mount");
+        // One tensor costs its bytes and at most one block more.
+        let local = Mount::new(&nginx.www(name), &[]);
+        let before = nginx.bytes_sent();
+        let bytes = mount.read(tensor);
+        assert_eq!(bytes, local.read(tensor), "{name}");
+        assert_eq!(bytes.chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect::<Vec<_>>(), large_tensor(500), "{name}");
+        let for_tensor = nginx.bytes_sent() - before;
+        assert!(for_tensor <= bytes.len() as u64 + (1 << 20), "{name}: {for_tensor} bytes sent for {} of tensor", bytes.len());
+        assert_eq!(mount.text("tensors.tsv"), local.text("tensors.tsv"), "{name}");
+    }
+}
+
+#[test]
+fn a_stalled_server_fails_a_read_within_the_read_timeout() {
+    let nginx = Nginx::start();
+    let proxy = Proxy::start(nginx.http);
+    let path = "ckpt/tf2_keras/ckpt-2.index";
+    let local = Mount::new(&fixture(path), &[]);
+    let tensor = &stored_tensors(&local)[0];
+    // Each try may take 3 s, four tries: 12 s and more; the read gives up after 2.
+    let mount = mount_with_env(&proxy.url(path), &["--cache-size", "0", "--timeout", "3", "--read-timeout", "2"], None);
+    proxy.inject(Fault::Stall, 100);
+    let started = Instant::now();
+    assert_eq!(read(&mount, tensor).err(), Some(libc::EIO));
+    let took = started.elapsed();
+    proxy.inject(Fault::Pass, 0);
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(5), "failing took {took:?}");
+    assert_eq!(read(&mount, tensor).ok(), Some(local.read(tensor)));
+    let help = wfs().args(["mount", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--read-timeout"));
+}
+
 #[test]
 fn without_a_cache_a_tensor_read_is_one_ranged_request() {
     let nginx = Nginx::start();
@@ -878,6 +1010,23 @@ fn s3_directories_are_listed_savedmodels_and_checkpoints() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_directory_wins_over_a_checkpoint_of_its_name_as_locally() {
+    let fill = |root: &Path| {
+        let both = root.join("models/both");
+        copy_tree(&fixture("savedmodel/tf_module"), &both.join("model"));
+        copy_tree(&fixture("ckpt/tf2_keras/ckpt-1.index"), &both.join("model.index"));
+        copy_tree(&fixture("ckpt/tf2_keras/ckpt-1.data-00000-of-00001"), &both.join("model.data-00000-of-00001"));
+    };
+    let Some(s3) = S3::serving(fill) else { return };
+    let local = s3.dir.path().join("models/both/model");
+    let local_mount = Mount::new(&local, &[]);
+    assert!(local_mount.text("info.json").contains("tf-savedmodel"), "{}", local_mount.text("info.json"));
+    assert_same_tree(&s3.mount("s3://models/both/model"), &local, "s3://models/both/model");
+    // The checkpoint is still reached by its .index.
+    assert!(s3.mount("s3://models/both/model.index").text("info.json").contains("tf-checkpoint"));
 }
 
 #[test]

@@ -10,6 +10,10 @@ use std::sync::Arc;
 /// members, the norm, are read in place). Deflated model archives are rare rewrites.
 const MAX_INFLATED: u64 = 2 << 30;
 
+/// Bytes fetched ahead from each member's local header on a remote archive: the header (30
+/// bytes, the name, an extra field), and what a reader parses first (a `.npy` header is 128).
+const MEMBER_HEAD: u64 = 512;
+
 /// An open zip archive and what is left of its inflation budget.
 pub struct Archive {
     zip: zip::ZipArchive<BlobReader>,
@@ -21,6 +25,13 @@ impl Archive {
     pub fn open(blob: &Blob) -> Result<Archive, OpenError> {
         let zip = zip::ZipArchive::new(blob.reader())
             .map_err(|e| OpenError::corrupt(format!("not a readable zip archive: {e}")))?;
+        // Readers locate most members (each behind its local header), one after another; a
+        // remote archive gets those headers, and the first bytes after them (a `.npy` header),
+        // fetched at once beforehand instead of one round trip each.
+        if blob.is_remote() {
+            let headers: Vec<(u64, u64)> = (0..zip.len()).filter_map(|i| Some((zip.by_index_data(i).ok()?.header_start(), MEMBER_HEAD))).collect();
+            blob.prefetch(&headers);
+        }
         Ok(Archive { zip, blob: blob.clone(), budget: MAX_INFLATED })
     }
 
@@ -30,9 +41,11 @@ impl Archive {
 
     /// The names of the archive's files (not directories), with their indexes.
     pub fn file_names(&mut self) -> Vec<(usize, String)> {
+        // From the central directory alone: a member's local header is read when the member is
+        // (a remote archive would otherwise be read at every member: docs/remote.md).
         (0..self.zip.len())
             .filter_map(|i| {
-                let member = self.zip.by_index_raw(i).ok().filter(|f| f.is_file())?;
+                let member = self.zip.by_index_data(i).ok().filter(|f| f.is_file())?;
                 // A name that does not decode (invalid UTF-8 under the UTF-8 flag) names nothing wfs serves.
                 let name = member.name().ok()?.into_owned();
                 Some((i, name))

@@ -255,15 +255,19 @@ fn open_url(url: &str, options: &ReadOptions, remote: &RemoteOptions) -> Result<
     }
     match source.dir.open(&source.name) {
         Ok(object) => open_blob(&Blob::Remote(object), Some(&dir), options),
-        // A checkpoint prefix or a directory names no object itself.
+        // A directory or a checkpoint prefix names no object itself. As locally, where a path
+        // that exists is mounted as what it is, a directory (a prefix with objects below it)
+        // wins over a checkpoint `NAME.index` beside it.
         Err(missing) => {
+            if let Ok((entries, sub)) = dir.sub(&source.name).and_then(|sub| Ok((sub.list()?, sub)))
+                && !entries.is_empty()
+            {
+                return open_dir(&sub);
+            }
             if source.dir.open(&format!("{}.index", source.name)).is_ok() {
                 return opened_as(TF_CHECKPOINT, checkpoint::open_prefix_in(&dir, &source.name));
             }
-            match dir.sub(&source.name).and_then(|sub| Ok((sub.list()?, sub))) {
-                Ok((entries, sub)) if !entries.is_empty() => open_dir(&sub),
-                _ => Err(missing),
-            }
+            Err(missing)
         }
     }
 }

@@ -7,17 +7,22 @@ use lru::LruCache;
 use std::num::NonZeroUsize;
 
 const PAGE: u64 = 16 << 10;
+/// The page of a remote source: each page is a request, and the metadata between tensors is a
+/// few dozen bytes (docs/remote.md).
+const REMOTE_PAGE: u64 = 1 << 10;
 /// Pages kept: 4 MiB, whatever the size of the source.
 const PAGES: usize = 256;
 
 pub struct Paged {
     blob: Blob,
+    page: u64,
     pages: LruCache<u64, Vec<u8>>,
 }
 
 impl Paged {
     pub fn new(blob: &Blob) -> Paged {
-        Paged { blob: blob.clone(), pages: LruCache::new(NonZeroUsize::new(PAGES).unwrap_or(NonZeroUsize::MIN)) }
+        let page = if blob.is_remote() { REMOTE_PAGE } else { PAGE };
+        Paged { blob: blob.clone(), page, pages: LruCache::new(NonZeroUsize::new(PAGES).unwrap_or(NonZeroUsize::MIN)) }
     }
 
     pub fn len(&self) -> u64 {
@@ -32,15 +37,15 @@ impl Paged {
     /// go to the source directly.
     pub fn read(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, ReadError> {
         let end = offset.checked_add(len).filter(|&end| end <= self.len()).ok_or(ReadError::OutOfBounds)?;
-        if len > PAGE {
+        if len > self.page {
             return self.blob.read_vec(offset, len);
         }
         let mut out = Vec::with_capacity(len as usize);
         let mut at = offset;
         while at < end {
-            let page = at / PAGE;
+            let page = at / self.page;
+            let start = (at - page * self.page) as usize;
             let bytes = self.page(page)?;
-            let start = (at - page * PAGE) as usize;
             let take = ((end - at) as usize).min(bytes.len() - start);
             out.extend_from_slice(&bytes[start..start + take]);
             at += take as u64;
@@ -56,8 +61,8 @@ impl Paged {
 
     fn page(&mut self, page: u64) -> Result<&Vec<u8>, ReadError> {
         if !self.pages.contains(&page) {
-            let start = page * PAGE;
-            let bytes = self.blob.read_vec(start, PAGE.min(self.len() - start))?;
+            let start = page * self.page;
+            let bytes = self.blob.read_vec(start, self.page.min(self.len() - start))?;
             self.pages.put(page, bytes);
         }
         self.pages.get(&page).ok_or(ReadError::OutOfBounds)

@@ -18,6 +18,17 @@ pub(super) struct Peer {
     pub hint: &'static str,
     pub timeout: Duration,
     pub retries: usize,
+    pub deadline: Duration,
+}
+
+impl Peer {
+    /// A read that did not get its bytes within the deadline.
+    pub(super) fn past_deadline(&self) -> ReadError {
+        ReadError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{} did not send the bytes asked for within {} s (--read-timeout)", self.host, self.deadline.as_secs()),
+        ))
+    }
 }
 
 /// A failure of a request that reads no object yet (a first block, a listing): a 404 is the

@@ -2,15 +2,22 @@
 //! sequential readers, pinned to the size and ETag it had at mount.
 
 use super::failure::{head_error, read_error};
-use super::readahead::{Ahead, BLOCK, REQUEST_BLOCKS, Readahead};
+use super::readahead::{Ahead, BLOCK, PIECE, REQUEST_BLOCKS, Readahead};
 use super::runtime::{Task, handle};
 use super::store::Store;
 use crate::error::{OpenError, ReadError};
 use futures_util::StreamExt;
 use object_store::path::Path as StorePath;
 use object_store::{GetOptions, ObjectStore, ObjectStoreExt};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+
+/// Bytes read at open: enough for the header of most formats (safetensors, GGUF, ONNX's
+/// first fields) in the request that opens the object, little enough for a mount to read the
+/// rest of its metadata in pieces.
+const OPEN_READ: u64 = 64 << 10;
 
 /// One remote file, pinned to its size and ETag at mount.
 pub struct RemoteObject {
@@ -21,6 +28,8 @@ pub struct RemoteObject {
     etag: Option<String>,
     /// The object's blocks in the cache are keyed `(id, block number)`.
     id: u64,
+    /// Its pieces (see [`PIECE`]), `(piece_id, piece number)`.
+    piece_id: u64,
     /// What its readers read so far, and so which blocks to fetch ahead of them.
     readahead: Mutex<Readahead>,
 }
@@ -32,9 +41,9 @@ impl std::fmt::Debug for RemoteObject {
 }
 
 impl RemoteObject {
-    /// Reads the object's first block, which gives its size and ETag and proves that the
-    /// server answers ranged requests with ranges. No HEAD request: a presigned URL is signed
-    /// for GET only.
+    /// Reads the object's first bytes (up to [`OPEN_READ`]), which give its size and ETag and
+    /// prove that the server answers ranged requests with ranges. No HEAD request: a presigned
+    /// URL is signed for GET only.
     pub(super) fn open(store: &Arc<Store>, path: StorePath, shown: String) -> Result<Arc<RemoteObject>, OpenError> {
         let unreadable = |e: ReadError| {
             OpenError::unreadable(match e {
@@ -43,7 +52,7 @@ impl RemoteObject {
             })
         };
         let first = store.block_on(async |c| {
-            let options = GetOptions { range: Some((0..BLOCK).into()), ..GetOptions::default() };
+            let options = GetOptions { range: Some((0..OPEN_READ).into()), ..GetOptions::default() };
             match c.get_opts(&path, options).await {
                 Ok(answer) => {
                     let meta = answer.meta.clone();
@@ -66,14 +75,16 @@ impl RemoteObject {
             size: meta.size,
             etag: meta.e_tag,
             id: store.cache.new_id(),
+            piece_id: store.cache.new_id(),
             readahead: Mutex::new(Readahead::new(meta.size, store.cache.capacity())),
         });
         if let Some(bytes) = first {
-            if bytes.len() as u64 != object.size.min(BLOCK) {
+            if bytes.len() as u64 != object.size.min(OPEN_READ) {
                 return Err(unreadable(ReadError::SourceChanged));
             }
-            let bytes = Arc::<[u8]>::from(&bytes[..]);
-            object.store.cache.get_or_load((object.id, 0), || Ok(bytes)).map_err(unreadable)?;
+            for (n, piece) in (0..).zip(bytes.chunks(PIECE as usize)) {
+                object.store.cache.get_or_load((object.piece_id, n), || Ok(piece.to_vec())).map_err(unreadable)?;
+            }
         }
         Ok(object)
     }
@@ -87,27 +98,43 @@ impl RemoteObject {
         self.path.filename().map(str::to_string)
     }
 
-    /// Fills `buf` from `offset` (the caller checked the range against [`Self::len`]).
+    /// Fills `buf` from `offset` (the caller checked the range against [`Self::len`]), within
+    /// the store's read deadline however many requests and retries that takes.
     pub fn read_at(self: &Arc<Self>, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
         if buf.is_empty() {
             return Ok(());
         }
+        let deadline = Instant::now() + self.store.options.deadline;
         let end = offset + buf.len() as u64;
-        let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
-        let ahead = self.readahead.lock().unwrap().after_read(offset, end);
+        let (small, ahead) = self.readahead.lock().unwrap().plan(offset, end);
         if let Some(ahead) = ahead {
             self.read_ahead(ahead)?;
         }
-        // A read of several blocks gets those not cached with one request per run of up to
-        // REQUEST_BLOCKS of them, the runs at the same time; whatever that did not bring (cached,
-        // fetched by someone else, failed) comes from `block`.
-        let mut blocks: Vec<Option<Arc<[u8]>>> = vec![None; (last - first + 1) as usize];
-        if last > first {
+        let grain = match small {
+            // Bytes already in cached blocks (the first one, fetched at open) are read from them.
+            Some(until) if !self.in_cached_blocks(offset, end) => Grain { id: self.piece_id, size: PIECE, until },
+            _ => Grain { id: self.id, size: BLOCK, until: end },
+        };
+        let (first, last) = (offset / grain.size, (end - 1) / grain.size);
+        // A small read gets its pieces not cached, and those after them up to `until`, with one
+        // request. A read of several blocks gets those not cached with one request per run of up
+        // to REQUEST_BLOCKS of them, the runs at the same time. Whatever that did not bring
+        // (cached, fetched by someone else, failed) comes from `unit`.
+        let mut units: Vec<Option<Arc<[u8]>>> = vec![None; (last - first + 1) as usize];
+        if grain.size == PIECE {
+            let keep = |n: u64, piece: &Arc<[u8]>| {
+                if n <= last {
+                    units[(n - first) as usize] = Some(piece.clone());
+                }
+            };
+            self.fetch_units(grain, first..grain.until.div_ceil(PIECE), deadline, keep);
+        } else if last > first {
             std::thread::scope(|scope| {
-                let mut parts = (first..).step_by(REQUEST_BLOCKS as usize).zip(blocks.chunks_mut(REQUEST_BLOCKS as usize));
+                let mut parts = (first..).step_by(REQUEST_BLOCKS as usize).zip(units.chunks_mut(REQUEST_BLOCKS as usize));
                 let own = parts.next().expect("at least one block");
                 let fetch = |(part_first, part): (u64, &mut [Option<Arc<[u8]>>])| {
-                    self.fetch_blocks(part_first..part_first + part.len() as u64, |n, block| part[(n - part_first) as usize] = Some(block.clone()))
+                    let units = part_first..part_first + part.len() as u64;
+                    self.fetch_units(grain, units, deadline, |n, block| part[(n - part_first) as usize] = Some(block.clone()))
                 };
                 for part in parts {
                     scope.spawn(move || fetch(part));
@@ -116,23 +143,55 @@ impl RemoteObject {
             });
         }
         let mut filled = 0usize;
-        for (n, block) in (first..).zip(blocks) {
-            let block = match block {
-                Some(block) => block,
-                None => self.block(n)?,
+        for (n, unit) in (first..).zip(units) {
+            let unit = match unit {
+                Some(unit) => unit,
+                None => self.unit(grain, n, deadline)?,
             };
-            let from = (offset + filled as u64 - n * BLOCK) as usize;
-            let take = (block.len() - from).min(buf.len() - filled);
-            buf[filled..filled + take].copy_from_slice(&block[from..from + take]);
+            let from = (offset + filled as u64 - n * grain.size) as usize;
+            let take = (unit.len() - from).min(buf.len() - filled);
+            buf[filled..filled + take].copy_from_slice(&unit[from..from + take]);
             filled += take;
         }
         Ok(())
+    }
+
+    /// Fetches the pieces of `ranges` (`(offset, len)`, within the object) into the cache, with
+    /// PREFETCHERS requests in flight: metadata a reader will read next, one range at a time,
+    /// such as the local headers of a zip's members. A range that fails is left to the read.
+    pub fn prefetch(self: &Arc<Self>, ranges: &[(u64, u64)]) {
+        const PREFETCHERS: usize = 16;
+        if self.store.cache.capacity() == 0 {
+            return; // nothing fetched ahead would be kept
+        }
+        let deadline = Instant::now() + self.store.options.deadline;
+        let grain = Grain { id: self.piece_id, size: PIECE, until: self.size };
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..PREFETCHERS.min(ranges.len()) {
+                scope.spawn(|| {
+                    while let Some(&(offset, len)) = ranges.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                        let end = (offset + len).min(self.size);
+                        if offset < end {
+                            self.fetch_units(grain, offset / PIECE..end.div_ceil(PIECE), deadline, |_, _| {});
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    /// `true` if every block `[offset, end)` touches is cached now.
+    fn in_cached_blocks(&self, offset: u64, end: u64) -> bool {
+        (offset / BLOCK..=(end - 1) / BLOCK).all(|n| self.store.cache.cached(&(self.id, n)).is_some())
     }
 
     /// Starts fetching `blocks` (those not yet cached or on their way), in requests of up to
     /// `request` blocks, all at once.
     fn read_ahead(self: &Arc<Self>, Ahead { blocks, request }: Ahead) -> Result<(), ReadError> {
         let handle = handle()?;
+        let deadline = Instant::now() + self.store.options.deadline;
+        let grain = Grain { id: self.id, size: BLOCK, until: self.size };
         let mut first = blocks.start;
         while first < blocks.end {
             let count = request.min(blocks.end - first);
@@ -140,58 +199,66 @@ impl RemoteObject {
             let counted = Task::start();
             handle.spawn_blocking(move || {
                 let _counted = counted;
-                object.fetch_blocks(first..first + count, |_, _| {});
+                object.fetch_units(grain, first..first + count, deadline, |_, _| {});
             });
             first += count;
         }
         Ok(())
     }
 
-    /// Fetches `blocks` into the cache with as few requests as those already cached or being
-    /// fetched allow, handing each block fetched to `keep` too. Failures are not cached: the
-    /// reader that needs the block asks again.
-    fn fetch_blocks(self: &Arc<Self>, blocks: std::ops::Range<u64>, mut keep: impl FnMut(u64, &Arc<[u8]>)) {
-        let keys: Vec<_> = blocks.clone().map(|n| (self.id, n)).collect();
+    /// Fetches `units` into the cache with as few requests as those already cached or being
+    /// fetched allow, handing each unit fetched to `keep` too. Failures are not cached: the
+    /// reader that needs the unit asks again.
+    fn fetch_units(self: &Arc<Self>, grain: Grain, units: std::ops::Range<u64>, deadline: Instant, mut keep: impl FnMut(u64, &Arc<[u8]>)) {
+        let keys: Vec<_> = units.clone().map(|n| (grain.id, n)).collect();
         let mut done = 0;
         while done < keys.len() {
             done += self.store.cache.load_run(&keys[done..], |from, count, put| {
-                let mut n = blocks.start + (done + from) as u64;
+                let mut n = units.start + (done + from) as u64;
                 let first = n;
-                let mut put_and_keep = |block: Arc<[u8]>| {
-                    keep(n, &block);
+                let mut put_and_keep = |unit: Arc<[u8]>| {
+                    keep(n, &unit);
                     n += 1;
-                    put(block);
+                    put(unit);
                 };
-                self.fetch_here(first, count as u64, &mut put_and_keep)
+                self.fetch_here(grain, first, count as u64, deadline, &mut put_and_keep)
             });
         }
     }
 
-    /// Block `n`, from the cache or fetched (once, however many readers ask at the same time).
-    fn block(self: &Arc<Self>, n: u64) -> Result<Arc<[u8]>, ReadError> {
-        self.store.cache.get_or_load((self.id, n), || {
-            let mut block = None;
-            self.fetch_here(n, 1, &mut |b| block = Some(b))?;
-            Ok(block.expect("one block fetched"))
+    /// Unit `n`, from the cache or fetched (once, however many readers ask at the same time).
+    fn unit(self: &Arc<Self>, grain: Grain, n: u64, deadline: Instant) -> Result<Arc<[u8]>, ReadError> {
+        self.store.cache.get_or_load((grain.id, n), || {
+            let mut unit = None;
+            self.fetch_here(grain, n, 1, deadline, &mut |u| unit = Some(u))?;
+            Ok(unit.expect("one unit fetched"))
         })
     }
 
-    /// Fetches blocks `first..first + count` (all in the object) with [`Self::fetch`] on the
+    /// Fetches units `first..first + count` (all in the object) with [`Self::fetch`] on the
     /// runtime's threads, which read the socket without waking this thread for every piece of
-    /// the body, and hands each block to `put` on this thread as soon as it is complete.
-    fn fetch_here(self: &Arc<Self>, first: u64, count: u64, put: &mut dyn FnMut(Arc<[u8]>)) -> Result<(), ReadError> {
+    /// the body, and hands each unit to `put` on this thread as soon as it is complete. Gives
+    /// up at `deadline`, whatever the request and its retries are doing then.
+    fn fetch_here(self: &Arc<Self>, grain: Grain, first: u64, count: u64, deadline: Instant, put: &mut dyn FnMut(Arc<[u8]>)) -> Result<(), ReadError> {
         let client = self.store.client()?;
-        let (sender, blocks) = std::sync::mpsc::channel();
+        let (sender, units) = std::sync::mpsc::channel();
         let object = self.clone();
-        handle()?.spawn(async move {
+        let request = handle()?.spawn(async move {
             let each = sender.clone();
-            if let Err(e) = object.fetch(client, first, count, move |block| drop(each.send(Ok(block)))).await {
+            if let Err(e) = object.fetch(client, grain.size, first, count, move |unit| drop(each.send(Ok(unit)))).await {
                 let _ = sender.send(Err(e));
             }
         });
         let mut received = 0;
-        for block in blocks {
-            put(block?);
+        while received < count {
+            match units.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(unit) => put(unit?),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    request.abort();
+                    return Err(self.store.peer.past_deadline());
+                }
+            }
             received += 1;
         }
         if received < count {
@@ -200,11 +267,11 @@ impl RemoteObject {
         Ok(())
     }
 
-    /// Fetches blocks `first..first + count` with one ranged request, handing each to `put` as
-    /// soon as its bytes are in.
-    async fn fetch(&self, client: Arc<dyn ObjectStore>, first: u64, count: u64, mut put: impl FnMut(Arc<[u8]>) + Send) -> Result<(), ReadError> {
-        let start = first * BLOCK;
-        let end = ((first + count) * BLOCK).min(self.size);
+    /// Fetches units `first..first + count` of `size` bytes with one ranged request, handing
+    /// each to `put` as soon as its bytes are in.
+    async fn fetch(&self, client: Arc<dyn ObjectStore>, size: u64, first: u64, count: u64, mut put: impl FnMut(Arc<[u8]>) + Send) -> Result<(), ReadError> {
+        let start = first * size;
+        let end = ((first + count) * size).min(self.size);
         // A weak ETag cannot be matched strongly; the ETag of the answer is compared anyway.
         let if_match = self.etag.clone().filter(|e| !e.starts_with("W/"));
         let options = GetOptions { range: Some((start..end).into()), if_match, ..GetOptions::default() };
@@ -213,7 +280,7 @@ impl RemoteObject {
             return Err(ReadError::SourceChanged);
         }
         let mut body = answer.into_stream();
-        let (mut at, mut block) = (start, Filling::new((end - start).min(BLOCK) as usize));
+        let (mut at, mut unit) = (start, Filling::new((end - start).min(size) as usize));
         while let Some(piece) = body.next().await {
             let piece = piece.map_err(|e| read_error(e, &self.store.peer))?;
             let mut piece = &piece[..];
@@ -221,14 +288,14 @@ impl RemoteObject {
                 if at == end {
                     return Err(ReadError::SourceChanged);
                 }
-                let take = piece.len().min(block.room());
-                block.push(&piece[..take]);
+                let take = piece.len().min(unit.room());
+                unit.push(&piece[..take]);
                 piece = &piece[take..];
-                if block.room() == 0 {
-                    let done = std::mem::replace(&mut block, Filling::new(0)).finish();
+                if unit.room() == 0 {
+                    let done = std::mem::replace(&mut unit, Filling::new(0)).finish();
                     at += done.len() as u64;
                     put(done);
-                    block = Filling::new((end - at).min(BLOCK) as usize);
+                    unit = Filling::new((end - at).min(size) as usize);
                 }
             }
         }
@@ -237,6 +304,15 @@ impl RemoteObject {
         }
         Ok(())
     }
+}
+
+/// How a read cuts the object: into cached units of `size` bytes keyed `(id, unit number)`,
+/// fetched up to `until` (for a small read, past what it reads).
+#[derive(Clone, Copy)]
+struct Grain {
+    id: u64,
+    size: u64,
+    until: u64,
 }
 
 /// A block being filled with a response's body: allocated once, at its final size, with its
@@ -288,14 +364,16 @@ mod tests {
     use futures_util::stream::BoxStream;
     use object_store::memory::InMemory;
     use object_store::{CopyOptions, ListResult, MultipartUpload, ObjectMeta, PutMultipartOptions, PutOptions, PutPayload, PutResult};
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
     use std::time::Duration;
 
-    /// object_store's in-memory store, counting the GET requests it answers.
+    /// object_store's in-memory store, counting the GET requests it answers and the bytes of
+    /// the ranges they ask for.
     #[derive(Debug, Default)]
     struct Counted {
         inner: InMemory,
         gets: AtomicUsize,
+        bytes: AtomicU64,
     }
 
     impl std::fmt::Display for Counted {
@@ -314,6 +392,9 @@ mod tests {
         }
         async fn get_opts(&self, location: &StorePath, options: GetOptions) -> object_store::Result<object_store::GetResult> {
             self.gets.fetch_add(1, Ordering::SeqCst);
+            if let Some(object_store::GetRange::Bounded(range)) = &options.range {
+                self.bytes.fetch_add(range.end - range.start, Ordering::SeqCst);
+            }
             self.inner.get_opts(location, options).await
         }
         fn delete_stream(&self, locations: BoxStream<'static, object_store::Result<StorePath>>) -> BoxStream<'static, object_store::Result<StorePath>> {
@@ -340,7 +421,7 @@ mod tests {
         let memory = Arc::new(Counted::default());
         let path = StorePath::from("m.bin");
         handle().unwrap().block_on(memory.put(&path, bytes.to_vec().into())).unwrap();
-        let options = RemoteOptions { timeout: Duration::from_secs(5), retries: 0, credentials: Default::default() };
+        let options = RemoteOptions { timeout: Duration::from_secs(5), retries: 0, deadline: Duration::from_secs(5), credentials: Default::default() };
         let store = Store::new(Service::Given(memory.clone()), &options, Arc::new(ChunkCache::new(cache)));
         let object = RemoteObject::open(&store, path, "memory/m.bin".into()).unwrap();
         (memory, object)
@@ -373,10 +454,29 @@ mod tests {
         std::thread::scope(|scope| {
             for i in 0..8u64 {
                 let (object, bytes) = (&object, &bytes);
-                scope.spawn(move || assert_eq!(read(object, BLOCK + i * 1000, 4096).unwrap(), &bytes[(BLOCK + i * 1000) as usize..][..4096]));
+                let at = BLOCK + i * 1000;
+                scope.spawn(move || assert_eq!(read(object, at, 128 << 10).unwrap(), &bytes[at as usize..][..128 << 10]));
             }
         });
         assert_eq!(memory.gets.load(Ordering::SeqCst), before + 1);
+    }
+
+    #[test]
+    fn small_reads_far_apart_fetch_small_ranges() {
+        let bytes = pattern((8 * BLOCK) as usize, 5);
+        let (memory, object) = opened(&bytes, 64 << 20);
+        let before = memory.bytes.load(Ordering::SeqCst);
+        // A parser striding over headers: 100 reads of 40 bytes, 64 KiB apart.
+        for i in 0..100u64 {
+            let at = OPEN_READ + i * (64 << 10) + 7;
+            assert_eq!(read(&object, at, 40).unwrap(), &bytes[at as usize..][..40]);
+        }
+        let fetched = memory.bytes.load(Ordering::SeqCst) - before;
+        assert!(fetched <= 100 * 2 * PIECE, "{fetched} bytes fetched");
+        // What the first request at open brought is read from it.
+        let gets = memory.gets.load(Ordering::SeqCst);
+        assert_eq!(read(&object, 100, 3000).unwrap(), &bytes[100..3100]);
+        assert_eq!(memory.gets.load(Ordering::SeqCst), gets);
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct RemoteOptions {
     pub timeout: Duration,
     /// Retries of a failed request, with exponential backoff.
     pub retries: usize,
+    /// Longest one read may take in all, however many requests and retries it needs.
+    pub deadline: Duration,
     /// Credentials given in a file, before those of the environment.
     pub credentials: Credentials,
 }
@@ -78,7 +80,7 @@ impl Store {
             }
         };
         let host = host.unwrap_or_else(|| "the server".into());
-        Peer { host, sent, hint, timeout: options.timeout, retries: options.retries }
+        Peer { host, sent, hint, timeout: options.timeout, retries: options.retries, deadline: options.deadline }
     }
 
     /// The client of the current runtime generation, built on first use.
@@ -138,9 +140,10 @@ impl Store {
         given.into_iter().filter_map(|(key, value)| Some((key, value.clone()?))).collect()
     }
 
+    /// Runs `request` to its end or the read deadline, whichever comes first.
     pub(super) fn block_on<T>(&self, request: impl AsyncFnOnce(Arc<dyn ObjectStore>) -> Result<T, ReadError>) -> Result<T, ReadError> {
         let client = self.client()?;
-        handle()?.block_on(request(client))
+        handle()?.block_on(async { tokio::time::timeout(self.options.deadline, request(client)).await }).unwrap_or_else(|_| Err(self.peer.past_deadline()))
     }
 }
 

@@ -133,7 +133,7 @@ mod tests {
 
     #[test]
     fn urls_name_directory_and_file() {
-        let options = RemoteOptions { timeout: Duration::from_secs(1), retries: 0, credentials: Default::default() };
+        let options = RemoteOptions { timeout: Duration::from_secs(1), retries: 0, deadline: Duration::from_secs(1), credentials: Default::default() };
         let cache = Arc::new(ChunkCache::new(1 << 20));
         let s = RemoteSource::parse("https://u:p@h:1/d/e%20f/m.h5?t=1", &options, cache.clone()).unwrap();
         assert_eq!((s.dir.dir.clone(), s.name.as_str(), s.dir.shown("x")), (vec!["d".to_string(), "e f".into()], "m.h5", "https://h:1/d/e f/x".into()));
