@@ -623,7 +623,7 @@ fn run(command: Command) -> Result<()> {
             // One cache for both sides: memory stays within --cache-size.
             let cache = Arc::new(ChunkCache::new(read.cache_size));
             let (a, b) = (SourceArgs { source: a, read: read.clone() }, SourceArgs { source: b, read });
-            let no_export = TreeOptions { safetensors: false };
+            let no_export = TreeOptions { safetensors: false, ..TreeOptions::default() };
             let fs_a = open_fs_in(&a, no_export, cache.clone())?.0;
             let fs_b = open_fs_in(&b, no_export, cache)?.0;
             diff_models(fs_a, fs_b, [a.shown(), b.shown()], &options, json)
