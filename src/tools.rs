@@ -519,14 +519,17 @@ pub fn scan_files(paths: &[PathBuf]) -> Vec<(PathBuf, bool)> {
                 };
                 let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
                 entries.sort();
-                for entry in entries.into_iter().rev() {
+                let mut subdirs = Vec::new();
+                for entry in entries {
                     match std::fs::symlink_metadata(&entry) {
                         Ok(m) if m.is_dir() && entry.join("saved_model.pb").is_file() => out.push((entry, true)),
-                        Ok(m) if m.is_dir() => stack.push(entry),
+                        Ok(m) if m.is_dir() => subdirs.push(entry),
                         Ok(m) if m.is_file() => out.push((entry, true)),
                         _ => {}
                     }
                 }
+                // Popped in name order.
+                stack.extend(subdirs.into_iter().rev());
             }
         } else {
             out.push((path.clone(), false));

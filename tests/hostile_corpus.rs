@@ -434,3 +434,16 @@ fn pickle_wide_shared_dict_is_written_once() {
     assert_eq!(items[0]["k99999"], 99_999);
     assert!(items[1..].iter().all(|i| i == &serde_json::json!({"__shared__": "0"})));
 }
+
+#[test]
+fn pickle_graph_fuzz_seeds_walk_each_object_once() {
+    // The fuzz target's seeds (fuzz/corpus/pickle_graph), through the same check it makes.
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/pickle_graph");
+    for entry in std::fs::read_dir(seeds).unwrap() {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        let model = wfs::fuzzing::torch_pickle(&wfs::fuzzing::pickle_graph(&data)).unwrap();
+        let written: u64 = model.files.iter().map(|f| f.bytes.len()).sum();
+        assert!(written <= (8 * data.len() as u64 + 1) * 1024 * 201, "{written}");
+        assert!(!model.tensors.is_empty());
+    }
+}
