@@ -669,7 +669,7 @@ and where its bytes lie. A mount's \fBdu\fR is about three times the source: eac
 success
 .TP
 \fB1\fR
-any other failure (an output that cannot be written, a daemon that failed)
+any other failure (an output that cannot be written, a daemon that failed); \fBwfs scan\fR: a dangerous pickle global (with \fB\-\-strict\fR, any outside the allow\-list)
 .TP
 \fB2\fR
 usage: an unknown command or option, a missing argument, a path not in the tree, a directory given to \fBcat\fR
