@@ -444,7 +444,9 @@ fn pickle_graph_fuzz_seeds_walk_each_object_once() {
         let data = std::fs::read(entry.unwrap().path()).unwrap();
         let model = wfs::fuzzing::torch_pickle(&wfs::fuzzing::pickle_graph(&data)).unwrap();
         let written: u64 = model.files.iter().map(|f| f.bytes.len()).sum();
-        assert!(written <= (8 * data.len() as u64 + 1) * 1024 * 201, "{written}");
-        assert!(!model.tensors.is_empty());
+        let references = 8 * data.len() as u64 + 1;
+        assert!(written <= references * 1024 * 201, "{written}");
+        // A shared tensor is named once per reference followed, and each is followed once.
+        assert!(model.tensors.len() as u64 <= references, "{} tensors", model.tensors.len());
     }
 }

@@ -12,6 +12,8 @@ fuzz_target!(|data: &[u8]| {
     let written: u64 = model.files.iter().map(|f| f.bytes.len()).sum();
     let references = 8 * data.len() as u64 + 1;
     assert!(written <= references * 1024 * 201, "{written} bytes written for {} input bytes", data.len());
+    // A shared tensor is named once per reference followed, and each is followed once.
+    assert!(model.tensors.len() as u64 <= references, "{} tensors for {} input bytes", model.tensors.len(), data.len());
     wfs::fuzzing::read_all(&model, 1 << 20);
     let tree = wfs::tree::Tree::build(model, "fuzz");
     if let Err(why) = wfs::fuzzing::check_tree(&tree) {
