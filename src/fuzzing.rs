@@ -439,6 +439,51 @@ pub fn remote_url(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A protocol-2 pickle whose objects share each other as `data` says, for fuzzing the walk
+/// over the pickled object graph (random bytes seldom make a pickle that shares much). Each
+/// byte makes one memoized object: `b % 4` = 0 a list, 1 a dict, of `(b >> 2) % 8` references
+/// to objects made before (chosen by the bytes that follow); 2 a tensor over storage `"0"`;
+/// 3 a string. The last object made is the root.
+pub fn pickle_graph(data: &[u8]) -> Vec<u8> {
+    let mut out = b"\x80\x02".to_vec();
+    let mut made = 0u32;
+    let mut bytes = data.iter().copied();
+    let get = |out: &mut Vec<u8>, key: u32| {
+        out.push(b'j');
+        out.extend(key.to_le_bytes());
+    };
+    while let Some(b) = bytes.next() {
+        let refs = u32::from((b >> 2) % 8);
+        match b % 4 {
+            kind @ (0 | 1) => {
+                out.extend(if kind == 0 { b"](" } else { b"}(" });
+                for i in 0..refs.min(made) {
+                    if kind == 1 {
+                        out.extend(b"X\x02\x00\x00\x00k");
+                        out.push(b'0' + i as u8);
+                    }
+                    get(&mut out, u32::from(bytes.next().unwrap_or(0)) % made);
+                }
+                out.push(if kind == 0 { b'e' } else { b'u' });
+            }
+            2 => out.extend(
+                b"ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04tQK\x00K\x04\x85K\x01\x85\x89ccollections\nOrderedDict\n)RtR",
+            ),
+            _ => out.extend(b"X\x03\x00\x00\x00lol"),
+        }
+        out.push(b'r');
+        out.extend(made.to_le_bytes());
+        made += 1;
+    }
+    if made == 0 {
+        out.push(b'N');
+    } else {
+        get(&mut out, made - 1);
+    }
+    out.push(b'.');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     /// The fuzz seeds of fuzz/make_seeds.py (`QUANT_SEEDS`): each fixture, with the config bytes

@@ -246,6 +246,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Report the globals of every pickle in PATHs (files, directories recursively) without
+    /// running them: exit 1 when one is dangerous (or, with --strict, unknown)
+    Scan {
+        /// Model files or directories
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// One JSON object per line instead of text
+        #[arg(long)]
+        json: bool,
+        /// Fail on globals outside the allow-list too, not only on dangerous ones
+        #[arg(long)]
+        strict: bool,
+    },
     /// Print a shell completion script
     Completions {
         /// The shell to complete for
@@ -450,6 +463,14 @@ fn mount_helper_args(args: &[std::ffi::OsString]) -> Option<Vec<std::ffi::OsStri
     Some(out)
 }
 
+/// `wfs scan` found what it fails on (exit code 1), or could not read a file (its exit code).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct ScanFailed {
+    code: u8,
+    message: String,
+}
+
 /// A usage mistake found after argument parsing (exit code 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -459,6 +480,9 @@ struct Usage(String);
 fn exit_code(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<Usage>().is_some() {
         return exit::USAGE;
+    }
+    if let Some(scan) = e.downcast_ref::<ScanFailed>() {
+        return scan.code;
     }
     if let Some(open) = e.downcast_ref::<OpenError>() {
         return match open {
@@ -634,6 +658,44 @@ fn run(command: Command) -> Result<()> {
             print_all(&text)
         }
         Command::Man => print_all(&man_page()?),
+        Command::Scan { paths, json, strict } => scan(&paths, json, strict),
+    }
+}
+
+/// `wfs scan`: opens each file as a mount would (tensor data are never read) and reports the
+/// pickle globals its readers recorded. In directories, files of no known format are passed over.
+fn scan(paths: &[PathBuf], json: bool, strict: bool) -> Result<()> {
+    let options = ReadOptions { cache: Arc::new(ChunkCache::new(16 << 20)) };
+    let (mut flagged, mut failed, mut error_code) = (0usize, 0usize, 0u8);
+    let mut out = std::io::stdout().lock();
+    for (path, in_directory) in tools::scan_files(paths) {
+        let opened = formats::canonical_source(&path)
+            .map_err(|e| OpenError::unreadable(wfs::error::io_reason(&e)))
+            .and_then(|source| formats::open(Source::Path(&source), &options));
+        let report = match opened {
+            Ok(model) => tools::ScanReport::of(&model),
+            Err(OpenError::UnknownFormat(_)) if in_directory => continue,
+            Err(e) => {
+                failed += 1;
+                let e = anyhow::Error::new(e).context(path.display().to_string());
+                error_code = error_code.max(exit_code(&e));
+                eprintln!("wfs: {e:#}");
+                continue;
+            }
+        };
+        if !report.dangerous.is_empty() || (strict && !report.unknown.is_empty()) {
+            flagged += 1;
+        }
+        let line = if json { report.json(&path).to_string() } else { report.line(&path) };
+        writeln!(out, "{line}").or_else(ignore_closed_pipe)?;
+    }
+    match (flagged, failed) {
+        (0, 0) => Ok(()),
+        (0, n) => Err(ScanFailed { code: error_code, message: format!("{n} file(s) could not be scanned") }.into()),
+        (n, _) => {
+            let what = if strict { "globals outside the allow-list" } else { "dangerous pickle globals" };
+            Err(ScanFailed { code: exit::OTHER, message: format!("{n} file(s) hold {what}") }.into())
+        }
     }
 }
 
@@ -788,7 +850,7 @@ and where its bytes lie. A mount's \fBdu\fR is about three times the source: eac
 success
 .TP
 \fB1\fR
-\fBwfs diff\fR: the models differ; any other failure (an output that cannot be written, a daemon that failed)
+\fBwfs diff\fR: the models differ; \fBwfs scan\fR: a dangerous pickle global (with \fB\-\-strict\fR, any outside the allow\-list); any other failure (an output that cannot be written, a daemon that failed)
 .TP
 \fB2\fR
 usage: an unknown command or option, a missing argument, a path not in the tree, a directory given to \fBcat\fR

@@ -84,11 +84,143 @@ pub struct Object {
     pub elements: Vec<Value>,
 }
 
-/// An interpreted pickle: its nodes and the value STOP returned.
+/// An interpreted pickle: its nodes, the value STOP returned, and every global it names.
 #[derive(Debug)]
 pub struct Pickle {
     pub nodes: Vec<Node>,
     pub root: Value,
+    /// `(module, name)` of each distinct global, in the order first named, Python 2 modules
+    /// under their Python 3 names: what `pickle.load` would have imported.
+    pub globals: Vec<(String, String)>,
+}
+
+/// What importing a pickle's global would mean (docs/tree.md 7.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    /// In the allow-list of `torch.load(weights_only=True)`, or numpy's array reconstruction.
+    Safe,
+    /// Any other class or function: loading would import it and may call it.
+    Unknown,
+    /// Runs code or touches the system when the pickle is loaded.
+    Dangerous,
+}
+
+impl Verdict {
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Safe => "safe",
+            Verdict::Unknown => "unknown",
+            Verdict::Dangerous => "dangerous",
+        }
+    }
+}
+
+/// Modules whose every name is dangerous: they run commands or code, open files or sockets, or
+/// import anything (picklescan's list, plus `importlib`, `marshal` and `code`).
+const DANGEROUS_MODULES: &[&str] = &[
+    "os", "posix", "nt", "subprocess", "commands", "pty", "sys", "runpy", "shutil", "socket", "ssl", "webbrowser",
+    "ctypes", "asyncio", "aiohttp", "bdb", "pdb", "httplib", "http.client", "requests", "urllib.request", "pickle",
+    "_pickle", "dill", "pip", "pydoc", "profile", "cProfile", "timeit", "test", "venv", "uuid", "numpy.f2py",
+    "numpy.testing._private.utils", "importlib", "marshal", "code", "distutils.file_util", "_osx_support",
+    "_aix_support", "_pyrepl",
+];
+
+/// Single dangerous names in otherwise harmless modules.
+const DANGEROUS_NAMES: &[(&str, &[&str])] = &[
+    ("builtins", &[
+        "eval", "exec", "compile", "getattr", "setattr", "delattr", "__import__", "open", "apply", "breakpoint",
+        "globals", "locals", "vars", "input", "help",
+    ]),
+    ("types", &["CodeType", "FunctionType"]),
+    ("functools", &["partial", "reduce"]),
+    ("operator", &["attrgetter", "itemgetter", "methodcaller"]),
+    ("_operator", &["attrgetter", "itemgetter", "methodcaller"]),
+    ("logging", &["FileHandler"]),
+    ("_io", &["FileIO", "open"]),
+    ("io", &["FileIO", "open"]),
+    ("pkgutil", &["resolve_name"]),
+    ("cloudpickle.cloudpickle", &["_builtin_type", "_make_function", "_function_setstate", "_make_cell", "_make_empty_cell", "subimport"]),
+    ("code", &["InteractiveInterpreter.runcode"]),
+    ("doctest", &["debug_script"]),
+    ("ensurepip", &["_run_pip"]),
+    ("imaplib", &["IMAP4_stream"]),
+    ("trace", &["Trace.run", "Trace.runctx"]),
+    ("torch.serialization", &["load"]),
+    ("torch._inductor.codecache", &["compile_file"]),
+    ("torch.jit.unsupported_tensor_ops", &["execWrapper"]),
+    ("torch.utils.collect_env", &["run"]),
+    ("torch._dynamo.guards", &["GuardBuilder.get"]),
+    ("torch.fx.experimental.symbolic_shapes", &["ShapeEnv.evaluate_guards_expression"]),
+    ("torch.utils._config_module", &["ConfigModule.load_config"]),
+    ("torch.utils.data.datapipes.utils.decoder", &["basichandlers"]),
+];
+
+/// The `torch.<dtype>` names (`torch.storage._dtype_to_storage_type_map`, `_new_dtypes`).
+const TORCH_DTYPES: &[&str] = &[
+    "float64", "double", "float32", "float", "float16", "half", "bfloat16", "int64", "long", "int32", "int",
+    "int16", "short", "int8", "uint8", "bool", "complex64", "cfloat", "complex128", "cdouble", "complex32", "chalf",
+    "qint8", "quint8", "qint32", "quint4x2", "quint2x4", "uint16", "uint32", "uint64", "uint1", "uint2", "uint3",
+    "uint4", "uint5", "uint6", "uint7", "int1", "int2", "int3", "int4", "int5", "int6", "int7", "float8_e4m3fn",
+    "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn_x2", "bits8", "bits16",
+    "bits1x8", "bits2x4", "bits4x2",
+];
+
+/// `torch.load(weights_only=True)`'s allow-list (torch/_weights_only_unpickler.py), and the
+/// numpy array reconstruction that `numpy.load(allow_pickle=True)` files and checkpoints use.
+fn is_safe(module: &str, name: &str) -> bool {
+    match module {
+        "collections" => matches!(name, "OrderedDict" | "Counter"),
+        "_codecs" => name == "encode",
+        "builtins" => matches!(name, "bytearray" | "set" | "complex"),
+        "torch" => {
+            name.ends_with("Storage")
+                || name.ends_with("Tensor")
+                || matches!(name, "Size" | "device" | "per_tensor_affine" | "per_tensor_symmetric" | "per_channel_affine"
+                    | "per_channel_symmetric" | "per_channel_affine_float_qparams")
+                || TORCH_DTYPES.contains(&name)
+        }
+        "torch.storage" => matches!(name, "UntypedStorage" | "TypedStorage"),
+        "torch.nn.parameter" => name == "Parameter",
+        "torch.serialization" => name == "_get_layout",
+        "torch._tensor" => name == "_rebuild_from_type_v2",
+        "torch._utils" => name.starts_with("_rebuild_"),
+        "numpy" => matches!(name, "ndarray" | "dtype"),
+        "numpy.core.multiarray" | "numpy._core.multiarray" => matches!(name, "_reconstruct" | "scalar"),
+        "numpy.dtypes" => name.ends_with("DType"),
+        _ => false,
+    }
+}
+
+/// The verdict on importing `module.name`.
+pub fn verdict(module: &str, name: &str) -> Verdict {
+    let within = |m: &str| module == m || module.strip_prefix(m).is_some_and(|rest| rest.starts_with('.'));
+    let named = DANGEROUS_NAMES.iter().any(|(m, names)| *m == module && names.contains(&name));
+    if named || DANGEROUS_MODULES.iter().any(|m| within(m)) {
+        Verdict::Dangerous
+    } else if is_safe(module, name) {
+        Verdict::Safe
+    } else {
+        Verdict::Unknown
+    }
+}
+
+/// Adds a pickle's globals to `info.json` as `pickle_globals[part]` (`{"module.name": verdict}`)
+/// and counts its dangerous ones into `unsafe_globals` (docs/tree.md 7.1). Every reader that
+/// interprets a pickle calls this for it, so `wfs scan` sees every pickle a mount reads.
+pub fn record_globals(info: &mut serde_json::Map<String, serde_json::Value>, part: &str, pickle: &Pickle) {
+    let mut verdicts = serde_json::Map::new();
+    let mut dangerous = 0u64;
+    for (module, name) in &pickle.globals {
+        let v = verdict(module, name);
+        dangerous += u64::from(v == Verdict::Dangerous);
+        verdicts.insert(format!("{module}.{name}"), v.name().into());
+    }
+    let parts = info.entry("pickle_globals").or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+    if let serde_json::Value::Object(parts) = parts {
+        parts.insert(part.to_string(), serde_json::Value::Object(verdicts));
+    }
+    let count = info.get("unsafe_globals").and_then(serde_json::Value::as_u64).unwrap_or(0);
+    info.insert("unsafe_globals".into(), (count + dangerous).into());
 }
 
 impl Pickle {
@@ -198,9 +330,11 @@ pub fn load(blob: &Blob, offset: u64, limits: Limits) -> Result<(Pickle, u64), P
         memo: HashMap::new(),
         objects: 0,
         bytes: 0,
+        globals: Vec::new(),
+        named: std::collections::HashSet::new(),
     };
     let root = vm.run()?;
-    Ok((Pickle { nodes: vm.nodes, root }, vm.input.pos))
+    Ok((Pickle { nodes: vm.nodes, root, globals: vm.globals }, vm.input.pos))
 }
 
 /// The pickle bytes, read through a buffer.
@@ -284,6 +418,9 @@ struct Vm<'a> {
     memo: HashMap<u64, Value>,
     objects: u64,
     bytes: u64,
+    /// Distinct globals named, in order, and the set of them.
+    globals: Vec<(String, String)>,
+    named: std::collections::HashSet<(String, String)>,
 }
 
 /// Longest protocol-0 text argument (a GLOBAL name, a text number); strings have `Limits::bytes`.
@@ -363,8 +500,12 @@ impl Vm<'_> {
     }
 
     fn global(&mut self, module: &[u8], name: &[u8]) -> Result<(), PickleError> {
-        let module = String::from_utf8_lossy(module).into();
-        let name = String::from_utf8_lossy(name).into();
+        let module: Rc<str> = String::from_utf8_lossy(module).into();
+        let name: Rc<str> = String::from_utf8_lossy(name).into();
+        let key = (python3_module(&module).to_string(), name.to_string());
+        if self.named.insert(key.clone()) {
+            self.globals.push(key);
+        }
         let v = self.add(Node::Global { module, name })?;
         self.stack.push(v);
         Ok(())

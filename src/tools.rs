@@ -435,3 +435,105 @@ mod tests {
         assert_eq!(std::fs::read_link(dir.path().join("layers/0")).unwrap().to_str(), Some("d"));
     }
 }
+
+/// What `wfs scan` found in one source: the pickle globals its readers recorded in `info.json`
+/// (docs/tree.md 7.1), from the source's own info and every part's.
+#[derive(Debug, Default)]
+pub struct ScanReport {
+    /// Whether the source holds any pickle.
+    pub pickles: bool,
+    pub dangerous: Vec<String>,
+    pub unknown: Vec<String>,
+    pub safe: usize,
+}
+
+impl ScanReport {
+    pub fn of(model: &crate::model::Model) -> ScanReport {
+        let mut report = ScanReport::default();
+        for info in std::iter::once(&model.info).chain(model.parts.iter().map(|p| &p.info)) {
+            let Some(serde_json::Value::Object(parts)) = info.get("pickle_globals") else { continue };
+            report.pickles = true;
+            for verdicts in parts.values().filter_map(serde_json::Value::as_object) {
+                for (global, verdict) in verdicts {
+                    let list = match verdict.as_str() {
+                        Some("dangerous") => &mut report.dangerous,
+                        Some("unknown") => &mut report.unknown,
+                        _ => {
+                            report.safe += 1;
+                            continue;
+                        }
+                    };
+                    if !list.contains(global) {
+                        list.push(global.clone());
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    /// `dangerous`, `unknown` (globals outside the allow-list), `safe`, or `no pickles`.
+    pub fn verdict(&self) -> &'static str {
+        match (self.pickles, self.dangerous.is_empty(), self.unknown.is_empty()) {
+            (false, _, _) => "no pickles",
+            (true, false, _) => "dangerous",
+            (true, true, false) => "unknown",
+            (true, true, true) => "safe",
+        }
+    }
+
+    /// One line: `PATH: verdict [dangerous: a, b] [unknown: c]`.
+    pub fn line(&self, path: &Path) -> String {
+        let mut line = format!("{}: {}", path.display(), self.verdict());
+        for (what, list) in [("dangerous", &self.dangerous), ("unknown", &self.unknown)] {
+            if !list.is_empty() {
+                line.push_str(&format!("; {what}: {}", list.join(", ")));
+            }
+        }
+        line
+    }
+
+    pub fn json(&self, path: &Path) -> serde_json::Value {
+        serde_json::json!({
+            "path": path.display().to_string(),
+            "verdict": self.verdict(),
+            "dangerous": self.dangerous,
+            "unknown": self.unknown,
+            "safe": self.safe,
+        })
+    }
+}
+
+/// The sources `wfs scan` looks at, each with whether it was found in a directory: each path
+/// given, and every file below each directory given (in name order, symlinks to directories
+/// not followed); a SavedModel directory is one source.
+pub fn scan_files(paths: &[PathBuf]) -> Vec<(PathBuf, bool)> {
+    let mut out = Vec::new();
+    for path in paths {
+        if path.is_dir() && !path.join("saved_model.pb").is_file() {
+            let mut stack = vec![path.clone()];
+            while let Some(dir) = stack.pop() {
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    out.push((dir, false));
+                    continue;
+                };
+                let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+                entries.sort();
+                let mut subdirs = Vec::new();
+                for entry in entries {
+                    match std::fs::symlink_metadata(&entry) {
+                        Ok(m) if m.is_dir() && entry.join("saved_model.pb").is_file() => out.push((entry, true)),
+                        Ok(m) if m.is_dir() => subdirs.push(entry),
+                        Ok(m) if m.is_file() => out.push((entry, true)),
+                        _ => {}
+                    }
+                }
+                // Popped in name order.
+                stack.extend(subdirs.into_iter().rev());
+            }
+        } else {
+            out.push((path.clone(), false));
+        }
+    }
+    out
+}

@@ -18,6 +18,7 @@ mod keras3;
 mod keras_h5;
 mod keras_order;
 mod lifecycle;
+mod malicious;
 mod onnx;
 mod outputs;
 mod properties;

@@ -360,7 +360,7 @@ fn man_page_and_help_cover_every_command_and_argument() {
     let out = wfs().arg("man").output().unwrap();
     assert!(out.status.success());
     let roff = String::from_utf8(out.stdout).unwrap();
-    let commands = ["mount", "umount", "list", "ls", "cat", "export", "convert", "info", "diff", "completions", "man"];
+    let commands = ["mount", "umount", "list", "ls", "cat", "export", "convert", "info", "scan", "diff", "completions", "man"];
     for command in commands {
         assert!(roff.contains(&format!(".SS \"wfs {command}\"")), "no section for {command}");
     }

@@ -326,3 +326,127 @@ fn truncated_zip_is_an_error() {
         check(&format!("zip cut at {cut}"), &mount_measured(&source, sub.path()));
     }
 }
+
+/// Pickle opcodes, written by hand: a protocol-2 header, a string, a memo put and get.
+fn pickle_header() -> Vec<u8> {
+    b"\x80\x02".to_vec()
+}
+
+fn unicode(text: &str) -> Vec<u8> {
+    [b"X".to_vec(), (text.len() as u32).to_le_bytes().to_vec(), text.as_bytes().to_vec()].concat()
+}
+
+fn memo_put(key: u32) -> Vec<u8> {
+    [b"r".to_vec(), key.to_le_bytes().to_vec()].concat()
+}
+
+fn memo_get(key: u32) -> Vec<u8> {
+    [b"j".to_vec(), key.to_le_bytes().to_vec()].concat()
+}
+
+/// `torch._utils._rebuild_tensor_v2` of a float32 `[4]` tensor over storage `0`.
+fn rebuild_tensor() -> Vec<u8> {
+    let storage = [b"(".to_vec(), unicode("storage"), b"ctorch\nFloatStorage\n".to_vec(), unicode("0"), unicode("cpu"), b"K\x04tQ".to_vec()].concat();
+    let args = [storage, b"K\x00K\x04\x85K\x01\x85\x89ccollections\nOrderedDict\n)R".to_vec()].concat();
+    [b"ctorch._utils\n_rebuild_tensor_v2\n(".to_vec(), args, b"tR".to_vec()].concat()
+}
+
+/// Mounts a torch zip holding `pkl` (and a 16-byte storage `0`); the outcome must be a mount.
+fn pickle_case(name: &str, pkl: Vec<u8>) -> (Outcome, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("bomb.pt");
+    let storage: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|f| f.to_le_bytes()).collect();
+    write_zip(&source, &[("archive/data.pkl", pkl, true), ("archive/data/0", storage, false)]);
+    let outcome = mount_measured(&source, dir.path());
+    assert!(check(name, &outcome), "{name}: {}", outcome.stderr);
+    (outcome, dir)
+}
+
+#[test]
+fn pickle_memo_bomb_mounts_as_a_graph() {
+    // The issue's bomb: 40 levels of 10 memo references to the level below, 10^40 paths.
+    let mut pkl = [pickle_header(), b"]".to_vec(), memo_put(0), unicode("lol"), b"a".to_vec()].concat();
+    for level in 1..=40 {
+        pkl.extend(b"](");
+        for _ in 0..10 {
+            pkl.extend(memo_get(level - 1));
+        }
+        pkl.extend(b"e");
+        pkl.extend(memo_put(level));
+    }
+    pkl.push(b'.');
+    let (o, _d) = pickle_case("memo bomb", pkl);
+    let object = std::fs::read_to_string(o.mount.as_ref().unwrap().0.join("object.json")).unwrap();
+    // Each level is written once; its nine other references name the first.
+    assert_eq!(object.matches("\"__shared__\"").count(), 40 * 9, "{object}");
+    assert_eq!(object.matches("\"lol\"").count(), 1);
+}
+
+#[test]
+fn pickle_dag_names_its_tensor_once() {
+    // 20 levels of dicts whose two keys both refer to the level below: 2^20 paths to one tensor.
+    let mut pkl = [pickle_header(), b"}".to_vec(), memo_put(0), unicode("w"), rebuild_tensor(), b"s".to_vec()].concat();
+    for level in 1..=20 {
+        pkl.extend([b"}".to_vec(), memo_put(level), b"(".to_vec(), unicode("a"), memo_get(level - 1), unicode("b"), memo_get(level - 1), b"u".to_vec()].concat());
+    }
+    pkl.push(b'.');
+    let (o, _d) = pickle_case("10^6-fold DAG", pkl);
+    let m = &o.mount.as_ref().unwrap().0;
+    let tsv = std::fs::read_to_string(m.join("tensors.tsv")).unwrap();
+    assert_eq!(tsv.lines().count(), 2, "one tensor, at its first path: {tsv}");
+    let first = vec!["a"; 20].join("/");
+    let values = std::fs::read(m.join(format!("tensors/{first}/w.raw"))).unwrap();
+    assert_eq!(values, [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>());
+    let object: serde_json::Value = serde_json::from_slice(&std::fs::read(m.join("object.json")).unwrap()).unwrap();
+    // Level 19 was first met as the root's "a".
+    assert_eq!(object["b"], serde_json::json!({"__shared__": "a"}));
+}
+
+#[test]
+fn pickle_deep_chain_mounts() {
+    // A million nested lists: truncated at the depth limit, never recursed into.
+    let depth = 1_000_000;
+    let pkl = [pickle_header(), vec![b']'; depth], vec![b'a'; depth - 1], b".".to_vec()].concat();
+    let (o, _d) = pickle_case("10^6-deep chain", pkl);
+    let object = std::fs::read_to_string(o.mount.as_ref().unwrap().0.join("object.json")).unwrap();
+    assert!(object.contains("__truncated__"), "{object}");
+}
+
+#[test]
+fn pickle_wide_shared_dict_is_written_once() {
+    // A dict of 10^5 entries, referred to 10^5 times: 10^10 entries as a tree.
+    let width = 100_000u32;
+    let mut pkl = [pickle_header(), b"}".to_vec(), memo_put(0), b"(".to_vec()].concat();
+    for i in 0..width {
+        pkl.extend(unicode(&format!("k{i}")));
+        pkl.extend(b"J");
+        pkl.extend(i.to_le_bytes());
+    }
+    pkl.extend(b"u](");
+    for _ in 0..width {
+        pkl.extend(memo_get(0));
+    }
+    pkl.extend(b"e.");
+    let (o, _d) = pickle_case("wide shared dict", pkl);
+    let object: serde_json::Value = serde_json::from_slice(&std::fs::read(o.mount.as_ref().unwrap().0.join("object.json")).unwrap()).unwrap();
+    let items = object.as_array().unwrap();
+    assert_eq!(items.len(), width as usize);
+    assert_eq!(items[0].as_object().unwrap().len(), width as usize);
+    assert_eq!(items[0]["k99999"], 99_999);
+    assert!(items[1..].iter().all(|i| i == &serde_json::json!({"__shared__": "0"})));
+}
+
+#[test]
+fn pickle_graph_fuzz_seeds_walk_each_object_once() {
+    // The fuzz target's seeds (fuzz/corpus/pickle_graph), through the same check it makes.
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/pickle_graph");
+    for entry in std::fs::read_dir(seeds).unwrap() {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        let model = wfs::fuzzing::torch_pickle(&wfs::fuzzing::pickle_graph(&data)).unwrap();
+        let written: u64 = model.files.iter().map(|f| f.bytes.len()).sum();
+        let references = 8 * data.len() as u64 + 1;
+        assert!(written <= references * 1024 * 201, "{written}");
+        // A shared tensor is named once per reference followed, and each is followed once.
+        assert!(model.tensors.len() as u64 <= references, "{} tensors", model.tensors.len());
+    }
+}

@@ -184,3 +184,30 @@ fn completions_and_man_page() {
     let text = String::from_utf8_lossy(&man.stdout);
     assert!(text.contains(".TH wfs") && text.contains("mount"));
 }
+
+#[test]
+fn scan_reports_pickle_globals_and_exits_by_verdict() {
+    let hostile = fixture("torch/hostile/evil_os_system.pt");
+    let benign = fixture("torch/state_dict.pt");
+    let module = fixture("torch/module.pt");
+    let run = |args: &[&std::ffi::OsStr]| wfs().arg("scan").args(args).output().unwrap();
+    let out = run(&[benign.as_os_str(), module.as_os_str()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("state_dict.pt: safe\n"), "{text}");
+    assert!(text.contains("module.pt: unknown; unknown: __main__.Net"), "{text}");
+    // --strict fails on the pickled module's classes; a dangerous global fails either way.
+    assert_eq!(run(&["--strict".as_ref(), module.as_os_str()]).status.code(), Some(1));
+    let out = run(&["--json".as_ref(), hostile.as_os_str(), benign.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
+    let lines: Vec<serde_json::Value> = out.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
+    assert_eq!(lines[0]["verdict"], "dangerous");
+    assert_eq!(lines[0]["dangerous"], serde_json::json!(["posix.system"]));
+    assert_eq!(lines[1]["verdict"], "safe");
+    // Files that cannot be read or are of no known format exit as other commands do.
+    assert_eq!(run(&["/nonexistent/x.pt".as_ref()]).status.code(), Some(3));
+    assert_eq!(run(&[fixture("torch/state_dict.pt.expect.json").as_os_str()]).status.code(), Some(4));
+    // A directory: every model below it; the non-models are passed over.
+    let out = run(&[fixture("safetensors").as_os_str()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -187,9 +187,18 @@ fn hostile_pickles_run_nothing_and_fail_cleanly() {
                 if let Some(needle) = needle {
                     assert!(info.contains(needle), "{file}: {info}");
                 }
+                let info: Value = serde_json::from_str(&info).unwrap();
+                let scan = wfs().arg("scan").arg(&source).output().unwrap();
+                let line = String::from_utf8_lossy(&scan.stdout);
                 if sentinel.is_some() {
                     let object = mount.text("object.json");
                     assert!(object.contains("\"__class__\""), "{file}: the payload is recorded as data: {object}");
+                    assert!(info["unsafe_globals"].as_u64() >= Some(1), "{file}: {info}");
+                    assert_eq!(scan.status.code(), Some(1), "{file}: {line}");
+                    assert!(line.contains(": dangerous; dangerous: "), "{file}: {line}");
+                } else {
+                    assert_eq!(info["unsafe_globals"], 0, "{file}: {info}");
+                    assert_eq!(scan.status.code(), Some(0), "{file}: {line}");
                 }
             }
             _ => {

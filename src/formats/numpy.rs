@@ -43,19 +43,26 @@ pub fn read_npz(mut archive: Archive, options: &ReadOptions) -> Result<Model, Op
     let (mut stored, mut deflated) = (0, 0);
     for (index, member) in archive.file_names() {
         let name = member.strip_suffix(".npy").unwrap_or(&member);
-        let tensor = match archive.deflated(index) {
+        let file: Result<Box<dyn NpyBytes>, String> = match archive.deflated(index) {
             Ok(Some((compressed, size))) => {
                 deflated += 1;
                 let cache = options.cache.clone();
                 let id = cache.new_id();
-                array(name, &Inflated { compressed, size, cache, id })
+                Ok(Box::new(Inflated { compressed, size, cache, id }))
             }
             Ok(None) => {
                 stored += 1;
-                archive.member(index).map_err(|e| e.to_string()).and_then(|blob| array(name, &Stored(blob)))
+                archive.member(index).map_err(|e| e.to_string()).map(|blob| Box::new(Stored(blob)) as Box<dyn NpyBytes>)
             }
             Err(e) => Err(e.to_string()),
         };
+        let tensor = file.and_then(|file| match array(name, &*file) {
+            Err(reason) if reason.starts_with("object array") => {
+                record_object_globals(&mut model.info, &member, &*file);
+                Err(reason)
+            }
+            other => other,
+        });
         match tensor {
             Ok((tensor, _)) => model.tensors.push(tensor),
             Err(reason) => model.skipped.push(SkippedTensor::new(TensorId::Name(name.to_string()), reason)),
@@ -63,6 +70,25 @@ pub fn read_npz(mut archive: Archive, options: &ReadOptions) -> Result<Model, Op
     }
     model.info.insert("members".into(), json!({"stored": stored, "deflated": deflated}));
     Ok(model)
+}
+
+/// Most bytes of an object array's pickle interpreted for its globals.
+const MAX_OBJECT_PICKLE: u64 = 64 << 20;
+
+/// The globals of an object array's pickle into `info.json` (`pickle_globals`, under the
+/// member's name), so that `wfs scan` sees them; the array itself stays left out.
+fn record_object_globals(info: &mut serde_json::Map<String, serde_json::Value>, member: &str, file: &dyn NpyBytes) {
+    let pickle = || {
+        let header = npy::header_len(&file.head(file.len().min(12)).ok()?).ok()?;
+        if header > file.len() || file.len() - header > MAX_OBJECT_PICKLE {
+            return None;
+        }
+        let bytes = Blob::Memory(Arc::new(file.head(file.len()).ok()?));
+        crate::pickle::load(&bytes, header, crate::pickle::Limits::default()).ok()
+    };
+    if let Some((pickle, _)) = pickle() {
+        crate::pickle::record_globals(info, member, &pickle);
+    }
 }
 
 /// The bytes of one `.npy` file: in place, or inflated from a zip member.

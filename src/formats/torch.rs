@@ -22,10 +22,13 @@ use std::sync::Arc;
 /// The first pickle of a legacy file: protocol 2, then the magic number as a LONG1.
 pub const LEGACY_MAGIC: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19\x2e";
 const LEGACY_PROTOCOL_VERSION: i128 = 1001;
-/// Most visits of objects already visited through another path: objects shared many times over
-/// (a reference bomb) would otherwise be visited exponentially often. First visits are bounded
-/// by the pickle's object limit.
-const MAX_REVISITS: u64 = 1 << 18;
+/// Most bytes the walk may spend describing the pickle (names, strings, one word per reference
+/// followed): the objects are walked once each, but each costs its name and its text.
+const MAX_WALK_BYTES: u64 = 256 << 20;
+/// Longest dict key used as a name component; a key of tuples is cut there with `...`.
+const MAX_KEY_TEXT: usize = 4096;
+/// Bytes charged for following one reference, besides its name.
+const REFERENCE_COST: u64 = 16;
 /// Deepest nesting followed; deeper values appear in `object.json` as truncated.
 const MAX_DEPTH: usize = 200;
 /// Most bytes of `object.json` files below the root (each level repeats its subtree).
@@ -85,6 +88,8 @@ pub fn read_data_pkl(
     options: &ReadOptions,
 ) -> Result<Model, OpenError> {
     let (pickle, _) = pickle::load(pkl, 0, Limits::default()).map_err(|e| OpenError::corrupt(format!("data.pkl: {e}")))?;
+    let mut info = info;
+    pickle::record_globals(&mut info, "data.pkl", &pickle);
     extract(&pickle, storages, big_endian, info, options)
 }
 
@@ -104,15 +109,15 @@ pub fn read_legacy(blob: &Blob, options: &ReadOptions) -> Result<Model, OpenErro
         return Err(OpenError::corrupt("legacy torch file with an unknown protocol version"));
     }
     let (sys_info, at) = load(at, small, "sys_info")?;
-    let sys_json = plain_json(&sys_info, &sys_info.root, 0);
+    let sys_json = plain_json(&sys_info, &sys_info.root, 0, &mut 4096);
     let big_endian = sys_json.get("little_endian") == Some(&Json::Bool(false));
     let (object, at) = load(at, Limits::default(), "object")?;
-    let (keys, mut at) = load(at, Limits::default(), "storage keys")?;
-    let keys: Vec<String> = keys
-        .sequence(&keys.root)
+    let (keys_pickle, mut at) = load(at, Limits::default(), "storage keys")?;
+    let keys: Vec<String> = keys_pickle
+        .sequence(&keys_pickle.root)
         .ok_or_else(|| OpenError::corrupt("legacy torch file: the storage key list is not a list"))?
         .iter()
-        .map(|k| keys.text(k).map(|t| t.into_owned()))
+        .map(|k| keys_pickle.text(k).map(|t| t.into_owned()))
         .collect::<Option<_>>()
         .ok_or_else(|| OpenError::corrupt("legacy torch file: a storage key is not a string"))?;
     // Each storage's element size comes from the storage class its references name.
@@ -143,6 +148,10 @@ pub fn read_legacy(blob: &Blob, options: &ReadOptions) -> Result<Model, OpenErro
     let mut info = Map::new();
     info.insert("torch_format".into(), json!("legacy"));
     info.insert("sys_info".into(), sys_json);
+    // Every pickle, the integer ones too: a global in any of them would be imported by torch.load.
+    for (part, p) in [("magic_number", &magic), ("protocol_version", &protocol), ("sys_info", &sys_info), ("object", &object), ("storage_keys", &keys_pickle)] {
+        pickle::record_globals(&mut info, part, p);
+    }
     extract(&object, &storages, big_endian, info, options)
 }
 
@@ -163,9 +172,8 @@ fn extract(
         skipped: Vec::new(),
         levels: Vec::new(),
         level_bytes: 0,
-        visited: vec![false; pickle.nodes.len()],
-        revisits: 0,
-        ancestors: Vec::new(),
+        first_visits: HashMap::new(),
+        spent: 0,
     };
     let root = walk.value(&pickle.root, "", false, 0)?;
     info.insert("top_level".into(), json!(top_level(pickle)));
@@ -206,10 +214,18 @@ struct Walk<'a> {
     /// (name, object.json text) of each level below the root that holds tensors.
     levels: Vec<(String, Vec<u8>)>,
     level_bytes: u64,
-    visited: Vec<bool>,
-    revisits: u64,
-    /// Nodes on the path from the root: a node met again is a cycle.
-    ancestors: Vec<Id>,
+    /// What each object walked so far was: a node is walked once, whatever refers to it again.
+    first_visits: HashMap<Id, Visited>,
+    /// Bytes spent on names and text, against `MAX_WALK_BYTES`.
+    spent: u64,
+}
+
+/// An object the walk has met before.
+enum Visited {
+    /// Written into `object.json` under this name; later references say `{"__shared__": name}`.
+    Object(String),
+    /// A tensor: every reference to it names it again (tied weights have each of their names).
+    Tensor(Found),
 }
 
 /// `name` extended by `key`: `/` between dict keys, list indices and attributes, `.` inside an
@@ -224,34 +240,61 @@ fn child(name: &str, key: &str, in_module: bool) -> String {
 
 impl Walk<'_> {
     fn value(&mut self, v: &Value, name: &str, in_module: bool, depth: usize) -> Result<Json, OpenError> {
-        let Value::Ref(id) = v else { return Ok(scalar_json(v)) };
-        let seen = self.visited.get_mut(*id as usize).ok_or_else(|| OpenError::corrupt("data.pkl refers to an unknown object"))?;
-        if std::mem::replace(seen, true) {
-            self.revisits += 1;
-            if self.revisits > MAX_REVISITS {
-                return Err(OpenError::corrupt(format!(
-                    "data.pkl refers to its shared objects more than {MAX_REVISITS} times (a reference bomb?)"
-                )));
-            }
-        }
-        if self.ancestors.contains(id) {
-            return Ok(json!({"__cycle__": true}));
+        self.spend(REFERENCE_COST + name.len() as u64)?;
+        let Value::Ref(id) = v else { return self.scalar(v) };
+        match self.first_visits.get(id) {
+            Some(Visited::Tensor(found)) => return Ok(self.tensor(found.clone(), name)),
+            Some(Visited::Object(first)) => return Ok(json!({"__shared__": first})),
+            None => {}
         }
         if depth >= MAX_DEPTH {
             return Ok(json!({"__truncated__": format!("nested deeper than {MAX_DEPTH} levels")}));
         }
-        self.ancestors.push(*id);
+        if let Some(found) = self.tensor_of(v) {
+            self.first_visits.insert(*id, Visited::Tensor(found.clone()));
+            return Ok(self.tensor(found, name));
+        }
+        self.first_visits.insert(*id, Visited::Object(name.to_string()));
         let tensors_before = self.tensors.len();
-        let result = self.node(v, name, in_module, depth);
-        self.ancestors.pop();
-        let result = result?;
-        let is_tensor = result.get("__tensor__").is_some();
-        if !name.is_empty() && !is_tensor && self.tensors.len() > tensors_before && self.level_bytes < MAX_LEVEL_JSON {
+        let result = self.node(v, name, in_module, depth)?;
+        if !name.is_empty() && self.tensors.len() > tensors_before && self.level_bytes < MAX_LEVEL_JSON {
             let text = json_text(&result);
             self.level_bytes += text.len() as u64;
             self.levels.push((name.to_string(), text));
         }
         Ok(result)
+    }
+
+    fn spend(&mut self, bytes: u64) -> Result<(), OpenError> {
+        self.spent += bytes;
+        if self.spent > MAX_WALK_BYTES {
+            return Err(OpenError::corrupt(format!("data.pkl takes more than {} MiB of names and text to describe", MAX_WALK_BYTES >> 20)));
+        }
+        Ok(())
+    }
+
+    fn scalar(&mut self, v: &Value) -> Result<Json, OpenError> {
+        if let Value::Str(s) = v {
+            self.spend(s.len() as u64)?;
+        } else if let Value::Bytes(b) = v {
+            self.spend(b.len() as u64 * 4 / 3)?;
+        }
+        Ok(scalar_json(v))
+    }
+
+    /// The tensor `v` is, if it is one: a storage, a torch rebuild call or a numpy array.
+    fn tensor_of(&self, v: &Value) -> Option<Found> {
+        let pickle = self.pickle;
+        match pickle.node(v)? {
+            Node::Persistent(pid) if module_class(pickle, pid).is_none() => Some(storage_of(pickle, pid).and_then(|s| {
+                let dtype = s.dtype.unwrap_or(DType::U8);
+                let count = s.bytes.map_or(s.numel, |b| b / dtype.size() as u64);
+                let layout = Layout { dtype, offset: 0, shape: vec![count], stride: vec![1] };
+                self.storage_bytes(&s, &layout).map(|bytes| (layout, bytes))
+            })),
+            Node::Object(o) => self.rebuild(&o.class, &o.args, o.state.as_ref(), 0),
+            _ => None,
+        }
     }
 
     fn node(&mut self, v: &Value, name: &str, in_module: bool, depth: usize) -> Result<Json, OpenError> {
@@ -264,20 +307,13 @@ impl Walk<'_> {
                 let (module, name) = pickle.global(v).unwrap_or_default();
                 json!({"__global__": format!("{module}.{name}")})
             }
-            Node::Persistent(pid) if module_class(pickle, pid).is_some() => {
-                json!({"__global__": module_class(pickle, pid)})
-            }
-            Node::Persistent(pid) => {
-                let found = storage_of(pickle, pid).and_then(|s| {
-                    let dtype = s.dtype.unwrap_or(DType::U8);
-                    let count = s.bytes.map_or(s.numel, |b| b / dtype.size() as u64);
-                    let layout = Layout { dtype, offset: 0, shape: vec![count], stride: vec![1] };
-                    self.storage_bytes(&s, &layout).map(|bytes| (layout, bytes))
-                });
-                self.tensor(found, name)
-            }
+            // Storages are tensors (`tensor_of`); a legacy module class is what is left.
+            Node::Persistent(pid) => json!({"__global__": module_class(pickle, pid)}),
             Node::Object(o) => match pickle.bytes(v) {
-                Some(bytes) => bytes_json(&bytes),
+                Some(bytes) => {
+                    self.spend(bytes.len() as u64 * 4 / 3)?;
+                    bytes_json(&bytes)
+                }
                 None => self.object(o, name, in_module, depth)?,
             },
         })
@@ -303,9 +339,6 @@ impl Walk<'_> {
 
     fn object(&mut self, o: &Object, name: &str, in_module: bool, depth: usize) -> Result<Json, OpenError> {
         let pickle = self.pickle;
-        if let Some(found) = self.rebuild(&o.class, &o.args, o.state.as_ref(), 0) {
-            return Ok(self.tensor(found, name));
-        }
         let class = class_of(pickle, o);
         match class.as_deref() {
             Some("collections.OrderedDict" | "collections.defaultdict" | "collections.Counter" | "builtins.dict") => {
@@ -535,6 +568,7 @@ fn attribute_dicts<'p>(pickle: &'p Pickle, state: &Value) -> Option<Vec<&'p [(Va
 type Found = Result<(Layout, Arc<dyn TensorBytes>), String>;
 
 /// A tensor's view of its storage, in elements of its dtype (docs/formats/pytorch.md#how-objects-appear-in-datapkl).
+#[derive(Clone)]
 struct Layout {
     dtype: DType,
     offset: u64,
@@ -828,26 +862,50 @@ fn numpy_scalar(pickle: &Pickle, args: &[Value]) -> Option<Json> {
     })
 }
 
-/// A dict key as a name component.
+/// A dict key as a name component, at most `MAX_KEY_TEXT` bytes (a key of shared tuples could
+/// otherwise spell out exponentially many items).
 fn key_text(pickle: &Pickle, k: &Value) -> String {
-    key_text_within(pickle, k, 8)
+    let mut out = String::new();
+    write_key(pickle, k, 8, &mut out);
+    if out.len() > MAX_KEY_TEXT {
+        let cut = (0..=MAX_KEY_TEXT).rev().find(|&i| out.is_char_boundary(i)).unwrap_or(0);
+        out.truncate(cut);
+        out.push_str("...");
+    }
+    out
 }
 
-/// `key_text` of a key whose tuples nest at most `depth` deep (deeper ones are `...`).
-fn key_text_within(pickle: &Pickle, k: &Value, depth: usize) -> String {
+/// Appends the text of a key whose tuples nest at most `depth` deep (deeper ones are `...`),
+/// stopping once `out` is longer than `MAX_KEY_TEXT`.
+fn write_key(pickle: &Pickle, k: &Value, depth: usize, out: &mut String) {
+    if out.len() > MAX_KEY_TEXT {
+        return;
+    }
     match k {
-        Value::Str(s) => s.to_string(),
-        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::Int(i) => i.to_string(),
-        Value::BigInt(s) => s.to_string(),
-        Value::Float(f) => f.to_string(),
-        Value::Bool(b) => if *b { "True" } else { "False" }.into(),
-        Value::None => "None".into(),
+        Value::Str(s) => out.push_str(&s[..(0..=s.len().min(MAX_KEY_TEXT + 1)).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)]),
+        Value::Bytes(b) => out.push_str(&String::from_utf8_lossy(&b[..b.len().min(MAX_KEY_TEXT + 1)])),
+        Value::Int(i) => out.push_str(&i.to_string()),
+        Value::BigInt(s) => out.push_str(s),
+        Value::Float(f) => out.push_str(&f.to_string()),
+        Value::Bool(b) => out.push_str(if *b { "True" } else { "False" }),
+        Value::None => out.push_str("None"),
         Value::Ref(_) => match (pickle.sequence(k), pickle.global(k)) {
-            (Some(_), _) if depth == 0 => "...".into(),
-            (Some(items), _) => format!("({})", items.iter().map(|i| key_text_within(pickle, i, depth - 1)).collect::<Vec<_>>().join(", ")),
-            (None, Some((m, n))) => format!("{m}.{n}"),
-            (None, None) => "?".into(),
+            (Some(_), _) if depth == 0 => out.push_str("..."),
+            (Some(items), _) => {
+                out.push('(');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    write_key(pickle, item, depth - 1, out);
+                    if out.len() > MAX_KEY_TEXT {
+                        return;
+                    }
+                }
+                out.push(')');
+            }
+            (None, Some((m, n))) => out.push_str(&format!("{m}.{n}")),
+            (None, None) => out.push('?'),
         },
     }
 }
@@ -879,17 +937,21 @@ fn bytes_json(bytes: &[u8]) -> Json {
     json!({"__bytes__": STANDARD.encode(bytes)})
 }
 
-/// Plain data (sys_info) as JSON, without tensors.
-fn plain_json(pickle: &Pickle, v: &Value, depth: usize) -> Json {
-    if depth > 16 {
+/// Plain data (sys_info) as JSON, without tensors: at most `budget` values (shared lists could
+/// otherwise unfold into exponentially many).
+fn plain_json(pickle: &Pickle, v: &Value, depth: usize, budget: &mut u32) -> Json {
+    if depth > 16 || *budget == 0 {
         return Json::Null;
     }
+    *budget -= 1;
     match pickle.node(v) {
         None => scalar_json(v),
         Some(Node::Dict(items)) => {
-            Json::Object(items.iter().map(|(k, v)| (key_text(pickle, k), plain_json(pickle, v, depth + 1))).collect())
+            Json::Object(items.iter().map(|(k, v)| (key_text(pickle, k), plain_json(pickle, v, depth + 1, budget))).collect())
         }
-        Some(Node::List(items) | Node::Tuple(items)) => Json::Array(items.iter().map(|i| plain_json(pickle, i, depth + 1)).collect()),
+        Some(Node::List(items) | Node::Tuple(items)) => {
+            Json::Array(items.iter().map(|i| plain_json(pickle, i, depth + 1, budget)).collect())
+        }
         Some(_) => Json::Null,
     }
 }
