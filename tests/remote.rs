@@ -14,8 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The fixtures served, as paths below tests/fixtures, with the file or prefix mounted.
-const SERVED: &[&str] = &["savedmodel/tf_module", "savedmodel/tfk_functional", "ckpt/sharded", "ckpt/tf1_saver", "ckpt/tf2_dtypes", "ckpt/tf2_keras", "savedmodel/tf_module.zip", "savedmodel/tfk_deflated.zip", "h5", "keras3", "safetensors", "onnx", "gguf", "tflite", "numpy"];
+const SERVED: &[&str] = &["savedmodel/tf_module", "savedmodel/tfk_functional", "ckpt/sharded", "ckpt/tf1_saver", "ckpt/tf2_dtypes", "ckpt/tf2_keras", "savedmodel/tf_module.zip", "savedmodel/tfk_deflated.zip", "h5", "keras3", "safetensors", "onnx", "gguf", "tflite", "numpy", "quant"];
 const MOUNTED: &[&str] = &[
+    // Quantized layers: the config beside the file is found over HTTP too (dequantized/ alike).
+    "quant/gptq4/model.safetensors",
+    "quant/bnb/model.safetensors",
+    "quant/mlx/model.safetensors",
     "h5/k2_functional.h5",
     "h5/k2_sequential.h5",
     "h5/k2_weights.h5",

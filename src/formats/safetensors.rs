@@ -142,6 +142,7 @@ fn tensor(blob: &Blob, data_start: u64, e: Entry) -> Tensor {
 /// A single safetensors file; `dir` is where it lies (its config.json, docs/tree.md 7.3).
 pub fn read(blob: &Blob, dir: Option<&Dir>, options: &ReadOptions) -> Result<Model, OpenError> {
     let header = parse(blob)?;
+    let dir = dir.filter(|_| quant::may_be_quantized(header.entries.iter().map(|e| e.name.as_str())));
     let config = quantization_config(dir, header.metadata.as_ref());
     Ok(model_of(blob, header, &config, options))
 }
@@ -259,7 +260,8 @@ pub fn read_sharded(index: &Blob, dir: &Dir, options: &ReadOptions) -> Result<Mo
         model.tensors.push(tensor);
     }
     model.info.insert("shards".into(), Value::Array(shards_info));
-    quant::dequantize(&mut model, &quantization_config(Some(dir), None), &options.cache);
+    let dir = Some(dir).filter(|_| quant::may_be_quantized(model.tensors.iter().map(|t| t.name.as_str())));
+    quant::dequantize(&mut model, &quantization_config(dir, None), &options.cache);
     Ok(model)
 }
 

@@ -150,6 +150,7 @@ impl Unpack for Gptq {
         let mask = (1u32 << self.bits) - 1;
         let zero_words = (self.out * u64::from(self.bits) / 32) as usize;
         let (mut scale, mut zero) = (vec![0f32; self.groups as usize], vec![0f32; self.groups as usize]);
+        let mut column = vec![0u32; band.len() / 4 / n.max(1)];
         for (j, row) in out.chunks_exact_mut(self.inn as usize).enumerate() {
             let col = first + j as u64;
             for gr in 0..self.groups as usize {
@@ -157,8 +158,12 @@ impl Unpack for Gptq {
                 let z = field(|w| u32_at(&zeros, gr * zero_words + w), col * u64::from(self.bits), self.bits);
                 zero[gr] = (if self.v1 { (z + 1) & mask } else { z }) as f32;
             }
+            // This output's column of packed words, gathered once.
+            for (w, word) in column.iter_mut().enumerate() {
+                *word = u32_at(&band, w * n + j);
+            }
             for (k, value) in row.iter_mut().enumerate() {
-                let q = field(|w| u32_at(&band, w * n + j), k as u64 * u64::from(self.bits), self.bits);
+                let q = field(|w| column[w], k as u64 * u64::from(self.bits), self.bits);
                 let gr = group_of[k];
                 *value = scale[gr] * (q as f32 - zero[gr]);
             }

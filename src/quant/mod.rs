@@ -108,6 +108,15 @@ impl<'a> Stored<'a> {
     }
 }
 
+/// Names that only a quantized layer's parts have: a model without any has no config looked
+/// for beside it (which, remote, costs requests).
+const PART_SUFFIXES: [&str; 6] = [".qweight", ".weight_packed", ".weight_scale", ".weight_scale_inv", ".biases", ".SCB"];
+
+/// True if some tensor of `names` may be part of a quantized layer.
+pub(crate) fn may_be_quantized<'a>(mut names: impl Iterator<Item = &'a str>) -> bool {
+    names.any(|name| PART_SUFFIXES.iter().any(|s| name.ends_with(s)) || name.contains(".quant_state.bitsandbytes__"))
+}
+
 /// Recognises the quantized layers of `model` (a safetensors model) from its tensors and
 /// `config` (the quantization config found in or beside the file, `Value::Null` if none), and
 /// adds their `dequantized/` tensors.
