@@ -28,6 +28,7 @@ mod tensor_names;
 mod tflite;
 mod tools;
 mod torch;
+mod torchscript;
 mod tree_digests;
 
 /// Every tests/*.rs is a module here: Cargo no longer finds test files by itself

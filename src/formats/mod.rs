@@ -103,6 +103,7 @@ pub(crate) struct ZipReader {
 
 /// Zip archives, in priority order: torch's own rule first (its records may hold anything).
 pub(crate) const ZIP_READERS: &[ZipReader] = &[
+    ZipReader { name: "torchscript", format: "torchscript", sniff: torch::is_torchscript, open: torch::read_zip },
     ZipReader { name: "pytorch", format: "pytorch", sniff: |zip| torch::record_prefix(zip).is_some(), open: torch::read_zip },
     ZipReader { name: "tf-savedmodel", format: "tf-savedmodel", sniff: |zip| savedmodel::root_in(zip).is_some(), open: |zip, _| savedmodel::read_zip(zip) },
     ZipReader { name: "npz", format: "npz", sniff: numpy::is_npz, open: numpy::read_npz },
