@@ -827,7 +827,7 @@ fn storage_dtype(class: &str) -> Option<DType> {
 }
 
 /// A `torch.<dtype>` name (docs/formats/pytorch.md#storage-types-and-dtypes).
-fn torch_dtype(name: &str) -> Result<DType, String> {
+pub(crate) fn torch_dtype(name: &str) -> Result<DType, String> {
     Ok(match name {
         "float32" | "float" => DType::F32,
         "float64" | "double" => DType::F64,
