@@ -19,6 +19,7 @@ mod keras_order;
 mod lifecycle;
 mod onnx;
 mod outputs;
+mod paddle;
 mod properties;
 mod real_models;
 mod remote;

@@ -6,7 +6,7 @@
 
 use super::archive::Archive;
 use super::options::ReadOptions;
-use super::tiled::{Tile, Tiled};
+use super::tiled::{Shared, Tile, Tiled};
 use super::torch;
 use crate::error::OpenError;
 use crate::model::{Model, SkippedTensor, Tensor, TensorBytes, TensorId};
@@ -117,11 +117,11 @@ impl Checkpoint<'_> {
             if chunk_tensor.dtype != dtype || chunk_tensor.shape != sizes {
                 return Err(format!("chunk at {offsets:?} holds {} {:?}, not {} {sizes:?}", chunk_tensor.dtype.name(), chunk_tensor.shape, dtype.name()));
             }
-            tiles.push(Tile { start: offsets, len: sizes, bytes: chunk_tensor.bytes.clone() });
+            tiles.push(Tile { start: offsets, len: sizes, bytes: Shared(chunk_tensor.bytes.clone()) });
         }
         let bytes: Arc<dyn TensorBytes> = match &mut tiles[..] {
             // One chunk holding the whole tensor (a scalar too) is the tensor.
-            [whole] if whole.len == shape && whole.start.iter().all(|&s| s == 0) => whole.bytes.clone(),
+            [whole] if whole.len == shape && whole.start.iter().all(|&s| s == 0) => whole.bytes.0.clone(),
             _ => Arc::new(Tiled::new(&shape, dtype.size() as u64, tiles, false)?),
         };
         Ok(Tensor::named(fqn, dtype, shape, bytes))

@@ -22,6 +22,7 @@ mod keras_h5;
 pub(crate) mod numpy;
 mod onnx;
 mod options;
+mod paddle;
 mod paged;
 mod safetensors;
 mod savedmodel;
@@ -78,6 +79,7 @@ pub(crate) const FILE_READERS: &[FileReader] = &[
     },
     FileReader { name: "safetensors", format: "safetensors", sniff: |p| safetensors::sniff(p.head, p.blob.len()), open: |blob, _, _| safetensors::read(blob) },
     FileReader { name: "npy", format: "npy", sniff: |p| p.head.starts_with(crate::npy::MAGIC), open: |blob, _, _| numpy::read_npy(blob) },
+    FileReader { name: "paddle-pdparams", format: "paddle-pdparams", sniff: |p| paddle::sniff(p.head), open: |blob, _, options| paddle::read_pdparams(blob, options) },
     FileReader { name: "json-index", format: "", sniff: |p| p.head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'), open: open_json },
     FileReader { name: "hdf5-file", format: "", sniff: |p| h5::has_signature(p.blob), open: open_hdf5 },
     FileReader { name: "onnx", format: "onnx", sniff: |p| onnx::sniff(p.blob), open: |blob, dir, _| onnx::read(blob, dir) },

@@ -124,13 +124,17 @@ impl<B: TensorBytes> TensorBytes for Tiled<B> {
     }
 }
 
-impl TensorBytes for Arc<dyn TensorBytes> {
+/// Tiles of any kind of bytes (a newtype: an impl on `Arc<dyn TensorBytes>` itself would shadow
+/// the trait object's own methods wherever such an `Arc` is used).
+pub(crate) struct Shared(pub Arc<dyn TensorBytes>);
+
+impl TensorBytes for Shared {
     fn len(&self) -> u64 {
-        self.as_ref().len()
+        self.0.len()
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-        self.as_ref().read_at(offset, buf)
+        self.0.read_at(offset, buf)
     }
 }
 

@@ -141,6 +141,12 @@ pub fn read_data_pkl(
     extract(&pickle, storages, big_endian, info, options)
 }
 
+/// A whole file that is one pickle, without storages (numpy arrays are its tensors).
+pub fn read_pickle(blob: &Blob, options: &ReadOptions) -> Result<Model, OpenError> {
+    let pickle = load_record(blob, "pickle")?;
+    extract(&pickle, &HashMap::new(), false, Map::new(), options)
+}
+
 /// A legacy file (docs/formats/pytorch.md#legacy-format): magic, protocol and sys_info pickles, the object pickle,
 /// the storage key list, then each storage as an i64 element count and its bytes.
 pub fn read_legacy(blob: &Blob, options: &ReadOptions) -> Result<Model, OpenError> {
