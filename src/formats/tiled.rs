@@ -171,18 +171,22 @@ mod tests {
         }
     }
 
+    fn refusal(shape: &[u64], tiles: Vec<Tile<Extent>>) -> String {
+        Tiled::new(shape, 4, tiles, false).err().expect("refused")
+    }
+
     #[test]
     fn overlapping_outside_and_short_tiles_are_refused() {
         let full: Vec<u8> = (0u8..48).collect();
         // Same element count as the tensor, but rows 1 overlap and row 2 is missing.
         let overlap = vec![part(&full, (0, 2), (0, 4)), part(&full, (1, 1), (0, 4))];
-        assert!(Tiled::new(&[3, 4], 4, overlap, false).unwrap_err().contains("overlap"));
+        assert!(refusal(&[3, 4], overlap).contains("overlap"));
         let outside = vec![part(&full, (0, 2), (0, 4)), part(&full, (2, 1), (0, 4))];
-        assert!(Tiled::new(&[2, 4], 4, outside, false).unwrap_err().contains("outside"));
+        assert!(refusal(&[2, 4], outside).contains("outside"));
         let gap = vec![part(&full, (0, 2), (0, 4))];
-        assert!(Tiled::new(&[3, 4], 4, gap, false).unwrap_err().contains("8 of 12"));
+        assert!(refusal(&[3, 4], gap).contains("8 of 12"));
         let mut short = part(&full, (0, 3), (0, 4));
         short.bytes.len -= 4;
-        assert!(Tiled::new(&[3, 4], 4, vec![short], false).unwrap_err().contains("holds 44 bytes"));
+        assert!(refusal(&[3, 4], vec![short]).contains("holds 44 bytes"));
     }
 }
