@@ -8,6 +8,7 @@ mod common;
 mod checkpoints;
 mod cli;
 mod diff;
+mod dcp;
 mod doc_links;
 mod export;
 mod gguf;
@@ -21,6 +22,7 @@ mod lifecycle;
 mod malicious;
 mod onnx;
 mod outputs;
+mod paddle;
 mod properties;
 mod quantized;
 mod real_models;
@@ -32,6 +34,7 @@ mod tensor_names;
 mod tflite;
 mod tools;
 mod torch;
+mod torchscript;
 mod tree_digests;
 
 /// Every tests/*.rs is a module here: Cargo no longer finds test files by itself

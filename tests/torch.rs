@@ -23,7 +23,7 @@ fn rows(mount: &Mount) -> Vec<[String; 5]> {
 
 /// Every oracle tensor (name, dtype, shape, sha256) is in `tensors.tsv` under its name, and its
 /// `.raw`, `.shape` and `.dtype` match; the mount has no other tensors.
-fn check_tensors(mount: &Mount, tensors: &[Value]) {
+pub(crate) fn check_tensors(mount: &Mount, tensors: &[Value]) {
     let rows = rows(mount);
     let mut names: Vec<&str> = rows.iter().map(|r| r[4].as_str()).collect();
     let mut expected: Vec<&str> = tensors.iter().map(|t| t["name"].as_str().unwrap()).collect();
@@ -53,7 +53,7 @@ fn at<'a>(doc: &'a Value, path: &str) -> &'a Value {
 
 /// numpy loads every `.npy` (plainly and memory-mapped) with the `.shape` the tree gives, and
 /// the values equal the `.raw` bytes (widened from bfloat16 by numpy's own arithmetic).
-fn check_with_numpy_load(mount: &Mount) {
+pub(crate) fn check_with_numpy_load(mount: &Mount) {
     let script = r#"
 import sys, numpy as np
 root = sys.argv[1]

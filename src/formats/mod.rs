@@ -13,6 +13,7 @@ pub mod bundle;
 mod caffe;
 mod checkpoint;
 pub(crate) mod darknet;
+mod dcp;
 mod gguf;
 mod ggml_legacy;
 mod ggml_tensors;
@@ -28,11 +29,13 @@ pub(crate) mod ncnn;
 pub(crate) mod numpy;
 mod onnx;
 mod options;
+mod paddle;
 mod paged;
 pub(crate) mod safetensors;
 mod savedmodel;
 pub(crate) mod tf_bundle;
 mod tflite;
+mod tiled;
 pub(crate) mod torch;
 mod wire;
 
@@ -86,6 +89,7 @@ pub(crate) const FILE_READERS: &[FileReader] = &[
     },
     FileReader { name: "safetensors", format: "safetensors", sniff: |p| safetensors::sniff(p.head, p.blob.len()), open: safetensors::read },
     FileReader { name: "npy", format: "npy", sniff: |p| p.head.starts_with(crate::npy::MAGIC), open: |blob, _, _| numpy::read_npy(blob) },
+    FileReader { name: "paddle-pdparams", format: "paddle-pdparams", sniff: |p| paddle::sniff(p.head), open: |blob, _, options| paddle::read_pdparams(blob, options) },
     FileReader { name: "json-index", format: "", sniff: |p| p.head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'), open: open_json },
     FileReader { name: "hdf5-file", format: "", sniff: |p| h5::has_signature(p.blob), open: open_hdf5 },
     FileReader { name: "onnx", format: "onnx", sniff: |p| onnx::sniff(p.blob), open: |blob, dir, _| onnx::read(blob, dir) },
@@ -118,6 +122,7 @@ pub(crate) struct ZipReader {
 
 /// Zip archives, in priority order: torch's own rule first (its records may hold anything).
 pub(crate) const ZIP_READERS: &[ZipReader] = &[
+    ZipReader { name: "torchscript", format: "torchscript", sniff: torch::is_torchscript, open: torch::read_zip },
     ZipReader { name: "pytorch", format: "pytorch", sniff: |zip| torch::record_prefix(zip).is_some(), open: torch::read_zip },
     ZipReader { name: "tf-savedmodel", format: "tf-savedmodel", sniff: |zip| savedmodel::root_in(zip).is_some(), open: |zip, _| savedmodel::read_zip(zip) },
     ZipReader { name: "npz", format: "npz", sniff: numpy::is_npz, open: numpy::read_npz },
@@ -148,12 +153,13 @@ pub(crate) struct DirReader {
     pub name: &'static str,
     /// What `info.json`'s `format` says of a model this row opens.
     pub format: &'static str,
-    pub open: fn(&Dir) -> Result<Option<Model>, OpenError>,
+    pub open: fn(&Dir, &ReadOptions) -> Result<Option<Model>, OpenError>,
 }
 
 pub(crate) const DIR_READERS: &[DirReader] = &[
-    DirReader { name: "tf-savedmodel-dir", format: "tf-savedmodel", open: |dir| savedmodel::is_savedmodel_dir(dir).then(|| savedmodel::open_dir(dir.clone())).transpose() },
-    DirReader { name: "tf-checkpoint-dir", format: TF_CHECKPOINT, open: checkpoint::open_dir },
+    DirReader { name: "tf-savedmodel-dir", format: "tf-savedmodel", open: |dir, _| savedmodel::is_savedmodel_dir(dir).then(|| savedmodel::open_dir(dir.clone())).transpose() },
+    DirReader { name: "tf-checkpoint-dir", format: TF_CHECKPOINT, open: |dir, _| checkpoint::open_dir(dir) },
+    DirReader { name: "pytorch-dcp", format: "pytorch-dcp", open: dcp::open_dir },
 ];
 
 /// `info.json`'s `format` of TensorFlow checkpoints: a checkpoint directory's row, and the
@@ -235,7 +241,7 @@ fn open_path(path: &Path, options: &ReadOptions) -> Result<Model, OpenError> {
         return opened_as(TF_CHECKPOINT, checkpoint::open_prefix(&prefix));
     }
     if meta.is_dir() {
-        return open_dir(&Dir::Local(path.to_path_buf()));
+        return open_dir(&Dir::Local(path.to_path_buf()), options);
     }
     let file = SourceFile::open(path).map_err(|e| OpenError::unreadable(io_reason(&e)))?;
     open_blob(&Blob::File(Arc::new(file)), path.parent().map(|p| Dir::Local(p.to_path_buf())).as_ref(), options)
@@ -248,7 +254,7 @@ fn open_url(url: &str, options: &ReadOptions, remote: &RemoteOptions) -> Result<
     let source = RemoteSource::parse(url, remote, options.cache.clone())?;
     let dir = Dir::Remote(source.dir.clone());
     if source.name.is_empty() {
-        return open_dir(&dir);
+        return open_dir(&dir, options);
     }
     if let Some(stem) = source.name.strip_suffix(".index") {
         return opened_as(TF_CHECKPOINT, checkpoint::open_prefix_in(&dir, stem));
@@ -262,7 +268,7 @@ fn open_url(url: &str, options: &ReadOptions, remote: &RemoteOptions) -> Result<
             if let Ok((entries, sub)) = dir.sub(&source.name).and_then(|sub| Ok((sub.list()?, sub)))
                 && !entries.is_empty()
             {
-                return open_dir(&sub);
+                return open_dir(&sub, options);
             }
             if source.dir.open(&format!("{}.index", source.name)).is_ok() {
                 return opened_as(TF_CHECKPOINT, checkpoint::open_prefix_in(&dir, &source.name));
@@ -279,9 +285,9 @@ fn open_bytes(bytes: Vec<u8>, options: &ReadOptions) -> Result<Model, OpenError>
 }
 
 /// A model that is a directory: the first directory reader that finds its format there.
-fn open_dir(dir: &Dir) -> Result<Model, OpenError> {
+fn open_dir(dir: &Dir, options: &ReadOptions) -> Result<Model, OpenError> {
     for reader in DIR_READERS {
-        if let Some(model) = (reader.open)(dir)? {
+        if let Some(model) = (reader.open)(dir, options)? {
             log::debug!("directory read as {}", reader.name);
             return opened_as(reader.format, Ok(model));
         }

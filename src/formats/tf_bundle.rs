@@ -4,6 +4,7 @@
 //! (`object_graph.json`) and the Keras view `layers/`.
 
 use super::bundle::{self, BundleEntryProto, BundleHeaderProto, TensorSliceProto};
+use super::tiled::{Tile, Tiled};
 use crate::dtype::DType;
 use crate::error::{OpenError, ReadError};
 use crate::model::{Extent, InMemory, Model, SkippedTensor, Tensor, TensorBytes, TensorId, path_of};
@@ -212,14 +213,9 @@ impl EntryReader<'_> {
     }
 
     /// A partitioned tensor from its slice entries (docs/tree.md 6, docs/formats/tensorflow.md#partitioned-variables).
-    fn sliced(&self, name: &str, entry: &BundleEntryProto, dtype: DType, shape: &[u64]) -> Result<Sliced, OpenError> {
+    fn sliced(&self, name: &str, entry: &BundleEntryProto, dtype: DType, shape: &[u64]) -> Result<Tiled<Checked>, OpenError> {
         let bad = |why: String| OpenError::corrupt(format!("partitioned tensor {name}: {why}"));
-        let total = Tensor::element_count(shape).ok_or_else(|| bad(format!("absurd shape {shape:?}")))?;
-        if shape.is_empty() {
-            return Err(bad("a scalar cannot be partitioned".into()));
-        }
         let mut slices = Vec::with_capacity(entry.slices.len().min(4096));
-        let mut covered = 0u64;
         for slice in &entry.slices {
             let (start, len) = slice_bounds(slice, shape).ok_or_else(|| bad("slice outside the tensor".into()))?;
             let key = bundle::slice_key(name.as_bytes(), slice);
@@ -229,15 +225,10 @@ impl EntryReader<'_> {
             if part.dtype != entry.dtype || !part.slices.is_empty() || expected != Some(part.size as u64) {
                 return Err(bad(format!("slice {start:?}+{len:?} does not match its extent")));
             }
-            covered = covered.saturating_add(Tensor::element_count(&len).unwrap_or(u64::MAX));
-            slices.push(Slice { start, len, bytes: self.extent(name, &part)? });
+            slices.push(Tile { start, len, bytes: self.extent(name, &part)? });
         }
-        // Slices lie inside the tensor; with the counts equal, a gap means an overlap, which
-        // reads report as damage.
-        if covered != total {
-            return Err(bad(format!("slices hold {covered} of {total} elements")));
-        }
-        Ok(Sliced { shape: shape.to_vec(), item: dtype.size() as u64, total: total * dtype.size() as u64, slices })
+        // A whole read checks every slice's crc, which a piecewise copy cannot.
+        Tiled::new(shape, dtype.size() as u64, slices, true).map_err(bad)
     }
 }
 
@@ -394,79 +385,6 @@ impl TensorBytes for Damaged {
     }
     fn read_at(&self, _: u64, _: &mut [u8]) -> Result<(), ReadError> {
         Err(ReadError::Corrupt("tensor data fail their checksum".into()))
-    }
-}
-
-struct Slice {
-    start: Vec<u64>,
-    len: Vec<u64>,
-    bytes: Checked,
-}
-
-impl Slice {
-    fn contains(&self, index: &[u64]) -> bool {
-        index.iter().zip(self.start.iter().zip(&self.len)).all(|(&i, (&s, &l))| i >= s && i < s + l)
-    }
-}
-
-/// A partitioned tensor: byte ranges of the full C-order tensor mapped onto its slices.
-struct Sliced {
-    shape: Vec<u64>,
-    item: u64,
-    total: u64,
-    slices: Vec<Slice>,
-}
-
-impl TensorBytes for Sliced {
-    fn len(&self) -> u64 {
-        self.total
-    }
-
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-        if offset == 0 && buf.len() as u64 == self.total {
-            // A whole read checks every slice's crc, which the piecewise copy below cannot.
-            for slice in &self.slices {
-                let mut whole = vec![0u8; slice.bytes.len() as usize];
-                slice.bytes.read_at(0, &mut whole)?;
-            }
-        }
-        let rank = self.shape.len();
-        let mut index = vec![0u64; rank];
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = offset + done as u64;
-            let (element, within) = (at / self.item, at % self.item);
-            let mut rest = element;
-            for d in (0..rank).rev() {
-                index[d] = rest % self.shape[d];
-                rest /= self.shape[d];
-            }
-            let slice = self
-                .slices
-                .iter()
-                .find(|s| s.contains(&index))
-                .ok_or_else(|| ReadError::Corrupt("no slice holds this part of the tensor".into()))?;
-            // Trailing dimensions the slice spans whole are contiguous in both layouts, so
-            // the run reaches to the end of the slice's range in the dimension before them.
-            let (mut d, mut inner, mut inner_pos) = (rank, 1u64, 0u64);
-            while d > 0 && slice.len[d - 1] == self.shape[d - 1] {
-                d -= 1;
-                inner_pos += index[d] * inner;
-                inner *= self.shape[d];
-            }
-            let run_elements = match d {
-                0 => inner - inner_pos,
-                _ => (slice.start[d - 1] + slice.len[d - 1] - index[d - 1]) * inner - inner_pos,
-            };
-            let run = (run_elements * self.item - within).min((buf.len() - done) as u64) as usize;
-            let local = index
-                .iter()
-                .zip(slice.start.iter().zip(&slice.len))
-                .fold(0u64, |acc, (&i, (&s, &l))| acc * l + (i - s));
-            slice.bytes.read_at(local * self.item + within, &mut buf[done..done + run])?;
-            done += run;
-        }
-        Ok(())
     }
 }
 
@@ -653,38 +571,6 @@ mod tests {
         let mut model = Model::default();
         add_keras_view(&TrackableObjectGraph::default(), &HashMap::new(), &[], &mut model);
         assert!(model.tensors.is_empty());
-    }
-
-    /// A 3x4 float tensor cut into rows 0..2 x cols 0..4 and row 2 split at col 1.
-    #[test]
-    fn slices_map_byte_ranges() {
-        let full: Vec<u8> = (0u8..48).collect();
-        let part = |rows: (u64, u64), cols: (u64, u64)| {
-            let mut data = Vec::new();
-            for r in rows.0..rows.0 + rows.1 {
-                for c in cols.0..cols.0 + cols.1 {
-                    let at = ((r * 4 + c) * 4) as usize;
-                    data.extend_from_slice(&full[at..at + 4]);
-                }
-            }
-            let len = data.len() as u64;
-            let crc = bundle::masked_crc32c(&data);
-            let blob = Blob::Memory(data.into());
-            Slice { start: vec![rows.0, cols.0], len: vec![rows.1, cols.1], bytes: Checked::new(Extent { blob, offset: 0, len }, crc) }
-        };
-        let sliced = Sliced {
-            shape: vec![3, 4],
-            item: 4,
-            total: 48,
-            slices: vec![part((2, 1), (1, 3)), part((0, 2), (0, 4)), part((2, 1), (0, 1))],
-        };
-        for start in 0..48 {
-            for end in start..=48 {
-                let mut buf = vec![0u8; end - start];
-                sliced.read_at(start as u64, &mut buf).unwrap();
-                assert_eq!(buf, &full[start..end], "{start}..{end}");
-            }
-        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::archive::Archive;
 use crate::cache::ChunkCache;
 use crate::dtype::DType;
 use crate::error::{OpenError, ReadError};
-use crate::model::{ByteSwapped, Extent, Model, SkippedTensor, Tensor, TensorBytes, TensorId, json_text, split_name};
+use crate::model::{ByteSwapped, Extent, Model, ModelFile, SkippedTensor, Tensor, TensorBytes, TensorId, json_text, split_name};
 use crate::pickle::{self, Id, Limits, Node, Object, Pickle, Value};
 use crate::source::Blob;
 use serde_json::{Map, Value as Json, json};
@@ -47,15 +47,19 @@ pub fn record_prefix(archive: &mut Archive) -> Option<String> {
     archive.index_for_name(&format!("{prefix}/data.pkl")).map(|_| prefix)
 }
 
-/// A zip-format file, its records under its [`record_prefix`].
+/// A TorchScript archive (`torch.jit.save`): a torch zip with a `constants.pkl` record.
+pub fn is_torchscript(archive: &mut Archive) -> bool {
+    record_prefix(archive).is_some_and(|prefix| archive.index_for_name(&format!("{prefix}/constants.pkl")).is_some())
+}
+
+/// A zip-format file, its records under its [`record_prefix`]. A TorchScript archive
+/// (`torch.jit.save`: a `constants.pkl` record) adds its constants and its `code/` source.
 pub fn read_zip(mut archive: Archive, options: &ReadOptions) -> Result<Model, OpenError> {
     let prefix = &record_prefix(&mut archive).ok_or_else(|| OpenError::UnknownFormat("zip archive holds no data.pkl record".into()))?;
     let mut info = Map::new();
     info.insert("torch_format".into(), json!("zip"));
     info.insert("record_prefix".into(), json!(prefix));
-    if archive.index_for_name(&format!("{prefix}/constants.pkl")).is_some() {
-        info.insert("torchscript".into(), json!(true));
-    }
+    let constants = archive.index_for_name(&format!("{prefix}/constants.pkl"));
     let mut big_endian = false;
     if let Some(i) = archive.index_for_name(&format!("{prefix}/byteorder")) {
         let order = archive.read_member(i, 16)?;
@@ -67,16 +71,68 @@ pub fn read_zip(mut archive: Archive, options: &ReadOptions) -> Result<Model, Op
         };
         info.insert("byteorder".into(), json!(order));
     }
-    let data_dir = format!("{prefix}/data/");
-    let mut storages = HashMap::new();
-    for (i, name) in archive.file_names() {
-        if let Some(key) = name.strip_prefix(&data_dir) {
-            storages.insert(key.to_string(), archive.member(i)?);
-        }
-    }
+    let storages = members_under(&mut archive, &format!("{prefix}/data/"))?;
     let pkl = archive.index_for_name(&format!("{prefix}/data.pkl")).ok_or_else(|| OpenError::corrupt("data.pkl is missing"))?;
     let pkl = archive.member(pkl)?;
-    read_data_pkl(&pkl, &storages, big_endian, info, options)
+    let Some(constants) = constants else {
+        return read_data_pkl(&pkl, &storages, big_endian, info, options);
+    };
+    // TorchScript: the root is the scripted module itself, so names are state_dict()'s
+    // throughout (its modules pickle their attributes directly, without `_parameters`).
+    let data = load_record(&pkl, "data.pkl", &mut info)?;
+    let constants_pkl = load_record(&archive.member(constants)?, "constants.pkl", &mut info)?;
+    let constant_storages = members_under(&mut archive, &format!("{prefix}/constants/"))?;
+    let mut walk = Walk::new(&data, &storages, big_endian, options);
+    let root = walk.value(&data.root, "", true, 0)?;
+    let mut model = walk.into_model(info, &data, &root);
+    // The constants are a tuple the code names `CONSTANTS.c0`, `CONSTANTS.c1`, ...
+    let mut walk = Walk::new(&constants_pkl, &constant_storages, big_endian, options);
+    let items = constants_pkl.sequence(&constants_pkl.root).ok_or_else(|| OpenError::corrupt("constants.pkl is not a tuple"))?;
+    let mut listed = Map::new();
+    for (i, item) in items.iter().enumerate() {
+        listed.insert(format!("c{i}"), walk.value(item, &format!("{CONSTANTS}.c{i}"), true, 1)?);
+    }
+    model.tensors.append(&mut walk.tensors);
+    model.skipped.append(&mut walk.skipped);
+    if !items.is_empty() {
+        model.add_json(vec!["tensors".into(), CONSTANTS.into(), "object.json".into()], &Json::Object(listed));
+    }
+    // The TorchScript source (text), for grep; its `.debug_pkl` source maps are left out.
+    let code_dir = format!("{prefix}/code/");
+    let mut code = 0;
+    for (i, name) in archive.file_names() {
+        if let Some(path) = name.strip_prefix(&code_dir).filter(|p| !p.ends_with(".debug_pkl") && !p.ends_with('/')) {
+            let blob = archive.member(i)?;
+            let len = blob.len();
+            let mut components = vec!["code".to_string()];
+            components.extend(path.split('/').map(str::to_string));
+            model.files.push(ModelFile { path: components, bytes: Arc::new(Extent { blob, offset: 0, len }) });
+            code += 1;
+        }
+    }
+    model.info.insert("code_files".into(), json!(code));
+    Ok(model)
+}
+
+/// Where a TorchScript archive's constants appear under `tensors/`: as its code names them.
+const CONSTANTS: &str = "CONSTANTS";
+
+/// The members under `dir` (storages), by their name below it.
+fn members_under(archive: &mut Archive, dir: &str) -> Result<HashMap<String, Blob>, OpenError> {
+    let mut members = HashMap::new();
+    for (i, name) in archive.file_names() {
+        if let Some(key) = name.strip_prefix(dir) {
+            members.insert(key.to_string(), archive.member(i)?);
+        }
+    }
+    Ok(members)
+}
+
+/// The pickle in `pkl`, its globals recorded in `info` (docs/tree.md 7.1) under `record`'s name.
+fn load_record(pkl: &Blob, record: &str, info: &mut Map<String, Json>) -> Result<Pickle, OpenError> {
+    let (pickle, _) = pickle::load(pkl, 0, Limits::default()).map_err(|e| OpenError::corrupt(format!("{record}: {e}")))?;
+    pickle::record_globals(info, record, &pickle);
+    Ok(pickle)
 }
 
 /// The zip format's `data.pkl` over its storages (by key).
@@ -84,13 +140,18 @@ pub fn read_data_pkl(
     pkl: &Blob,
     storages: &HashMap<String, Blob>,
     big_endian: bool,
-    info: Map<String, Json>,
+    mut info: Map<String, Json>,
     options: &ReadOptions,
 ) -> Result<Model, OpenError> {
-    let (pickle, _) = pickle::load(pkl, 0, Limits::default()).map_err(|e| OpenError::corrupt(format!("data.pkl: {e}")))?;
-    let mut info = info;
-    pickle::record_globals(&mut info, "data.pkl", &pickle);
+    let pickle = load_record(pkl, "data.pkl", &mut info)?;
     extract(&pickle, storages, big_endian, info, options)
+}
+
+/// A whole file that is one pickle, without storages (numpy arrays are its tensors).
+pub fn read_pickle(blob: &Blob, options: &ReadOptions) -> Result<Model, OpenError> {
+    let mut info = Map::new();
+    let pickle = load_record(blob, "pickle", &mut info)?;
+    extract(&pickle, &HashMap::new(), false, info, options)
 }
 
 /// A legacy file (docs/formats/pytorch.md#legacy-format): magic, protocol and sys_info pickles, the object pickle,
@@ -160,31 +221,12 @@ fn extract(
     pickle: &Pickle,
     storages: &HashMap<String, Blob>,
     big_endian: bool,
-    mut info: Map<String, Json>,
+    info: Map<String, Json>,
     options: &ReadOptions,
 ) -> Result<Model, OpenError> {
-    let mut walk = Walk {
-        pickle,
-        storages,
-        big_endian,
-        cache: options.cache.clone(),
-        tensors: Vec::new(),
-        skipped: Vec::new(),
-        levels: Vec::new(),
-        level_bytes: 0,
-        first_visits: HashMap::new(),
-        spent: 0,
-    };
+    let mut walk = Walk::new(pickle, storages, big_endian, options);
     let root = walk.value(&pickle.root, "", false, 0)?;
-    info.insert("top_level".into(), json!(top_level(pickle)));
-    let mut model = Model { info, tensors: walk.tensors, skipped: walk.skipped, ..Model::default() };
-    model.add_json(vec!["object.json".into()], &root);
-    for (name, text) in walk.levels {
-        let mut path = split_name("tensors", &name);
-        path.push("object.json".into());
-        model.add_file(path, text);
-    }
-    Ok(model)
+    Ok(walk.into_model(info, pickle, &root))
 }
 
 /// What the pickled root is, for `info.json`: its class, or the container type.
@@ -238,7 +280,35 @@ fn child(name: &str, key: &str, in_module: bool) -> String {
     }
 }
 
-impl Walk<'_> {
+impl<'a> Walk<'a> {
+    fn new(pickle: &'a Pickle, storages: &'a HashMap<String, Blob>, big_endian: bool, options: &ReadOptions) -> Self {
+        Walk {
+            pickle,
+            storages,
+            big_endian,
+            cache: options.cache.clone(),
+            tensors: Vec::new(),
+            skipped: Vec::new(),
+            levels: Vec::new(),
+            level_bytes: 0,
+            first_visits: HashMap::new(),
+            spent: 0,
+        }
+    }
+
+    /// The model of a walk from `pickle`'s root (`root` its JSON): tensors, `object.json` files.
+    fn into_model(self, mut info: Map<String, Json>, pickle: &Pickle, root: &Json) -> Model {
+        info.insert("top_level".into(), json!(top_level(pickle)));
+        let mut model = Model { info, tensors: self.tensors, skipped: self.skipped, ..Model::default() };
+        model.add_json(vec!["object.json".into()], root);
+        for (name, text) in self.levels {
+            let mut path = split_name("tensors", &name);
+            path.push("object.json".into());
+            model.add_file(path, text);
+        }
+        model
+    }
+
     fn value(&mut self, v: &Value, name: &str, in_module: bool, depth: usize) -> Result<Json, OpenError> {
         self.spend(REFERENCE_COST + name.len() as u64)?;
         let Value::Ref(id) = v else { return self.scalar(v) };
@@ -799,7 +869,7 @@ fn storage_dtype(class: &str) -> Option<DType> {
 }
 
 /// A `torch.<dtype>` name (docs/formats/pytorch.md#storage-types-and-dtypes).
-fn torch_dtype(name: &str) -> Result<DType, String> {
+pub(crate) fn torch_dtype(name: &str) -> Result<DType, String> {
     Ok(match name {
         "float32" | "float" => DType::F32,
         "float64" | "double" => DType::F64,

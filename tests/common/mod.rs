@@ -44,7 +44,6 @@ pub const NOT_YET_READ: &[&str] = &[
     "openvino_ovms_dummy",
     "openvino_ovms_increment_1x3x4x5",
     "openvino_yolov8n_int8_nncf",
-    "paddle_learning_pdparams",
     "pte_executorchrs_add",
     "pte_simple_torch_model",
     "tfjs_celsius_fahrenheit_layers",
