@@ -120,6 +120,8 @@ for name in ["typed.onnx", "raw.onnx", "sparse.onnx", "external_one/model.onnx"]
     put("onnx", name.replace("/", "_"), read("onnx/" + name))
 for name in ["float.tflite", "int8.tflite", "buffer_offset.tflite", "constants.tflite", "old_schema.tflite"]:
     put("tflite", name, read("tflite/" + name))
+for name in ["dtypes.msgpack", "chunked.msgpack"]:
+    put("flax_msgpack", name, read("jax/" + name))
 for name in ["all_types", "align64", "big_endian", "handmade", "v1", "v2"]:
     put("gguf", name, read(f"gguf/{name}.gguf"))
 # Dequantizer seeds: the tensor data of two GGUF fixtures (from their info.json tensor_data_offset).

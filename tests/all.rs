@@ -12,6 +12,7 @@ mod export;
 mod gguf;
 mod hostile;
 mod hostile_corpus;
+mod jax;
 mod keras3;
 mod keras_h5;
 mod keras_order;

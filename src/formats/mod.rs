@@ -11,6 +11,7 @@
 pub(crate) mod archive;
 pub mod bundle;
 mod checkpoint;
+mod flax;
 mod gguf;
 mod h5;
 mod h5_datasets;
@@ -76,6 +77,7 @@ pub(crate) const FILE_READERS: &[FileReader] = &[
     },
     FileReader { name: "safetensors", format: "safetensors", sniff: |p| safetensors::sniff(p.head, p.blob.len()), open: |blob, _, _| safetensors::read(blob) },
     FileReader { name: "npy", format: "npy", sniff: |p| p.head.starts_with(crate::npy::MAGIC), open: |blob, _, _| numpy::read_npy(blob) },
+    FileReader { name: "flax-msgpack", format: "flax-msgpack", sniff: |p| flax::sniff(p.head), open: |blob, _, _| flax::read(blob) },
     FileReader { name: "json-index", format: "", sniff: |p| p.head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'), open: open_json },
     FileReader { name: "hdf5-file", format: "", sniff: |p| h5::has_signature(p.blob), open: open_hdf5 },
     FileReader { name: "onnx", format: "onnx", sniff: |p| onnx::sniff(p.blob), open: |blob, dir, _| onnx::read(blob, dir) },

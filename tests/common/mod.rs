@@ -42,7 +42,6 @@ pub const NOT_YET_READ: &[&str] = &[
     "coreml_nn_tfpb_matmul",
     "coreml_s4tf_updatable_personalization",
     "darknet_yolofastest11_coco",
-    "flax_msgpack_t5x_test_t5_tiny_checkpoint_0",
     "ggjt_llamacpp_vocab_aquila_2023-08",
     "ggmf_llamacpp_vocab_2023-03-22",
     "ggmf_rwkvcpp_tiny4v0_fp16",
