@@ -240,14 +240,6 @@ fn leaf_json(node: Node) -> Json {
     }
 }
 
-/// The element type a numpy dtype name (`arr.dtype.name`) names.
-fn dtype_named(name: &str) -> Option<DType> {
-    use DType::*;
-    [Bool, I8, U8, I16, U16, I32, U32, I64, U64, F16, BF16, F32, F64, C64, C128, F8E4M3FN, F8E5M2, F8E4M3FNUZ, F8E5M2FNUZ, F8E8M0FNU]
-        .into_iter()
-        .find(|d| d.name() == name)
-}
-
 /// Turns the parsed tree into tensors (named by their path) and the JSON of the rest.
 struct Walk<'a> {
     blob: &'a Blob,
@@ -277,7 +269,7 @@ impl Walk<'_> {
 
     /// A tensor, or the reason it is left out; its entry in `object.json` either way.
     fn add(&mut self, name: &str, dtype_name: &str, shape: Vec<u64>, bytes: Arc<dyn TensorBytes>, len: u64) -> Json {
-        let checked = match dtype_named(dtype_name) {
+        let checked = match DType::from_numpy_name(dtype_name) {
             None => Err(format!("dtype {dtype_name:?} has no wfs type")),
             Some(dtype) => match Tensor::raw_size(dtype, &shape) {
                 Some(size) if size == len => Ok(dtype),

@@ -21,6 +21,7 @@ pub(crate) mod keras3;
 mod keras_h5;
 pub(crate) mod numpy;
 mod onnx;
+mod orbax;
 mod options;
 mod paged;
 mod safetensors;
@@ -29,6 +30,7 @@ pub(crate) mod tf_bundle;
 mod tflite;
 pub(crate) mod torch;
 mod wire;
+mod zarr;
 
 pub use options::ReadOptions;
 
@@ -135,12 +137,14 @@ pub(crate) struct DirReader {
     pub name: &'static str,
     /// What `info.json`'s `format` says of a model this row opens.
     pub format: &'static str,
-    pub open: fn(&Dir) -> Result<Option<Model>, OpenError>,
+    pub open: fn(&Dir, &ReadOptions) -> Result<Option<Model>, OpenError>,
 }
 
 pub(crate) const DIR_READERS: &[DirReader] = &[
-    DirReader { name: "tf-savedmodel-dir", format: "tf-savedmodel", open: |dir| savedmodel::is_savedmodel_dir(dir).then(|| savedmodel::open_dir(dir.clone())).transpose() },
-    DirReader { name: "tf-checkpoint-dir", format: TF_CHECKPOINT, open: checkpoint::open_dir },
+    DirReader { name: "tf-savedmodel-dir", format: "tf-savedmodel", open: |dir, _| savedmodel::is_savedmodel_dir(dir).then(|| savedmodel::open_dir(dir.clone())).transpose() },
+    DirReader { name: "tf-checkpoint-dir", format: TF_CHECKPOINT, open: |dir, _| checkpoint::open_dir(dir) },
+    DirReader { name: "orbax", format: "orbax", open: orbax::open_dir },
+    DirReader { name: "zarr", format: "zarr", open: zarr::open_dir },
 ];
 
 /// `info.json`'s `format` of TensorFlow checkpoints: a checkpoint directory's row, and the
@@ -222,7 +226,7 @@ fn open_path(path: &Path, options: &ReadOptions) -> Result<Model, OpenError> {
         return opened_as(TF_CHECKPOINT, checkpoint::open_prefix(&prefix));
     }
     if meta.is_dir() {
-        return open_dir(&Dir::Local(path.to_path_buf()));
+        return open_dir(&Dir::Local(path.to_path_buf()), options);
     }
     let file = SourceFile::open(path).map_err(|e| OpenError::unreadable(io_reason(&e)))?;
     open_blob(&Blob::File(Arc::new(file)), path.parent().map(|p| Dir::Local(p.to_path_buf())).as_ref(), options)
@@ -235,7 +239,7 @@ fn open_url(url: &str, options: &ReadOptions, remote: &RemoteOptions) -> Result<
     let source = RemoteSource::parse(url, remote, options.cache.clone())?;
     let dir = Dir::Remote(source.dir.clone());
     if source.name.is_empty() {
-        return open_dir(&dir);
+        return open_dir(&dir, options);
     }
     if let Some(stem) = source.name.strip_suffix(".index") {
         return opened_as(TF_CHECKPOINT, checkpoint::open_prefix_in(&dir, stem));
@@ -248,7 +252,7 @@ fn open_url(url: &str, options: &ReadOptions, remote: &RemoteOptions) -> Result<
                 return opened_as(TF_CHECKPOINT, checkpoint::open_prefix_in(&dir, &source.name));
             }
             match dir.sub(&source.name).and_then(|sub| Ok((sub.list()?, sub))) {
-                Ok((entries, sub)) if !entries.is_empty() => open_dir(&sub),
+                Ok((entries, sub)) if !entries.is_empty() => open_dir(&sub, options),
                 _ => Err(missing),
             }
         }
@@ -262,9 +266,9 @@ fn open_bytes(bytes: Vec<u8>, options: &ReadOptions) -> Result<Model, OpenError>
 }
 
 /// A model that is a directory: the first directory reader that finds its format there.
-fn open_dir(dir: &Dir) -> Result<Model, OpenError> {
+fn open_dir(dir: &Dir, options: &ReadOptions) -> Result<Model, OpenError> {
     for reader in DIR_READERS {
-        if let Some(model) = (reader.open)(dir)? {
+        if let Some(model) = (reader.open)(dir, options)? {
             log::debug!("directory read as {}", reader.name);
             return opened_as(reader.format, Ok(model));
         }
