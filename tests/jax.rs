@@ -9,8 +9,9 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::Output;
 
-/// Every tensor of a fixture's `.expect.json`, found by its own name in `tensors.tsv`, against
-/// the oracle; no other tensor is listed; every native-dtype `.npy` loads in numpy.
+/// Every tensor of a fixture's `.expect.json`, found by its path in `tensors.tsv`, against the
+/// oracle (bytes, dtype, shape, name); no other tensor is listed; every native-dtype `.npy`
+/// loads in numpy.
 fn check_fixture(mount: &Mount, oracle: &str) -> Value {
     let expect = load_json(&fixture(&format!("{oracle}.expect.json")));
     let rows = tsv_rows(mount);
@@ -18,8 +19,8 @@ fn check_fixture(mount: &Mount, oracle: &str) -> Value {
     assert_eq!(rows.len(), tensors.len(), "{oracle}: tensor count");
     for t in tensors {
         let (name, path) = (t["name"].as_str().unwrap(), t["path"].as_str().unwrap());
-        let row = rows.iter().find(|r| r[4] == name).unwrap_or_else(|| panic!("{oracle}: no row named {name}"));
-        assert_eq!(row[0], format!("{path}.npy"), "{oracle}: where {name} is");
+        let row = rows.iter().find(|r| r[0] == format!("{path}.npy")).unwrap_or_else(|| panic!("{oracle}: no row for {path}"));
+        assert_eq!(row[4], name, "{oracle}: the name of {path}");
         check_tensor(mount, path, t);
         assert_eq!(xattr_text(&mount.path(&format!("{path}.npy")), "user.wfs.name"), name);
     }
@@ -145,5 +146,27 @@ fn zarr_v2_and_v3_stores_every_codec() {
     for store in ["jax/v2.zarr", "jax/v3.zarr"] {
         let mount = Mount::new(&fixture(store), &[]);
         check_fixture(&mount, store);
+    }
+}
+
+/// Orbax checkpoints written by CheckpointManager (two steps, each a part), one zarr array per
+/// leaf in zarr v2 and zarr3, a leaf cut into several chunks: each tensor equals what orbax
+/// restores; the step and item directories mount alone too; the metadata is in metadata.json.
+#[test]
+fn orbax_per_array_zarr_checkpoints() {
+    for name in ["orbax_zarr2", "orbax_zarr3"] {
+        let source = format!("jax/{name}");
+        let mount = Mount::new(&fixture(&source), &[]);
+        check_fixture(&mount, &source);
+        let metadata: Value = serde_json::from_slice(&mount.read("2/metadata.json")).unwrap();
+        assert_eq!(metadata["_METADATA"]["use_ocdbt"], false);
+        assert!(metadata["_CHECKPOINT_METADATA"].is_object());
+        assert_eq!(metadata["_strings.json"]["name"], "tiny");
+        for below in ["2", "2/default"] {
+            let mount = Mount::new(&fixture(&format!("{source}/{below}")), &[]);
+            let kernel = mount.read("tensors/params/Dense_0/kernel.raw");
+            let whole = Mount::new(&fixture(&source), &[]);
+            assert_eq!(kernel, whole.read("2/tensors/params/Dense_0/kernel.raw"), "{source}/{below}");
+        }
     }
 }
