@@ -170,3 +170,61 @@ fn orbax_per_array_zarr_checkpoints() {
         }
     }
 }
+
+/// Writes a zarr v2 array directory `name` of `dir` with this `.zarray` and chunks.
+fn zarr_v2(dir: &Path, name: &str, zarray: &str, chunks: &[(&str, Vec<u8>)]) {
+    let array = dir.join(name);
+    std::fs::create_dir_all(&array).unwrap();
+    std::fs::write(array.join(".zarray"), zarray).unwrap();
+    for (key, bytes) in chunks {
+        std::fs::write(array.join(key), bytes).unwrap();
+    }
+}
+
+/// Hostile zarr stores: a chunk that inflates beyond its declared size fails its read (EIO),
+/// 10^9 declared chunks mount at once and read as the fill value, absurd chunk shapes and
+/// unknown codecs are listed as skipped, a `..` key in Orbax metadata reaches nothing outside.
+#[test]
+fn hostile_zarr_stores_fail_reads_or_list_the_damage() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::write(store.join(".zgroup"), r#"{"zarr_format": 2}"#).unwrap();
+    let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    zlib.write_all(&[0u8; 100_000]).unwrap();
+    let meta = |shape: &str, chunks: &str, compressor: &str| {
+        format!(r#"{{"zarr_format": 2, "shape": {shape}, "chunks": {chunks}, "dtype": "|u1", "compressor": {compressor}, "fill_value": 7, "order": "C", "filters": null}}"#)
+    };
+    zarr_v2(&store, "bomb", &meta("[8]", "[8]", r#"{"id": "zlib"}"#), &[("0", zlib.finish().unwrap())]);
+    zarr_v2(&store, "huge", &meta("[1000000000]", "[1]", "null"), &[]);
+    zarr_v2(&store, "absurd", &meta("[10]", "[1099511627776]", "null"), &[]);
+    zarr_v2(&store, "unknown", &meta("[10]", "[10]", r#"{"id": "lzma"}"#), &[]);
+    let mount = Mount::new(&store, &[]);
+    let err = std::fs::read(mount.path("tensors/bomb.raw")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    let huge = mount.path("tensors/huge.raw");
+    assert_eq!(std::fs::metadata(&huge).unwrap().len(), 1_000_000_000);
+    let mut head = vec![0u8; 4096];
+    std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(&huge).unwrap(), &mut head, 123_456_789).unwrap();
+    assert!(head.iter().all(|&b| b == 7));
+    let info: Value = serde_json::from_slice(&mount.read("info.json")).unwrap();
+    let skipped: Vec<(&str, &str)> = info["skipped"].as_array().unwrap().iter().map(|e| (e["name"].as_str().unwrap(), e["reason"].as_str().unwrap())).collect();
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert!(skipped[0].0 == "absurd" && skipped[0].1.contains("over 2147483648 bytes"), "{skipped:?}");
+    assert!(skipped[1].0 == "unknown" && skipped[1].1.contains("lzma"), "{skipped:?}");
+
+    // Orbax metadata naming `..`: the key is never looked up outside the checkpoint.
+    let item = dir.path().join("item");
+    std::fs::create_dir_all(&item).unwrap();
+    zarr_v2(dir.path(), "w", &meta("[2]", "[2]", "null"), &[("0", vec![1, 2])]);
+    zarr_v2(&item, "ok", &meta("[2]", "[2]", "null"), &[("0", vec![3, 4])]);
+    let leaf = |key: &str| format!(r#""{key}": {{"key_metadata": [{{"key": "{key}", "key_type": 2}}], "value_metadata": {{"value_type": "np.ndarray"}}}}"#);
+    std::fs::write(item.join("_METADATA"), format!(r#"{{"tree_metadata": {{{}, {}, {}}}, "use_ocdbt": false}}"#, leaf(".."), leaf("../w"), leaf("ok"))).unwrap();
+    let mount = Mount::new(&item, &[]);
+    assert_eq!(mount.read("tensors/ok.raw"), [3, 4]);
+    let info: Value = serde_json::from_slice(&mount.read("info.json")).unwrap();
+    assert_eq!(info["tensors"], 1);
+    let skipped: Vec<&str> = info["skipped"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(skipped, ["..", "../w"]);
+}

@@ -30,7 +30,7 @@ pub(crate) mod tf_bundle;
 mod tflite;
 pub(crate) mod torch;
 mod wire;
-mod zarr;
+pub(crate) mod zarr;
 
 pub use options::ReadOptions;
 
