@@ -120,6 +120,14 @@ for name in ["typed.onnx", "raw.onnx", "sparse.onnx", "external_one/model.onnx"]
     put("onnx", name.replace("/", "_"), read("onnx/" + name))
 for name in ["float.tflite", "int8.tflite", "buffer_offset.tflite", "constants.tflite", "old_schema.tflite"]:
     put("tflite", name, read("tflite/" + name))
+for name in ["dtypes.msgpack", "chunked.msgpack"]:
+    put("flax_msgpack", name, read("jax/" + name))
+for store, meta, arrays in [("v2.zarr", ".zarray", ["zstd", "blosc_lz4_shuffle", "blosc_zstd_bitshuffle", "fortran", "big_endian"]),
+                            ("v3.zarr", "zarr.json", ["gzip_crc32c", "blosc", "transpose", "sharded"])]:
+    for name in arrays:
+        base = f"jax/{store}/{name}/"
+        key = "c/0/0" if meta == "zarr.json" else "0.0"
+        put("zarr", f"{store}_{name}", read(base + meta) + SEP + read(base + key))
 for name in ["all_types", "align64", "big_endian", "handmade", "v1", "v2"]:
     put("gguf", name, read(f"gguf/{name}.gguf"))
 # Dequantizer seeds: the tensor data of two GGUF fixtures (from their info.json tensor_data_offset).

@@ -221,6 +221,15 @@ impl DType {
         .find(|d| d.safetensors_name() == Some(name))
     }
 
+    /// The type numpy (with ml_dtypes) names so (`arr.dtype.name`: `float32`, `bfloat16`,
+    /// `float8_e4m3fn`), as Flax, zarr v3 and TensorStore write it; one element per byte.
+    pub fn from_numpy_name(name: &str) -> Option<DType> {
+        use DType::*;
+        [Bool, I8, U8, I16, U16, I32, U32, I64, U64, F16, BF16, F32, F64, C64, C128, F8E4M3FN, F8E5M2, F8E4M3FNUZ, F8E5M2FNUZ, F8E8M0FNU]
+            .into_iter()
+            .find(|d| d.name() == name)
+    }
+
     /// The TensorFlow `DataType` enum value, for formats that use it.
     pub fn from_tf(code: i32) -> Option<DType> {
         Some(match code {

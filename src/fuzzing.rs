@@ -439,6 +439,35 @@ pub fn remote_url(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A zarr array from its metadata (`zarr.json` when it says `"zarr_format": 3`, else `.zarray`)
+/// with `chunk` stored under every chunk key: the metadata parser and every chunk codec.
+pub fn zarr_array(metadata: &[u8], chunk: &[u8]) -> Result<Model, String> {
+    use crate::formats::zarr::{self, Store};
+    struct Same {
+        metadata_key: &'static str,
+        metadata: Blob,
+        chunk: Blob,
+    }
+    impl Store for Same {
+        fn get(&self, key: &str) -> Result<Option<Blob>, crate::error::ReadError> {
+            Ok(match key {
+                k if k == self.metadata_key => Some(self.metadata.clone()),
+                ".zarray" | "zarr.json" => None,
+                _ => Some(self.chunk.clone()),
+            })
+        }
+    }
+    let v3 = serde_json::from_slice::<Value>(metadata).is_ok_and(|m| m["zarr_format"] == 3);
+    let store: Arc<dyn Store> = Arc::new(Same {
+        metadata_key: if v3 { "zarr.json" } else { ".zarray" },
+        metadata: Blob::Memory(Arc::new(metadata.to_vec())),
+        chunk: Blob::Memory(Arc::new(chunk.to_vec())),
+    });
+    let mut model = Model::default();
+    zarr::add_array(&mut model, &store, "", "fuzz", vec!["tensors".into(), "fuzz".into()], &Arc::new(ChunkCache::new(1 << 24)))?;
+    Ok(model)
+}
+
 /// A protocol-2 pickle whose objects share each other as `data` says, for fuzzing the walk
 /// over the pickled object graph (random bytes seldom make a pickle that shares much). Each
 /// byte makes one memoized object: `b % 4` = 0 a list, 1 a dict, of `(b >> 2) % 8` references

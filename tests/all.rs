@@ -15,6 +15,7 @@ mod gguf;
 mod hostile;
 mod hostile_corpus;
 mod inference_formats;
+mod jax;
 mod keras3;
 mod keras_h5;
 mod keras_order;

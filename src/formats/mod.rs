@@ -14,6 +14,7 @@ mod caffe;
 mod checkpoint;
 pub(crate) mod darknet;
 mod dcp;
+mod flax;
 mod gguf;
 mod ggml_legacy;
 mod ggml_tensors;
@@ -28,6 +29,7 @@ mod mxnet;
 pub(crate) mod ncnn;
 pub(crate) mod numpy;
 mod onnx;
+mod orbax;
 mod options;
 mod paddle;
 mod paged;
@@ -38,6 +40,7 @@ mod tflite;
 mod tiled;
 pub(crate) mod torch;
 mod wire;
+pub(crate) mod zarr;
 
 pub use options::ReadOptions;
 
@@ -90,6 +93,7 @@ pub(crate) const FILE_READERS: &[FileReader] = &[
     FileReader { name: "safetensors", format: "safetensors", sniff: |p| safetensors::sniff(p.head, p.blob.len()), open: safetensors::read },
     FileReader { name: "npy", format: "npy", sniff: |p| p.head.starts_with(crate::npy::MAGIC), open: |blob, _, _| numpy::read_npy(blob) },
     FileReader { name: "paddle-pdparams", format: "paddle-pdparams", sniff: |p| paddle::sniff(p.head), open: |blob, _, options| paddle::read_pdparams(blob, options) },
+    FileReader { name: "flax-msgpack", format: "flax-msgpack", sniff: |p| flax::sniff(p.head), open: |blob, _, _| flax::read(blob) },
     FileReader { name: "json-index", format: "", sniff: |p| p.head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'), open: open_json },
     FileReader { name: "hdf5-file", format: "", sniff: |p| h5::has_signature(p.blob), open: open_hdf5 },
     FileReader { name: "onnx", format: "onnx", sniff: |p| onnx::sniff(p.blob), open: |blob, dir, _| onnx::read(blob, dir) },
@@ -160,6 +164,8 @@ pub(crate) const DIR_READERS: &[DirReader] = &[
     DirReader { name: "tf-savedmodel-dir", format: "tf-savedmodel", open: |dir, _| savedmodel::is_savedmodel_dir(dir).then(|| savedmodel::open_dir(dir.clone())).transpose() },
     DirReader { name: "tf-checkpoint-dir", format: TF_CHECKPOINT, open: |dir, _| checkpoint::open_dir(dir) },
     DirReader { name: "pytorch-dcp", format: "pytorch-dcp", open: dcp::open_dir },
+    DirReader { name: "orbax", format: "orbax", open: orbax::open_dir },
+    DirReader { name: "zarr", format: "zarr", open: zarr::open_dir },
 ];
 
 /// `info.json`'s `format` of TensorFlow checkpoints: a checkpoint directory's row, and the

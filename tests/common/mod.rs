@@ -39,7 +39,6 @@ pub fn real_models() -> Option<PathBuf> {
 pub const NOT_YET_READ: &[&str] = &[
     "coreml_nn_tfpb_matmul",
     "coreml_s4tf_updatable_personalization",
-    "flax_msgpack_t5x_test_t5_tiny_checkpoint_0",
     "openvino_ovms_add_two_inputs_emptybin",
     "openvino_ovms_dummy",
     "openvino_ovms_increment_1x3x4x5",
