@@ -7,6 +7,7 @@ mod common;
 
 mod checkpoints;
 mod cli;
+mod deploy;
 mod doc_links;
 mod export;
 mod gguf;

@@ -11,6 +11,7 @@
 pub(crate) mod archive;
 pub mod bundle;
 mod checkpoint;
+mod coreml;
 mod gguf;
 mod h5;
 mod h5_datasets;
@@ -20,13 +21,16 @@ pub(crate) mod keras3;
 mod keras_h5;
 pub(crate) mod numpy;
 mod onnx;
+mod openvino;
 mod options;
 mod paged;
 mod safetensors;
 mod savedmodel;
 pub(crate) mod tf_bundle;
+mod tfjs;
 mod tflite;
 pub(crate) mod torch;
+mod widened;
 mod wire;
 
 pub use options::ReadOptions;
@@ -77,12 +81,15 @@ pub(crate) const FILE_READERS: &[FileReader] = &[
     FileReader { name: "safetensors", format: "safetensors", sniff: |p| safetensors::sniff(p.head, p.blob.len()), open: |blob, _, _| safetensors::read(blob) },
     FileReader { name: "npy", format: "npy", sniff: |p| p.head.starts_with(crate::npy::MAGIC), open: |blob, _, _| numpy::read_npy(blob) },
     FileReader { name: "json-index", format: "", sniff: |p| p.head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'), open: open_json },
+    FileReader { name: "openvino", format: "openvino", sniff: |p| p.head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'<') && openvino::sniff(p.blob), open: |blob, dir, _| openvino::read(blob, dir) },
     FileReader { name: "hdf5-file", format: "", sniff: |p| h5::has_signature(p.blob), open: open_hdf5 },
+    FileReader { name: "coreml", format: "coreml", sniff: |p| p.head.first() == Some(&0x08) && coreml::sniff(p.blob), open: |blob, dir, _| coreml::read(blob, dir) },
     FileReader { name: "onnx", format: "onnx", sniff: |p| onnx::sniff(p.blob), open: |blob, dir, _| onnx::read(blob, dir) },
 ];
 
 /// JSON files: sharded weights indexes, told apart by the shards they name.
 pub(crate) const JSON_READERS: &[FileReader] = &[
+    FileReader { name: "tfjs", format: "tfjs", sniff: |p| tfjs::sniff(p.blob), open: |blob, dir, _| tfjs::read(blob, dir) },
     FileReader {
         name: "safetensors-sharded", format: "safetensors-sharded",
         sniff: |p| p.dir.is_some_and(|dir| safetensors::indexes_safetensors(p.blob, dir)),
@@ -139,6 +146,7 @@ pub(crate) struct DirReader {
 pub(crate) const DIR_READERS: &[DirReader] = &[
     DirReader { name: "tf-savedmodel-dir", format: "tf-savedmodel", open: |dir| savedmodel::is_savedmodel_dir(dir).then(|| savedmodel::open_dir(dir.clone())).transpose() },
     DirReader { name: "tf-checkpoint-dir", format: TF_CHECKPOINT, open: checkpoint::open_dir },
+    DirReader { name: "coreml-mlpackage", format: "coreml", open: coreml::open_package },
 ];
 
 /// `info.json`'s `format` of TensorFlow checkpoints: a checkpoint directory's row, and the

@@ -39,8 +39,6 @@ pub fn real_models() -> Option<PathBuf> {
 pub const NOT_YET_READ: &[&str] = &[
     "caffe_retinaface_tengine",
     "caffe_ultraface_rfb320",
-    "coreml_nn_tfpb_matmul",
-    "coreml_s4tf_updatable_personalization",
     "darknet_yolofastest11_coco",
     "flax_msgpack_t5x_test_t5_tiny_checkpoint_0",
     "ggjt_llamacpp_vocab_aquila_2023-08",
@@ -51,15 +49,9 @@ pub const NOT_YET_READ: &[&str] = &[
     "mxnet_retinaface_mnet",
     "ncnn_ultraface_rfb320",
     "ncnn_ultraface_slim320",
-    "openvino_ovms_add_two_inputs_emptybin",
-    "openvino_ovms_dummy",
-    "openvino_ovms_increment_1x3x4x5",
-    "openvino_yolov8n_int8_nncf",
     "paddle_learning_pdparams",
     "pte_executorchrs_add",
     "pte_simple_torch_model",
-    "tfjs_celsius_fahrenheit_layers",
-    "tfjs_digits_cnn",
 ];
 
 /// Broken real files (bad/) that still mount what is intact; every other bad/ item is refused.
