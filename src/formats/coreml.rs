@@ -561,7 +561,7 @@ fn read_program(reader: &mut Reader, program: &[(u32, Val)], dir: Option<&Dir>, 
         let name = string_field(&entry, 1);
         let Some((function, at)) = messages(&entry, 2).into_iter().next() else { continue };
         let function = fields(function, at)?;
-        let inputs: Vec<Value> = messages(&function, 1).into_iter().map(|(m, at)| Ok(named_type(&fields(m, at)?)?)).collect::<Result<_, OpenError>>()?;
+        let inputs: Vec<Value> = messages(&function, 1).into_iter().map(|(m, at)| named_type(&fields(m, at)?)).collect::<Result<_, OpenError>>()?;
         let mut blocks = Map::new();
         for (spec, at) in messages(&function, 3) {
             let spec = fields(spec, at)?;
@@ -613,41 +613,43 @@ fn read_block(reader: &mut Reader, block: &[(u32, Val)], files: &mut BlobFiles, 
         let kind = string_field(&op, 1);
         let outputs: Vec<Value> = messages(&op, 3).into_iter().map(|(m, at)| named_type(&fields(m, at)?)).collect::<Result<_, _>>()?;
         let output = outputs.first().and_then(|o| o["name"].as_str()).unwrap_or_default().to_string();
+        // Values stored in a blob file: a const's is its output; an op's input bound to a value
+        // (iOS 18 `constexpr_*` ops) or its attribute is named below its output.
+        let mut stored = Vec::new();
         let mut inputs = Map::new();
         for (entry, at) in messages(&op, 2) {
             let entry = fields(entry, at)?;
-            let names: Vec<String> = match messages(&entry, 2).into_iter().next() {
-                Some((argument, at)) => messages(&fields(argument, at)?, 1).into_iter().map(|(b, at)| Ok(string_field(&fields(b, at)?, 1))).collect::<Result<_, OpenError>>()?,
-                None => Vec::new(),
-            };
-            inputs.insert(string_field(&entry, 1), json!(names));
+            let input = string_field(&entry, 1);
+            let mut names = Vec::new();
+            if let Some((argument, at)) = messages(&entry, 2).into_iter().next() {
+                for (binding, at) in messages(&fields(argument, at)?, 1) {
+                    let binding = fields(binding, at)?;
+                    match messages(&binding, 2).into_iter().next() {
+                        Some((value, at)) => {
+                            let name = format!("{prefix}{output}/{input}");
+                            if stored_value(reader, files, &fields(value, at)?, &name)? {
+                                stored.push(json!(input));
+                            }
+                            names.push(name);
+                        }
+                        None => names.push(string_field(&binding, 1)),
+                    }
+                }
+            }
+            inputs.insert(input, json!(names));
         }
-        let mut stored = Vec::new();
         for (entry, at) in messages(&op, 5) {
             let entry = fields(entry, at)?;
             let attribute = string_field(&entry, 1);
             let Some((value, at)) = messages(&entry, 2).into_iter().next() else { continue };
-            let value = fields(value, at)?;
-            let Some((blob_value, at)) = messages(&value, 5).into_iter().next() else { continue };
-            let blob_value = fields(blob_value, at)?;
-            // A const is its output; another op's stored attribute is named below its output.
             let name = if kind == "const" { format!("{prefix}{output}") } else { format!("{prefix}{output}/{attribute}") };
-            let (dtype, shape) = match messages(&value, 2).into_iter().next() {
-                Some((t, at)) => tensor_type(&fields(t, at)?)?,
-                None => (0, None),
-            };
-            let offset = varint_field(&blob_value, 2).unwrap_or(0);
-            match blob_tensor(files, &string_field(&blob_value, 1), offset, &name, dtype, shape) {
-                Ok(tensor) => {
-                    stored.push(json!(attribute));
-                    reader.model.tensors.push(tensor);
-                }
-                Err(reason) => reader.skip(&name, reason),
+            if stored_value(reader, files, &fields(value, at)?, &name)? {
+                stored.push(json!(attribute));
             }
         }
         let mut entry = json!({"type": kind, "inputs": inputs, "outputs": outputs});
         if !stored.is_empty() {
-            entry["stored_attributes"] = json!(stored);
+            entry["stored"] = json!(stored);
         }
         let blocks: Vec<Value> = messages(&op, 4).into_iter().map(|(b, at)| read_block(reader, &fields(b, at)?, files, prefix, depth + 1)).collect::<Result<_, _>>()?;
         if !blocks.is_empty() {
@@ -657,6 +659,23 @@ fn read_block(reader: &mut Reader, block: &[(u32, Val)], files: &mut BlobFiles, 
     }
     let outputs: Vec<String> = messages(block, 2).into_iter().map(|(b, _)| text(b)).collect();
     Ok(json!({"operations": ops, "outputs": outputs}))
+}
+
+/// A MIL `Value` stored in a blob file joins the model as tensor `name` (or is listed as
+/// skipped); `false` for a value held inline.
+fn stored_value(reader: &mut Reader, files: &mut BlobFiles, value: &[(u32, Val)], name: &str) -> Result<bool, OpenError> {
+    let Some((blob_value, at)) = messages(value, 5).into_iter().next() else { return Ok(false) };
+    let blob_value = fields(blob_value, at)?;
+    let (dtype, shape) = match messages(value, 2).into_iter().next() {
+        Some((t, at)) => tensor_type(&fields(t, at)?)?,
+        None => (0, None),
+    };
+    let offset = varint_field(&blob_value, 2).unwrap_or(0);
+    match blob_tensor(files, &string_field(&blob_value, 1), offset, name, dtype, shape) {
+        Ok(tensor) => reader.model.tensors.push(tensor),
+        Err(reason) => reader.skip(name, reason),
+    }
+    Ok(true)
 }
 
 /// A blob of `weight.bin` at `offset` (its metadata header) as a tensor, or why not.

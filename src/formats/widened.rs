@@ -188,7 +188,8 @@ mod tests {
     fn three_bit_codes_cross_bytes() {
         let u3 = Decoding::Packed { bits: 3, order: BitOrder::HighFirst, values: PackedValues::Unsigned };
         assert_eq!(u3.unit(), (8, 3));
-        assert_eq!(decode(u3, &[0b101_011_00, 0b1_000_111_0, 0b10_110_001]), [5.0, 3.0, 1.0, 0.0, 7.0, 2.0, 6.0, 1.0]);
+        // 101 011 00|1 000 111 0|10 110 001
+        assert_eq!(decode(u3, &[0b1010_1100, 0b1000_1110, 0b1011_0001]), [5.0, 3.0, 1.0, 0.0, 7.0, 2.0, 6.0, 1.0]);
         assert_eq!(stored_len(u3, 3), Some(2));
     }
 
