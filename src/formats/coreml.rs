@@ -540,7 +540,8 @@ impl BlobFiles<'_> {
             .or_insert_with(|| {
                 let rel = file_name.strip_prefix("@model_path/").ok_or_else(|| format!("blob file {file_name:?} is not below @model_path"))?;
                 let dir = dir.ok_or("an ML Program's weights lie beside it (it cannot be read from standard input)")?;
-                let blob = dir.open_below(rel).map_err(|e| format!("blob file {rel}: {e}"))?;
+                // The same words for a local and a remote package (their I/O errors differ).
+                let blob = dir.open_below(rel).map_err(|_| format!("blob file {rel} is missing or unreadable"))?;
                 let header = blob.read_vec(0, 8).map_err(|_| format!("blob file {rel} is shorter than its header"))?;
                 let version = u32::from_le_bytes(header[4..8].try_into().unwrap());
                 if version != 2 {

@@ -306,7 +306,8 @@ pub fn read(blob: &Blob, dir: Option<&Dir>) -> Result<Model, OpenError> {
         (Some(name), Some(dir)) => match dir.open(name) {
             Ok(bin) => Some(bin),
             Err(_) if !needs_bin => None,
-            Err(e) => return Err(OpenError::unreadable(format!("OpenVINO IR needs its weights file {name} beside it: {e}"))),
+            // The .xml is readable but the model is not whole: damage, as for a cut file.
+            Err(e) => return Err(corrupt(format!("its weights file {name} is not beside it: {e}"))),
         },
         _ if needs_bin => return Err(OpenError::unreadable("OpenVINO IR needs its .bin weights file beside it (it cannot be read from standard input)")),
         _ => None,

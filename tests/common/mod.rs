@@ -58,6 +58,9 @@ pub const NOT_YET_READ: &[&str] = &[
 pub const BAD_BUT_MOUNTS: &[&str] = &[
     // saved_model.pb is two bytes (a CRLF-mangled download); the variables bundle is whole.
     "bad/bad_savedmodel_crlf_pb",
+    // weights/weight.bin is absent: the program and its graph mount, every blob constant is
+    // listed under info.json's skipped.
+    "bad/mlpackage_missing_weight_bin.mlpackage",
 ];
 
 /// Whether wfs must refuse a real-models item (`name` or `bad/name`) today.
