@@ -9,6 +9,7 @@ mod checkpoints;
 mod cli;
 mod diff;
 mod dcp;
+mod deploy;
 mod doc_links;
 mod export;
 mod gguf;

@@ -15,6 +15,7 @@ mod checkpoint;
 pub(crate) mod darknet;
 mod dcp;
 mod flax;
+mod coreml;
 mod gguf;
 mod ggml_legacy;
 mod ggml_tensors;
@@ -30,15 +31,18 @@ pub(crate) mod ncnn;
 pub(crate) mod numpy;
 mod onnx;
 mod orbax;
+mod openvino;
 mod options;
 mod paddle;
 mod paged;
 pub(crate) mod safetensors;
 mod savedmodel;
 pub(crate) mod tf_bundle;
+mod tfjs;
 mod tflite;
 mod tiled;
 pub(crate) mod torch;
+mod widened;
 mod wire;
 pub(crate) mod zarr;
 
@@ -95,7 +99,9 @@ pub(crate) const FILE_READERS: &[FileReader] = &[
     FileReader { name: "paddle-pdparams", format: "paddle-pdparams", sniff: |p| paddle::sniff(p.head), open: |blob, _, options| paddle::read_pdparams(blob, options) },
     FileReader { name: "flax-msgpack", format: "flax-msgpack", sniff: |p| flax::sniff(p.head), open: |blob, _, _| flax::read(blob) },
     FileReader { name: "json-index", format: "", sniff: |p| p.head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'), open: open_json },
+    FileReader { name: "openvino", format: "openvino", sniff: |p| p.head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'<') && openvino::sniff(p.blob), open: |blob, dir, _| openvino::read(blob, dir) },
     FileReader { name: "hdf5-file", format: "", sniff: |p| h5::has_signature(p.blob), open: open_hdf5 },
+    FileReader { name: "coreml", format: "coreml", sniff: |p| p.head.first() == Some(&0x08) && coreml::sniff(p.blob), open: |blob, dir, _| coreml::read(blob, dir) },
     FileReader { name: "onnx", format: "onnx", sniff: |p| onnx::sniff(p.blob), open: |blob, dir, _| onnx::read(blob, dir) },
     FileReader { name: "caffe", format: "caffe", sniff: |p| caffe::sniff(p.blob), open: |blob, dir, _| caffe::read(blob, dir) },
     // No magic: a version header, and the cfg beside it (or a body of whole float32 values).
@@ -104,6 +110,7 @@ pub(crate) const FILE_READERS: &[FileReader] = &[
 
 /// JSON files: sharded weights indexes, told apart by the shards they name.
 pub(crate) const JSON_READERS: &[FileReader] = &[
+    FileReader { name: "tfjs", format: "tfjs", sniff: |p| tfjs::sniff(p.blob), open: |blob, dir, _| tfjs::read(blob, dir) },
     FileReader {
         name: "safetensors-sharded", format: "safetensors-sharded",
         sniff: |p| p.dir.is_some_and(|dir| safetensors::indexes_safetensors(p.blob, dir)),
@@ -166,6 +173,7 @@ pub(crate) const DIR_READERS: &[DirReader] = &[
     DirReader { name: "pytorch-dcp", format: "pytorch-dcp", open: dcp::open_dir },
     DirReader { name: "orbax", format: "orbax", open: orbax::open_dir },
     DirReader { name: "zarr", format: "zarr", open: zarr::open_dir },
+    DirReader { name: "coreml-mlpackage", format: "coreml", open: |dir, _| coreml::open_package(dir) },
 ];
 
 /// `info.json`'s `format` of TensorFlow checkpoints: a checkpoint directory's row, and the
