@@ -139,6 +139,17 @@ QUANT_SEEDS = [("quant_gptq", "gptq4", (4, 2, 0)), ("quant_gptq", "gptq3", (3, 0
                ("quant_compressed_tensors", "ct_fp8_channel", (8, 0, 37)), ("quant_fp8_block", "fp8_block", (8, 2, 0)), ("quant_mlx", "mlx", (4, 2, 0))]
 for target, case, config in QUANT_SEEDS:
     put(target, case, bytes(config) + read(f"quant/{case}/model.safetensors"))
+# Readers of one file: a small fixture each. ncnn and Darknet take their pair as the text file,
+# a zero byte, then the binary file (fuzz_targets/ncnn.rs, darknet.rs).
+for target, name, rel in [("caffe", "cf", "inference/cf.caffemodel"), ("coreml", "fp16", "coreml/fp16.mlmodel"),
+                          ("coreml", "lut4", "coreml/lut4.mlmodel"), ("ggml_legacy", "ggjt3", "inference/llama-ggjt-v3.bin"),
+                          ("ggml_legacy", "whisper", "inference/whisper-ggml.bin"), ("ggml_legacy", "rwkv", "inference/rwkv-ggmf-v101.bin"),
+                          ("mxnet", "mx", "inference/mx-0000.params"), ("paddle_pdparams", "layers", "paddle/layers.pdparams"),
+                          ("openvino", "fp16", "openvino/compressed_fp16.xml"), ("tfjs", "uint8", "tfjs/uint8/model.json"),
+                          ("torchscript", "traced", "torchscript/traced.pt")]:
+    put(target, name, read(rel))
+put("darknet", "dn", read("inference/dn.cfg") + b"\0" + read("inference/dn.weights"))
+put("ncnn", "nc", read("inference/nc.param") + b"\0" + read("inference/nc.bin"))
 put("dequantize", "blocks", read("gguf/all_types.gguf")[5184:][:4096])
 put("dequantize", "handmade", read("gguf/handmade.gguf")[416:])
 for name, url in [("https", "https://alice:s3cretpassword@host:8443/a/b%20c/m.h5?X-Amz-Signature=abcdef0123#frag"),
