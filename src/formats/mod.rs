@@ -13,7 +13,6 @@ pub mod bundle;
 mod caffe;
 mod checkpoint;
 pub(crate) mod darknet;
-mod dcp;
 mod flax;
 mod coreml;
 mod gguf;
@@ -30,10 +29,8 @@ mod mxnet;
 pub(crate) mod ncnn;
 pub(crate) mod numpy;
 mod onnx;
-mod orbax;
 mod openvino;
 mod options;
-mod paddle;
 mod paged;
 pub(crate) mod safetensors;
 mod savedmodel;
@@ -96,7 +93,7 @@ pub(crate) const FILE_READERS: &[FileReader] = &[
     },
     FileReader { name: "safetensors", format: "safetensors", sniff: |p| safetensors::sniff(p.head, p.blob.len()), open: safetensors::read },
     FileReader { name: "npy", format: "npy", sniff: |p| p.head.starts_with(crate::npy::MAGIC), open: |blob, _, _| numpy::read_npy(blob) },
-    FileReader { name: "paddle-pdparams", format: "paddle-pdparams", sniff: |p| paddle::sniff(p.head), open: |blob, _, options| paddle::read_pdparams(blob, options) },
+    FileReader { name: "paddle-pdparams", format: "paddle-pdparams", sniff: |p| torch::paddle::sniff(p.head), open: |blob, _, options| torch::paddle::read_pdparams(blob, options) },
     FileReader { name: "flax-msgpack", format: "flax-msgpack", sniff: |p| flax::sniff(p.head), open: |blob, _, _| flax::read(blob) },
     FileReader { name: "json-index", format: "", sniff: |p| p.head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'), open: open_json },
     FileReader { name: "openvino", format: "openvino", sniff: |p| p.head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'<') && openvino::sniff(p.blob), open: |blob, dir, _| openvino::read(blob, dir) },
@@ -170,8 +167,8 @@ pub(crate) struct DirReader {
 pub(crate) const DIR_READERS: &[DirReader] = &[
     DirReader { name: "tf-savedmodel-dir", format: "tf-savedmodel", open: |dir, _| savedmodel::is_savedmodel_dir(dir).then(|| savedmodel::open_dir(dir.clone())).transpose() },
     DirReader { name: "tf-checkpoint-dir", format: TF_CHECKPOINT, open: |dir, _| checkpoint::open_dir(dir) },
-    DirReader { name: "pytorch-dcp", format: "pytorch-dcp", open: dcp::open_dir },
-    DirReader { name: "orbax", format: "orbax", open: orbax::open_dir },
+    DirReader { name: "pytorch-dcp", format: "pytorch-dcp", open: torch::dcp::open_dir },
+    DirReader { name: "orbax", format: "orbax", open: zarr::orbax::open_dir },
     DirReader { name: "zarr", format: "zarr", open: zarr::open_dir },
     DirReader { name: "coreml-mlpackage", format: "coreml", open: |dir, _| coreml::open_package(dir) },
 ];

@@ -3,8 +3,8 @@
 //! directory of steps, each step a part. Leaves are named by their pytree path, read from
 //! `_METADATA`'s key lists (a `.` inside a key makes the directory names ambiguous).
 
-use super::ReadOptions;
-use super::zarr::{self, DirStore, Store};
+use crate::formats::ReadOptions;
+use super::{DirStore, Store};
 use crate::error::OpenError;
 use crate::model::{Model, Part, SkippedTensor, TensorId};
 use crate::source::{Dir, EntryKind};
@@ -132,7 +132,7 @@ fn load_item(dir: &Dir, under: &[String], checkpoint: Option<Json>, model: &mut 
         }
         let param = keys.join(".");
         let tree_path: Vec<String> = under.iter().cloned().chain(std::iter::once("tensors".to_string())).chain(keys.iter().cloned()).collect();
-        if let Err(reason) = zarr::add_array(model, &store, &format!("{param}/"), &name, tree_path, &options.cache) {
+        if let Err(reason) = super::add_array(model, &store, &format!("{param}/"), &name, tree_path, &options.cache) {
             skipped.push(SkippedTensor::new(TensorId::Name(name), format!("{value_type}: {reason}")));
         }
     }

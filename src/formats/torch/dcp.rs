@@ -4,10 +4,9 @@
 //! `torch.save` zip at an offset of a `.distcp` file, read in place, and a tensor's chunks are
 //! tiled back into the whole tensor on read. Non-tensor state goes to `object.json`.
 
-use super::archive::Archive;
-use super::options::ReadOptions;
-use super::tiled::{Shared, Tile, Tiled};
-use super::torch;
+use crate::formats::archive::Archive;
+use crate::formats::options::ReadOptions;
+use crate::formats::tiled::{Shared, Tile, Tiled};
 use crate::error::OpenError;
 use crate::model::{Model, SkippedTensor, Tensor, TensorBytes, TensorId};
 use crate::pickle::{self, Limits, Node, Pickle, Value};
@@ -106,7 +105,7 @@ impl Checkpoint<'_> {
             None => field(pickle, entry, "properties").and_then(|p| field(pickle, p, "dtype")),
         };
         let dtype = dtype.and_then(|d| pickle.global(d)).ok_or("tensor properties without a dtype")?.1;
-        let dtype = torch::torch_dtype(dtype)?;
+        let dtype = super::torch_dtype(dtype)?;
         let shape = field(pickle, entry, "size").and_then(|s| dims(pickle, s)).ok_or("a size that is not a torch.Size")?;
         let chunks = field(pickle, entry, "chunks").and_then(|c| pickle.sequence(c)).ok_or("no chunk list")?;
         let mut tiles = Vec::with_capacity(chunks.len().min(4096));
@@ -138,7 +137,7 @@ impl Checkpoint<'_> {
         let file = &self.files[path];
         let item = file.slice(*offset, *length).map_err(|_| format!("{length} bytes at {offset} lie past the end of {path} ({} bytes)", file.len()))?;
         let archive = Archive::open(&item).map_err(|e| format!("{path} at {offset}: {e}"))?;
-        torch::read_zip(archive, self.options).map_err(|e| format!("{path} at {offset}: {e}"))
+        super::read_zip(archive, self.options).map_err(|e| format!("{path} at {offset}: {e}"))
     }
 
     /// The value a `BytesStorageMetadata` item saved, as its `object.json`.

@@ -3,6 +3,9 @@
 //! through the chunk cache, so that a read decodes only the chunks under it. The keys come
 //! from a `Store`: a directory (a zarr store, an Orbax checkpoint without OCDBT) or OCDBT.
 
+// Orbax checkpoints: their arrays are zarr arrays, read by this module.
+pub(crate) mod orbax;
+
 use crate::cache::ChunkCache;
 use crate::dtype::DType;
 use crate::error::{OpenError, ReadError};
@@ -691,7 +694,7 @@ pub(crate) fn add_array(model: &mut crate::model::Model, store: &Arc<dyn Store>,
 
 /// A zarr store (a group of arrays, or one array) that is a directory: each array a tensor
 /// named by its path in the store. `None` if the directory is no zarr store.
-pub(crate) fn open_dir(dir: &Dir, options: &super::ReadOptions) -> Result<Option<crate::model::Model>, OpenError> {
+pub(crate) fn open_dir(dir: &Dir, options: &crate::formats::ReadOptions) -> Result<Option<crate::model::Model>, OpenError> {
     if !is_zarr_dir(dir) {
         return Ok(None);
     }

@@ -2,8 +2,7 @@
 //! of numpy arrays by parameter name, interpreted by the pickle VM (nothing executed) and walked
 //! as a `torch.save` pickle is.
 
-use super::options::ReadOptions;
-use super::torch;
+use crate::formats::options::ReadOptions;
 use crate::error::OpenError;
 use crate::model::Model;
 use crate::source::Blob;
@@ -20,5 +19,5 @@ pub fn sniff(head: &[u8]) -> bool {
 }
 
 pub fn read_pdparams(blob: &Blob, options: &ReadOptions) -> Result<Model, OpenError> {
-    torch::read_pickle(blob, options)
+    super::read_pickle(blob, options)
 }

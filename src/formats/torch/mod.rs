@@ -6,9 +6,13 @@
 //! goes to `object.json`. Storages are served in place: zip members by `pread`, legacy storages
 //! at the offsets found by walking the file once at mount.
 
+// Formats whose weights are torch.save pickles or zips, read by this module's walk.
+pub(crate) mod dcp;
+pub(crate) mod paddle;
+
 use base64::{Engine, engine::general_purpose::STANDARD};
-use super::options::ReadOptions;
-use super::archive::Archive;
+use crate::formats::options::ReadOptions;
+use crate::formats::archive::Archive;
 use crate::cache::ChunkCache;
 use crate::dtype::DType;
 use crate::error::{OpenError, ReadError};
