@@ -99,6 +99,9 @@ pub struct Tensor {
     /// Further extended attributes of the tensor's files, as (full name, value): what a format
     /// records per tensor beyond dtype and shape (TFLite quantization parameters).
     pub extra_attrs: Vec<(String, String)>,
+    /// The source gives this tensor no name (an unnamed TFLite tensor): `name` stays empty in
+    /// the tree instead of taking the tensor's path.
+    pub nameless: bool,
     /// Its part in a quantized layer (docs/tree.md 7.3), which decides where `model.safetensors`
     /// holds it.
     pub role: Role,
@@ -121,13 +124,18 @@ pub enum Role {
 impl Tensor {
     /// A tensor whose name is its path in the tree.
     pub fn new(path: Vec<String>, dtype: DType, shape: Vec<u64>, bytes: Arc<dyn TensorBytes>) -> Tensor {
-        Tensor { path, name: String::new(), dtype, shape, bytes, decoded: None, extra_attrs: Vec::new(), role: Role::Plain }
+        Tensor { path, name: String::new(), dtype, shape, bytes, decoded: None, extra_attrs: Vec::new(), nameless: false, role: Role::Plain }
     }
 
     /// A tensor of a format whose names are its own (docs/tree.md 7.1): placed at
     /// `tensors/<name split on '/' and '.'>`.
     pub fn named(name: &str, dtype: DType, shape: Vec<u64>, bytes: Arc<dyn TensorBytes>) -> Tensor {
         Tensor { name: name.to_string(), ..Tensor::new(split_name("tensors", name), dtype, shape, bytes) }
+    }
+
+    /// A tensor the source leaves unnamed, placed at `path` (its `name` column stays empty).
+    pub fn nameless(path: Vec<String>, dtype: DType, shape: Vec<u64>, bytes: Arc<dyn TensorBytes>) -> Tensor {
+        Tensor { nameless: true, ..Tensor::new(path, dtype, shape, bytes) }
     }
 
     /// Number of elements, or `None` if the shape's product overflows.

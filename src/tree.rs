@@ -221,7 +221,7 @@ impl Tree {
             let mut rel = tree.path_of(parent);
             rel.push(base);
             let innermost = tops.iter().filter(|t| tensor.path.starts_with(&t.raw)).map(|t| t.depth).max().unwrap_or(0);
-            if tensor.name.is_empty() {
+            if tensor.name.is_empty() && !tensor.nameless {
                 // Keras and TensorFlow names are the tensor's path below its innermost top level.
                 tensor.name = rel[innermost..].join("/");
             }
@@ -232,7 +232,8 @@ impl Tree {
                     Role::Dequantized => options.dequantize,
                 };
                 if let Some((_, keys)) = top.safetensors.as_mut().filter(|_| in_safetensors) {
-                    let prefix = rel[top.depth..innermost].iter().map(|c| format!("{c}/")).collect();
+                    // An unnamed tensor's key is its path below the top level (keys must differ).
+                    let prefix = if tensor.nameless { rel[top.depth..].join("/") } else { rel[top.depth..innermost].iter().map(|c| format!("{c}/")).collect() };
                     keys.push((id, prefix));
                 }
                 let path = rel[top.depth..].join("/");

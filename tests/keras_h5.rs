@@ -77,3 +77,14 @@ fn unallocated_dataset_reads_fill_value() {
 fn plain_hdf5_under_datasets() {
     check_fixture("plain_data.h5");
 }
+
+/// Variable-length string datasets (h5py's default for `str`; Keras configs stored as datasets)
+/// are string tensors, none skipped; numpy loads each as the |S array of its encoded elements.
+#[test]
+fn variable_length_string_datasets() {
+    check_fixture("v_strings.h5");
+    let mount = Mount::new(&fixture("h5/v_strings.h5"), &[]);
+    let info: serde_json::Value = serde_json::from_slice(&mount.read("info.json")).unwrap();
+    assert!(info.get("skipped").is_none_or(|s| s.as_array().unwrap().is_empty()), "skipped: {}", info["skipped"]);
+    assert_eq!(mount.text("datasets/grid.dtype"), "string\n");
+}

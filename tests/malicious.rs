@@ -102,3 +102,18 @@ fn npz_object_member_globals_are_scanned() {
     assert_eq!(scan.status.code(), Some(1));
     assert!(!Path::new("/tmp/wfs-malicious-sentinel-npz_object").exists());
 }
+
+#[test]
+fn lone_npy_object_array_globals_are_scanned() {
+    // np.save of an object array holding a payload: it mounts with the array left out, and
+    // `wfs scan` reports its globals instead of failing to open it.
+    let source = fixture("malicious/npy_object.npy");
+    let mount = Mount::new(&source, &[]);
+    let info: Value = serde_json::from_str(&mount.text("info.json")).unwrap();
+    assert_eq!(info["pickle_globals"]["npy_object.npy"]["posix.system"], "dangerous", "{info}");
+    assert_eq!(info["unsafe_globals"], 1);
+    let scan = wfs().arg("scan").arg(&source).output().unwrap();
+    assert_eq!(scan.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&scan.stdout).contains("dangerous: posix.system"));
+    assert!(!Path::new("/tmp/wfs-malicious-sentinel-npy_object").exists());
+}

@@ -114,10 +114,16 @@ fn assert_refused(out: &Output, needle: &str) {
     assert!(err.starts_with("wfs: ") && err.contains(needle), "{err:?} lacks {needle:?}");
 }
 
+/// A lone object array is left out as an .npz member is: the mount holds no tensor and says
+/// why in `info.json`, with the pickle's globals for `wfs scan`.
 #[test]
-fn pickled_npy_is_refused_in_one_line() {
-    let out = Mount::try_new(&fixture("numpy/object.npy"), &[]).err().expect("object.npy must not mount");
-    assert_refused(&out, "npy: object array (pickled Python objects, never unpickled)");
+fn pickled_npy_is_left_out_with_its_reason() {
+    let mount = Mount::new(&fixture("numpy/object.npy"), &[]);
+    let info: serde_json::Value = serde_json::from_slice(&mount.read("info.json")).unwrap();
+    assert_eq!(info["tensors"], 0);
+    assert_eq!(info["skipped"], serde_json::json!([{"name": "object", "reason": "object array (pickled Python objects, never unpickled)"}]));
+    assert!(info["pickle_globals"]["object.npy"].is_object(), "{info}");
+    assert_eq!(mount.text("tensors.tsv").lines().count(), 1, "the header line only");
 }
 
 /// `wfs mount - POINT` with `source` on standard input.

@@ -114,6 +114,23 @@ fn old_schema_operator_codes_and_string_constants() {
     assert_eq!(mount.read("tensors/vocab/words.raw"), [&b"alpha\0\0\0\0"[..], &[0; 9], b"gamma ray"].concat());
 }
 
+/// Tensors without a name (the field is optional; TFLite Micro's models leave it out) sit at
+/// their index with an empty name column, and graph.json refers to them by that index.
+#[test]
+fn unnamed_tensors_are_placed_by_index() {
+    let mount = check_fixture("unnamed.tflite");
+    let listed: Vec<String> = std::fs::read_dir(mount.path("tensors")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(listed.iter().all(|n| n.split('.').next().unwrap().parse::<usize>().is_ok()), "{listed:?}");
+    assert_eq!(listed.len(), 6 * 4, "{listed:?}");
+    // model.safetensors keys them by path: its header is a u64 length and a JSON object.
+    let file = mount.read("model.safetensors");
+    let len = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&file[8..8 + len]).unwrap();
+    let mut keys: Vec<&String> = header.as_object().unwrap().keys().filter(|k| *k != "__metadata__").collect();
+    keys.sort();
+    assert_eq!(keys, (1..=6).map(|i| format!("tensors/{i}")).collect::<Vec<_>>().iter().collect::<Vec<_>>());
+}
+
 /// The real TFLite files of ../shared/real-models against their oracles.
 #[test]
 fn real_models_match_their_oracles() {

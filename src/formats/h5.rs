@@ -40,6 +40,8 @@ pub fn has_signature(blob: &Blob) -> bool {
 
 /// Largest in-memory copy made at mount for one dataset (compact storage is under 64 KiB).
 const MAX_INLINE_BYTES: u64 = 1 << 20;
+/// Most bytes one variable-length string dataset may take in memory, padded (they are read at mount).
+const MAX_STRING_BYTES: u64 = 64 << 20;
 
 /// Where a tensor's bytes come from, shared by all datasets of one file.
 pub struct H5Context {
@@ -316,7 +318,7 @@ fn classify(ty: hid_t, dataset: &Dataset) -> Result<(DType, bool), String> {
                 Ok((DType::BF16, false))
             }
             H5T_class_t::H5T_STRING if H5Tis_variable_str(ty) <= 0 => Ok((DType::Str(size), false)),
-            H5T_class_t::H5T_STRING => Err("variable-length strings".into()),
+            H5T_class_t::H5T_STRING => Err("variable-length strings inside another type".into()),
             other => Err(format!("{other:?} type")),
         }
     }
@@ -363,6 +365,12 @@ unsafe fn describe(ds: &Dataset, path: Vec<String>, ctx: &H5Context) -> Result<T
     // SAFETY: the dataset id is valid while `ds` lives and the caller holds the global lock; every id opened here is closed by an `Id` guard.
     unsafe {
         let ty = Id(H5Dget_type(ds.id()), H5Tclose);
+        let shape: Vec<u64> = ds.shape().iter().map(|&d| d as u64).collect();
+        if H5Tget_class(ty.0) == H5T_class_t::H5T_STRING && H5Tis_variable_str(ty.0) > 0 {
+            let count = Tensor::element_count(&shape).ok_or_else(|| Skipped("shape too large".into()))?;
+            let (dtype, bytes) = variable_strings(ds.id(), ty.0, count).map_err(Skipped)?;
+            return Ok(Tensor::new(path, dtype, shape, bytes));
+        }
         let (dtype, big_endian) = classify(ty.0, ds).map_err(|why| Skipped(format!("unsupported element type: {why}")))?;
         let shape: Vec<u64> = ds.shape().iter().map(|&d| d as u64).collect();
         let len = Tensor::raw_size(dtype, &shape).ok_or_else(|| Skipped("shape too large".into()))?;
@@ -388,6 +396,47 @@ unsafe fn describe(ds: &Dataset, path: Vec<String>, ctx: &H5Context) -> Result<T
             stored
         };
         Ok(Tensor::new(path, dtype, shape, bytes))
+    }
+}
+
+/// A variable-length string dataset read whole at mount, as the string tensor form of
+/// docs/tree.md 4: fixed-width elements, NUL-padded to the longest (at least one byte).
+unsafe fn variable_strings(ds: hid_t, ty: hid_t, count: u64) -> Result<(DType, Arc<dyn TensorBytes>), String> {
+    let too_large = || format!("strings over {MAX_STRING_BYTES} bytes");
+    // SAFETY: valid ids under the global lock; `ptrs` holds one pointer per element, as the
+    // variable-length memory type asks, and what libhdf5 allocated into it is reclaimed before
+    // returning (the strings are copied out first).
+    unsafe {
+        let space = Id(hdf5_sys::h5d::H5Dget_space(ds), H5Sclose);
+        // Sizes are checked before anything is read: elements may share one long heap string.
+        // A scalar's one string lies whole in the file (and libhdf5 2.0 crashes sizing it).
+        let mut heap_bytes: hsize_t = 0;
+        if hdf5_sys::h5s::H5Sget_simple_extent_ndims(space.0) > 0 && hdf5_sys::h5d::H5Dvlen_get_buf_size(ds, ty, space.0, &mut heap_bytes) < 0 {
+            return Err("libhdf5 could not size the strings".into());
+        }
+        let pointer_bytes = count.checked_mul(size_of::<*mut c_char>() as u64).ok_or_else(too_large)?;
+        if heap_bytes.max(pointer_bytes) > MAX_STRING_BYTES {
+            return Err(too_large());
+        }
+        let mut ptrs: Vec<*mut c_char> = vec![std::ptr::null_mut(); count as usize];
+        if H5Dread(ds, ty, 0, 0, H5P_DEFAULT, ptrs.as_mut_ptr().cast()) < 0 {
+            return Err("libhdf5 could not read the strings".into());
+        }
+        let texts: Vec<&[u8]> = ptrs.iter().map(|&p| if p.is_null() { &[][..] } else { CStr::from_ptr(p).to_bytes() }).collect();
+        let width = texts.iter().map(|t| t.len()).max().unwrap_or(0).max(1);
+        let padded = (width as u64).checked_mul(count).filter(|&n| n <= MAX_STRING_BYTES);
+        let out = padded.map(|n| {
+            let mut out = Vec::with_capacity(n as usize);
+            for t in &texts {
+                out.extend_from_slice(t);
+                out.resize(out.len() + width - t.len(), 0);
+            }
+            out
+        });
+        drop(texts);
+        H5Treclaim(ty, space.0, H5P_DEFAULT, ptrs.as_mut_ptr().cast());
+        let out = out.ok_or_else(too_large)?;
+        Ok((DType::Str(width), Arc::new(InMemory(out.into()))))
     }
 }
 

@@ -21,8 +21,16 @@ pub fn read_npy(blob: &Blob) -> Result<Model, OpenError> {
     let file_name = blob.file_name();
     let name = file_name.as_deref().map_or("array", |n| n.strip_suffix(".npy").unwrap_or(n));
     let stored = Stored(blob.clone());
-    let (tensor, header) = array(name, &stored).map_err(|why| OpenError::corrupt(format!("npy: {why}")))?;
     let mut model = Model::default();
+    let (tensor, header) = match array(name, &stored) {
+        // Left out as an .npz member would be, its globals recorded, so `wfs scan` can judge it.
+        Err(why) if why.starts_with("object array") => {
+            record_object_globals(&mut model.info, file_name.as_deref().unwrap_or("array.npy"), &stored);
+            model.skipped.push(SkippedTensor::new(TensorId::Name(name.to_string()), why));
+            return Ok(model);
+        }
+        other => other.map_err(|why| OpenError::corrupt(format!("npy: {why}")))?,
+    };
     model.info.insert("npy_version".into(), json!(format!("{}.0", header.version)));
     model.info.insert("descr".into(), json!(header.descr));
     model.info.insert("fortran_order".into(), json!(header.fortran_order));

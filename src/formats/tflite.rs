@@ -44,7 +44,7 @@ pub fn read(blob: &Blob) -> Result<Model, OpenError> {
     let mut reader = Reader { fb, buffers, items: 0, decoded_budget: MAX_DECODED };
 
     let mut subgraphs = Vec::new();
-    let mut tensor_names: Vec<Vec<String>> = Vec::new();
+    let mut tensor_names: Vec<Vec<Value>> = Vec::new();
     for (index, subgraph_at) in reader.fb.tables(&root, 2)?.into_iter().enumerate() {
         let subgraph = reader.fb.table(subgraph_at)?;
         let (json, names) = reader.subgraph(&subgraph, index, &codes, &mut model)?;
@@ -84,8 +84,8 @@ fn operator_codes(fb: &mut FlatBuffer, root: &Table) -> Result<Vec<(String, Opti
     Ok(codes)
 }
 
-/// `SignatureDef`s with their tensors by name.
-fn signatures(fb: &mut FlatBuffer, root: &Table, names: &[Vec<String>]) -> Result<Vec<Value>, OpenError> {
+/// `SignatureDef`s with their tensors by reference (name, or index for an unnamed tensor).
+fn signatures(fb: &mut FlatBuffer, root: &Table, names: &[Vec<Value>]) -> Result<Vec<Value>, OpenError> {
     let mut out = Vec::new();
     for at in fb.tables(root, 7)? {
         let def = fb.table(at)?;
@@ -99,7 +99,7 @@ fn signatures(fb: &mut FlatBuffer, root: &Table, names: &[Vec<String>]) -> Resul
                 let name = fb.string(&entry, 0)?.unwrap_or_default();
                 let index = fb.scalar_u32(&entry, 1)?.unwrap_or(0) as usize;
                 let tensor = tensors.get(index).ok_or_else(|| corrupt(format!("signature input or output {name:?} names tensor {index}")))?;
-                map.insert(name, json!(tensor));
+                map.insert(name, tensor.clone());
             }
             maps.push(Value::Object(map));
         }
@@ -144,17 +144,17 @@ impl Reader {
     }
 
     /// One subgraph: its tensors with data join the model; returns its `graph.json` entry and
-    /// its tensors' names.
-    fn subgraph(&mut self, subgraph: &Table, index: usize, codes: &[(String, Option<String>, i32)], model: &mut Model) -> Result<(Value, Vec<String>), OpenError> {
+    /// how `graph.json` refers to each of its tensors (`reference`).
+    fn subgraph(&mut self, subgraph: &Table, index: usize, codes: &[(String, Option<String>, i32)], model: &mut Model) -> Result<(Value, Vec<Value>), OpenError> {
         let tensor_tables = self.fb.tables(subgraph, 0)?;
         self.count(tensor_tables.len())?;
         let mut tensors = Vec::with_capacity(tensor_tables.len());
         let mut names = Vec::with_capacity(tensor_tables.len());
         for (i, at) in tensor_tables.into_iter().enumerate() {
             let table = self.fb.table(at)?;
-            let (json, name) = self.tensor(&table, i, model)?;
+            let (json, name) = self.tensor(&table, index, i, model)?;
             tensors.push(json);
-            names.push(name);
+            names.push(reference(name, i));
         }
         let pick = |fb: &mut FlatBuffer, id: u16| -> Result<Vec<Value>, OpenError> {
             fb.ints(subgraph, id)?
@@ -185,7 +185,7 @@ impl Reader {
                     .into_iter()
                     .map(|i| match i {
                         -1 => Ok(Value::Null),
-                        i => usize::try_from(i).ok().and_then(|i| names.get(i)).map(|n| json!(n)).ok_or_else(|| corrupt(format!("an operator of subgraph {index} uses tensor {i}"))),
+                        i => usize::try_from(i).ok().and_then(|i| names.get(i)).cloned().ok_or_else(|| corrupt(format!("an operator of subgraph {index} uses tensor {i}"))),
                     })
                     .collect::<Result<_, _>>()?;
                 entry.insert(key.into(), Value::Array(refs));
@@ -196,8 +196,9 @@ impl Reader {
         Ok((json!({"name": name, "inputs": inputs, "outputs": outputs, "ops": ops, "tensors": tensors}), names))
     }
 
-    /// One `Tensor`: its `graph.json` entry and name; a tensor with data joins the model.
-    fn tensor(&mut self, table: &Table, index: usize, model: &mut Model) -> Result<(Value, String), OpenError> {
+    /// One `Tensor` (number `index` of subgraph `subgraph`): its `graph.json` entry and name; a
+    /// tensor with data joins the model.
+    fn tensor(&mut self, table: &Table, subgraph: usize, index: usize, model: &mut Model) -> Result<(Value, String), OpenError> {
         let fb = &mut self.fb;
         let name = fb.string(table, 3)?.unwrap_or_default();
         let code = fb.scalar_u8(table, 1)?.unwrap_or(0) as i8;
@@ -231,7 +232,11 @@ impl Reader {
                 Some(dtype) => {
                     let shape: Vec<u64> = dims.iter().map(|&d| u64::try_from(d)).collect::<Result<_, _>>().map_err(|_| corrupt(format!("tensor {name:?} has shape {dims:?}")))?;
                     let (dtype, bytes) = self.tensor_bytes(&name, dtype, &shape, offset, len)?;
-                    let mut tensor = Tensor::named(&name, dtype, shape, bytes);
+                    let mut tensor = if name.is_empty() {
+                        Tensor::nameless(unnamed_path(subgraph, index), dtype, shape, bytes)
+                    } else {
+                        Tensor::named(&name, dtype, shape, bytes)
+                    };
                     if let Some(q) = &quantization {
                         tensor.extra_attrs = q.attrs();
                     }
@@ -364,6 +369,23 @@ fn tensor_dtype(code: i8) -> Option<DType> {
         18 => DType::BF16,
         _ => return None,
     })
+}
+
+/// How `graph.json` refers to a tensor: by its name, or by its index when it has none (the name
+/// is optional; TFLite Micro's models leave it out).
+fn reference(name: String, index: usize) -> Value {
+    if name.is_empty() { json!(index) } else { json!(name) }
+}
+
+/// Where an unnamed tensor is placed: `tensors/<index>` in the main subgraph,
+/// `tensors/<subgraph>/<index>` in the others (indexes restart in each subgraph).
+fn unnamed_path(subgraph: usize, index: usize) -> Vec<String> {
+    let mut path = vec!["tensors".to_string()];
+    if subgraph > 0 {
+        path.push(subgraph.to_string());
+    }
+    path.push(index.to_string());
+    path
 }
 
 fn type_name(code: i8) -> String {
