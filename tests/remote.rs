@@ -590,7 +590,7 @@ fn large_npz(path: &Path) {
     let members: Vec<(String, Vec<u8>)> = (0..LARGE_TENSORS)
         .map(|i| {
             let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (128, 128), }".to_string();
-            while (10 + header.len() + 1) % 64 != 0 {
+            while !(10 + header.len() + 1).is_multiple_of(64) {
                 header.push(' ');
             }
             header.push('\n');
