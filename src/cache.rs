@@ -101,6 +101,32 @@ impl ChunkCache {
         }
     }
 
+    /// Fills `buf` with the bytes at `offset` of a value decoded in units of `unit_len` bytes
+    /// (the last may be shorter), unit `n` decoded by `decode(n)` once and cached under `(id, n)`.
+    pub fn read_units<T: Into<Arc<[u8]>>>(
+        &self,
+        id: u64,
+        unit_len: u64,
+        offset: u64,
+        buf: &mut [u8],
+        decode: impl Fn(u64) -> Result<T, ReadError>,
+    ) -> Result<(), ReadError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let unit = pos / unit_len;
+            let data = self.get_or_load((id, unit), || decode(unit))?;
+            let within = (pos - unit * unit_len) as usize;
+            if within >= data.len() {
+                return Err(ReadError::OutOfBounds);
+            }
+            let n = (data.len() - within).min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&data[within..within + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
     /// Loads several consecutive chunks with one `load`, as one ranged request does: from `keys`,
     /// the first run of those neither cached nor being loaded (skipping any before it). They
     /// are claimed like `get_or_load` claims one: a reader of any of them waits for it.

@@ -154,19 +154,6 @@ impl TensorBytes for Dequantized {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
         let unit_len = self.unit_len();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let unit = pos / unit_len;
-            let data = self.cache.get_or_load((self.cache_id, unit), || self.decode(unit))?;
-            let within = (pos - unit * unit_len) as usize;
-            if within >= data.len() {
-                return Err(ReadError::OutOfBounds);
-            }
-            let n = (data.len() - within).min(buf.len() - done);
-            buf[done..done + n].copy_from_slice(&data[within..within + n]);
-            done += n;
-        }
-        Ok(())
+        self.cache.read_units(self.cache_id, unit_len, offset, buf, |unit| self.decode(unit))
     }
 }
