@@ -391,19 +391,29 @@ impl Sums {
     }
 
     /// Values compared with themselves (both sides hold the same bytes): only NaN can differ,
-    /// and the dot product and both norms are one sum of squares. Branch-free in four lanes,
-    /// so that it keeps up with reading.
-    fn add_same(&mut self, a: &[f64], options: &Options) {
-        self.elements += a.len() as u64;
-        let (mut lanes, mut finite, mut nan) = ([0f64; 4], 0u64, 0u64);
-        for four in a.chunks(4) {
-            for (lane, &x) in lanes.iter_mut().zip(four) {
-                let is_finite = x.is_finite();
-                *lane += if is_finite { x * x } else { 0.0 };
-                finite += u64::from(is_finite);
-                nan += u64::from(x.is_nan());
-            }
+    /// and the dot product and both norms are one sum of squares. Float32 data (the common
+    /// case) is summed straight from its bytes; other types are widened into `scratch` first.
+    fn add_same(&mut self, dtype: DType, bytes: &[u8], scratch: &mut Vec<f64>, options: &Options) {
+        if dtype == DType::F32 {
+            self.add_same_values(bytes.chunks_exact(4).map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))), options);
+        } else {
+            scratch.clear();
+            push_values(dtype, bytes, scratch);
+            self.add_same_values(scratch.iter().copied(), options);
         }
+    }
+
+    /// Branch-free in four lanes, so that it keeps up with reading.
+    fn add_same_values(&mut self, values: impl Iterator<Item = f64>, options: &Options) {
+        let (mut lanes, mut finite, mut nan, mut count) = ([0f64; 4], 0u64, 0u64, 0u64);
+        for x in values {
+            let is_finite = x.is_finite();
+            lanes[(count & 3) as usize] += if is_finite { x * x } else { 0.0 };
+            finite += u64::from(is_finite);
+            nan += u64::from(x.is_nan());
+            count += 1;
+        }
+        self.elements += count;
         self.finite += finite;
         self.same_squares += lanes.iter().sum::<f64>();
         if !options.nan_equal {
@@ -433,17 +443,17 @@ fn compare_in_order(a: &Tensor, b: &Tensor, options: &Options, sums: &mut Sums, 
         let n = CHUNK_ELEMENTS.min(elements - at);
         bytes_a.resize((n * size_a) as usize, 0);
         a.read_npy_data(at * size_a, &mut bytes_a)?;
-        values_a.clear();
-        push_values(a.dtype, &bytes_a, &mut values_a);
         if same_extent {
-            sums.add_same(&values_a, options);
+            sums.add_same(a.dtype, &bytes_a, &mut values_a, options);
             progress(bytes_a.len() as u64 * 2);
         } else {
             bytes_b.resize((n * size_b) as usize, 0);
             b.read_npy_data(at * size_b, &mut bytes_b)?;
             if a.dtype == b.dtype && bytes_a == bytes_b {
-                sums.add_same(&values_a, options);
+                sums.add_same(a.dtype, &bytes_a, &mut values_a, options);
             } else {
+                values_a.clear();
+                push_values(a.dtype, &bytes_a, &mut values_a);
                 values_b.clear();
                 push_values(b.dtype, &bytes_b, &mut values_b);
                 sums.add(&values_a, &values_b, options);
@@ -672,13 +682,17 @@ mod tests {
     #[test]
     fn same_bytes_shortcut_agrees_with_the_full_comparison() {
         let values = [1.0, -2.5, f64::NAN, f64::INFINITY, 0.0, f64::NEG_INFINITY, 3.0];
+        let f32_bytes: Vec<u8> = values.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect();
+        let f64_bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         for nan_equal in [false, true] {
-            let (mut full, mut same) = (Sums::default(), Sums::default());
-            full.add(&values, &values, &options(nan_equal));
-            same.add_same(&values, &options(nan_equal));
-            assert_eq!(full.stats(), same.stats());
-            assert_eq!((full.differing, full.outside), (same.differing, same.outside));
-            assert_eq!(full.differing, u64::from(!nan_equal));
+            for (dtype, bytes) in [(DType::F32, &f32_bytes), (DType::F64, &f64_bytes)] {
+                let (mut full, mut same) = (Sums::default(), Sums::default());
+                full.add(&values, &values, &options(nan_equal));
+                same.add_same(dtype, bytes, &mut Vec::new(), &options(nan_equal));
+                assert_eq!(full.stats(), same.stats());
+                assert_eq!((full.differing, full.outside), (same.differing, same.outside));
+                assert_eq!(full.differing, u64::from(!nan_equal));
+            }
         }
     }
 }
