@@ -118,7 +118,10 @@ impl Mount {
     pub fn try_new(source: &Path, args: &[&str]) -> Result<Mount, Output> {
         let dir = tempfile::Builder::new().prefix("wfs-test-").tempdir().unwrap();
         let point = dir.path().join("m");
-        let out = wfs().arg("mount").arg(source).arg(&point).args(args).output().unwrap();
+        // A test killed outright (SIGKILL, a cancelled run) drops no guard: an idle timeout lets
+        // its daemon unmount itself instead of leaving a stale mount behind.
+        let idle = if args.contains(&"--idle-timeout") { &[][..] } else { &["--idle-timeout", "10m"][..] };
+        let out = wfs().arg("mount").arg(source).arg(&point).args(args).args(idle).output().unwrap();
         if out.status.success() { Ok(Mount { dir, point }) } else { Err(out) }
     }
 
